@@ -1,0 +1,300 @@
+/*
+ * sinkd compute backends: one ops table, two implementations.
+ *
+ *   kernels/cpu/   plain C, the reference, what CI runs
+ *   kernels/cuda/  CUDA kernels + cuBLAS (built when nvcc is found)
+ *
+ * Every op exists in both; tests compare each CUDA op with its CPU twin.
+ * Pointers passed to ops are "device pointers": host memory for the CPU
+ * backend, cudaMalloc'ed memory for CUDA. Only alloc/free/copy cross that
+ * boundary. Ops are asynchronous on the backend's single stream; call sync()
+ * before reading results on the host. Each op returns 0 or a negative errno
+ * (-EINVAL for bad shapes, -ENOMEM, -EIO for a device failure).
+ *
+ * KV pool layout (DESIGN.md §3). The pool is an array of n_pages pages of
+ * page_bytes each. A page holds page_tokens tokens of ONE lane
+ * (session, layer, kv head): first K rows [page_tokens][head_dim], then V rows
+ * [page_tokens][head_dim], in the pool's kv dtype. Beside the pages, indexed by
+ * slot = page * page_tokens + i:
+ *   pos[slot]    int32  original position of the token (rope=absolute)
+ *   score[slot]  f32    policy statistic (attention sums etc.)
+ * and per page the Quest key bounds:
+ *   kmin/kmax[page][head_dim] f32, channel-wise min/max of the page's keys
+ *   ROTATED at their effective position (see sinkd_rope), so that
+ *   q_rot . k_rot <= sum_i max(q_rot_i*kmax_i, q_rot_i*kmin_i) holds exactly.
+ *   Under rope=cache a key's effective position is its index in the lane,
+ *   which changes when tokens before it are evicted: compaction recomputes
+ *   the bounds of every page it rewrites, and a rope-mode switch recomputes
+ *   all of a lane's bounds (sinkd_ops.page_bounds).
+ *
+ * Keys are stored BEFORE RoPE; attention rotates them at read time.
+ */
+#ifndef SINKD_BACKEND_H
+#define SINKD_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum sinkd_dtype {
+    SINKD_F32 = 0,
+    SINKD_F16 = 1,
+    SINKD_BF16 = 2,
+    SINKD_Q8_0 = 3, /* weights only: blocks of 32 int8 + one f16 scale (GGUF) */
+} sinkd_dtype;
+
+/* Bytes of @n elements of @dt (Q8_0: n must be a multiple of 32). */
+size_t sinkd_dtype_bytes(sinkd_dtype dt, size_t n);
+const char *sinkd_dtype_name(sinkd_dtype dt);
+
+typedef enum sinkd_rope_style {
+    SINKD_ROPE_ADJACENT = 0, /* GGUF/llama.cpp "normal": pairs (2i, 2i+1) */
+    SINKD_ROPE_NEOX = 1,     /* half split: pairs (i, i + d/2) */
+} sinkd_rope_style;
+
+typedef enum sinkd_rope_mode {
+    SINKD_ROPE_ABSOLUTE = 0, /* key position = stored original position */
+    SINKD_ROPE_CACHE = 1,    /* key position = index in the lane (StreamingLLM) */
+} sinkd_rope_mode;
+
+/* RoPE parameters of a session. Pair i of a head_dim d rotates by angle
+ * pos/scale * theta^(-2i/d). scale = 1 means no linear scaling. */
+typedef struct sinkd_rope {
+    float theta;   /* base, e.g. 10000 or 500000 */
+    float scale;   /* linear position scaling factor (>= 1) */
+    uint8_t style; /* sinkd_rope_style */
+    uint8_t mode;  /* sinkd_rope_mode */
+    uint8_t _pad[2];
+} sinkd_rope;
+
+/* What an attention op does with the per-key probabilities it may emit.
+ * p = attention probability of a key, summed over the query heads of its
+ * GQA group (so the values of one query sum to group size). */
+typedef enum sinkd_score_op {
+    SINKD_SCORE_NONE = 0,  /* do not compute */
+    SINKD_SCORE_WRITE = 1, /* score[slot] = p               (TOVA: last row) */
+    SINKD_SCORE_ADD = 2,   /* score[slot] += p              (H2O) */
+    SINKD_SCORE_DECAY = 3, /* score[slot] = decay*score + p (A2SF) */
+} sinkd_score_op;
+
+/* The pool as the kernels see it. Owned by the KV store (daemon/kv); the
+ * backend only reads and writes through these pointers. */
+typedef struct sinkd_kv_pool {
+    void *pages;      /* n_pages * page_bytes, kv dtype */
+    int32_t *pos;     /* [n_pages * page_tokens] */
+    float *score;     /* [n_pages * page_tokens] */
+    float *kmin;      /* [n_pages * head_dim_max] */
+    float *kmax;      /* [n_pages * head_dim_max] */
+    size_t page_bytes;
+    int32_t n_pages;
+    int32_t page_tokens;
+    int32_t head_dim_max; /* stride of kmin/kmax rows */
+    uint8_t dtype;        /* sinkd_dtype of K/V: F32/F16 on CPU, F16/BF16 on GPU */
+    uint8_t _pad[3];
+} sinkd_kv_pool;
+
+/* A batch of lanes as device arrays. Lane l has len[l] tokens stored in its
+ * pages page_ids[page_off[l] .. page_off[l+1]); token t of the lane lives at
+ * slot page_ids[page_off[l] + t / page_tokens] * page_tokens + t % page_tokens.
+ * All lanes of one call share head_dim. */
+typedef struct sinkd_lanes {
+    int32_t n_lanes;
+    int32_t _pad;
+    const int32_t *len;      /* [n_lanes] */
+    const int32_t *page_off; /* [n_lanes + 1] */
+    const int32_t *page_ids; /* [page_off[n_lanes]] */
+} sinkd_lanes;
+
+/* Decode attention: one query token per sequence, over paged lanes.
+ * Sequence s has n_kv_heads lanes: lane index s * n_kv_heads + h. Query head
+ * qh uses kv head qh / (n_q_heads / n_kv_heads). The query is the LAST token
+ * of each lane (appended before the call), so it attends to every key of its
+ * lane (or the selected pages).
+ *   q      [n_seqs][n_q_heads][head_dim] f32, before RoPE
+ *   out    [n_seqs][n_q_heads][head_dim] f32
+ *   q_pos  [n_seqs] query position for rope=absolute; ignored for
+ *          rope=cache, where the query's position is len[lane] - 1
+ *   sel    optional sparse decode: if sel_off != NULL, lane l attends only to
+ *          logical pages sel_pages[sel_off[l] .. sel_off[l+1]) (indices into
+ *          the lane's page list, ascending, each < ceil(len/page_tokens));
+ *          key positions under rope=cache stay their full-lane index.
+ *   score  if score_op != NONE, pool->score of every key attended is updated
+ *          with exact probabilities (normalised by the final log-sum-exp).
+ */
+typedef struct sinkd_decode_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t n_seqs, n_q_heads, n_kv_heads, head_dim;
+    sinkd_rope rope;
+    float softmax_scale;     /* usually 1/sqrt(head_dim) */
+    const float *q;
+    float *out;
+    const int32_t *q_pos;
+    const int32_t *sel_off;  /* [n_lanes + 1] or NULL */
+    const int32_t *sel_pages;
+    int32_t score_op;        /* sinkd_score_op */
+    float score_decay;
+} sinkd_decode_args;
+
+/* Prefill attention of one sequence's chunk of n new tokens, causal. The
+ * chunk is the last n tokens of each of the sequence's n_kv_heads lanes
+ * (appended before the call); query i attends to keys 0 .. len - n + i.
+ *   q      [n][n_q_heads][head_dim] f32 before RoPE; out likewise
+ *   q_pos  [n] positions (rope=absolute); rope=cache uses len - n + i
+ *   obs_w  if > 0, the attention of the last min(obs_w, n) queries to every
+ *          key of the lane, summed over those queries and the group's heads,
+ *          is written with score_op into pool->score (SnapKV's window).
+ */
+typedef struct sinkd_prefill_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;       /* n_kv_heads lanes of one sequence */
+    int32_t n, n_q_heads, n_kv_heads, head_dim;
+    sinkd_rope rope;
+    float softmax_scale;
+    const float *q;
+    float *out;
+    const int32_t *q_pos;
+    int32_t obs_w;
+    int32_t score_op;
+    float score_decay;
+    int32_t _pad;
+} sinkd_prefill_args;
+
+/* Quest page scoring: for each lane of the batch (query = seq's q, rotated at
+ * its position as in decode), score every page by
+ *   sum over the group's query heads of sum_i max(q_i*kmax_i, q_i*kmin_i)
+ * and write the top k logical page indices per lane, ascending, to
+ * out_pages[l * k ..] (fewer than k pages: all of them, rest -1). */
+typedef struct sinkd_topk_pages_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t n_seqs, n_q_heads, n_kv_heads, head_dim;
+    sinkd_rope rope;
+    const float *q;          /* [n_seqs][n_q_heads][head_dim] before RoPE */
+    const int32_t *q_pos;    /* [n_seqs] */
+    int32_t k;
+    int32_t _pad;
+    int32_t *out_pages;      /* [n_lanes * k] */
+    float *out_scores;       /* [n_lanes * k] or NULL: the bounds of the chosen pages */
+} sinkd_topk_pages_args;
+
+/* Append n tokens to each of n_lanes lanes of one layer (lanes of possibly
+ * several sequences). Lane l receives rows k[l][0..n) / v[l][0..n) at its
+ * tokens len[l] - n .. len[l] - 1 (pages already reserved by the store and
+ * listed in `lanes`, len already including the new tokens). pos[l][i] is the
+ * token's original position; score starts at 0. Page key bounds of the
+ * touched pages are updated.
+ *   k, v  [n_lanes][n][head_dim] f32 (converted to the pool dtype)
+ *   pos   [n_lanes][n] */
+typedef struct sinkd_append_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t n, head_dim;
+    sinkd_rope rope;         /* for the bounds (effective positions) */
+    const float *k, *v;
+    const int32_t *pos;
+} sinkd_append_args;
+
+/* Keep-list compaction, in place per lane: lane l keeps its tokens
+ * keep[keep_off[l] .. keep_off[l+1]) (strictly ascending indices < len[l]),
+ * moving K, V, pos and score together to indices 0..nkeep-1. The store then
+ * shortens the lane and frees its now-unused tail pages. Bounds of every
+ * rewritten page are recomputed. */
+typedef struct sinkd_compact_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t head_dim;
+    sinkd_rope rope;
+    const int32_t *keep_off; /* [n_lanes + 1] */
+    const int32_t *keep;
+} sinkd_compact_args;
+
+/* Dense weight matrix as the backend holds it: w[rows][cols], row-major,
+ * in dtype (F32/F16/BF16 or Q8_0 on the CPU; F16/BF16/F32 on CUDA). */
+typedef struct sinkd_weight {
+    const void *data;
+    int32_t rows, cols;
+    uint8_t dtype;
+    uint8_t _pad[7];
+} sinkd_weight;
+
+typedef struct sinkd_backend sinkd_backend;
+
+typedef struct sinkd_backend_info {
+    char name[16];           /* "cpu" or "cuda" */
+    char device[128];        /* CPU model or GPU name */
+    uint64_t mem_total;      /* bytes of device memory (RAM for cpu) */
+    uint64_t mem_free;
+    int32_t threads;         /* CPU worker threads / SM count */
+    int32_t _pad;
+} sinkd_backend_info;
+
+/* The ops table. Every entry is required. Shapes in brackets are row-major,
+ * f32 unless a dtype is named. */
+typedef struct sinkd_ops {
+    /* memory: device allocations are not zeroed */
+    int (*alloc)(sinkd_backend *be, void **p, size_t bytes);
+    void (*free)(sinkd_backend *be, void *p);
+    int (*memset0)(sinkd_backend *be, void *p, size_t bytes);
+    int (*h2d)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
+    int (*d2h)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
+    int (*d2d)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
+    int (*sync)(sinkd_backend *be);
+    int (*info)(sinkd_backend *be, sinkd_backend_info *out);
+
+    /* KV and attention */
+    int (*kv_append)(sinkd_backend *be, const sinkd_append_args *a);
+    int (*kv_compact)(sinkd_backend *be, const sinkd_compact_args *a);
+    int (*attn_decode)(sinkd_backend *be, const sinkd_decode_args *a);
+    int (*attn_prefill)(sinkd_backend *be, const sinkd_prefill_args *a);
+    int (*topk_pages)(sinkd_backend *be, const sinkd_topk_pages_args *a);
+
+    /* model forward */
+    /* y[m][w.rows] = x[m][w.cols] . w^T (+ bias[w.rows] if bias != NULL) */
+    int (*matmul)(sinkd_backend *be, float *y, const float *x, int32_t m,
+                  const sinkd_weight *w, const float *bias);
+    /* y[m][d] = x * rsqrt(mean(x^2) + eps) * g[d]   (y may alias x) */
+    int (*rmsnorm)(sinkd_backend *be, float *y, const float *x, const float *g,
+                   int32_t m, int32_t d, float eps);
+    /* x[m][n_heads][head_dim] rotated in place at positions pos[m] */
+    int (*rope)(sinkd_backend *be, float *x, const int32_t *pos, int32_t m,
+                int32_t n_heads, int32_t head_dim, const sinkd_rope *rope);
+    /* gate[m][d] = silu(gate) * up   (in place) */
+    int (*swiglu)(sinkd_backend *be, float *gate, const float *up, int32_t m, int32_t d);
+    /* y[n] += x[n] */
+    int (*add)(sinkd_backend *be, float *y, const float *x, int64_t n);
+    /* out[m][d] = table row ids[i] (table in its dtype, converted to f32) */
+    int (*embed)(sinkd_backend *be, float *out, const sinkd_weight *table,
+                 const int32_t *ids, int32_t m);
+    /* argmax per row: ids[m] = argmax(x[m][n]) (ties: lowest index) */
+    int (*argmax)(sinkd_backend *be, int32_t *ids, const float *x, int32_t m, int32_t n);
+} sinkd_ops;
+
+struct sinkd_backend {
+    const sinkd_ops *ops;
+    sinkd_backend_info info;
+    void *priv;              /* implementation state (streams, handles, workspace) */
+};
+
+/* Open a backend by name ("cpu", "cuda", or "auto": cuda when a GPU is
+ * present, else cpu). @threads: CPU worker threads (0 = number of cores).
+ * On success *@out is owned by the caller; close it with sinkd_backend_close.
+ * Errors: -ENODEV (cuda asked for but no GPU / not built), -ENOMEM, -EINVAL. */
+int sinkd_backend_open(const char *name, int threads, sinkd_backend **out);
+void sinkd_backend_close(sinkd_backend *be);
+
+/* Implementation entry points (used by sinkd_backend_open and the tests). */
+int sinkd_cpu_backend_open(int threads, sinkd_backend **out);
+/* Returns -ENODEV when built without CUDA or when no GPU is visible. */
+int sinkd_cuda_backend_open(sinkd_backend **out);
+/* True when the CUDA backend was compiled in. */
+bool sinkd_cuda_built(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SINKD_BACKEND_H */
