@@ -1,0 +1,5 @@
+/*
+ * Every op table, one line each (see ops.h). Included with SINKD_OPS defined;
+ * no include guard on purpose.
+ */
+SINKD_OPS(sinkd_ops_core)
