@@ -14,7 +14,9 @@
  * KV pool layout (DESIGN.md §3). The pool is an array of n_pages pages of
  * page_bytes each. A page holds page_tokens tokens of ONE lane
  * (session, layer, kv head): first K rows [page_tokens][head_dim], then V rows
- * [page_tokens][head_dim], in the pool's kv dtype. Beside the pages, indexed by
+ * [page_tokens][head_dim], in the pool's kv dtype. head_dim is the lane's (the
+ * op's) head_dim, so V starts page_tokens * head_dim elements into the page
+ * (page_bytes is sized for head_dim_max; the rest of a page is unused). Beside the pages, indexed by
  * slot = page * page_tokens + i:
  *   pos[slot]    int32  original position of the token (rope=absolute)
  *   score[slot]  f32    policy statistic (attention sums etc.)
@@ -24,8 +26,10 @@
  *   q_rot . k_rot <= sum_i max(q_rot_i*kmax_i, q_rot_i*kmin_i) holds exactly.
  *   Under rope=cache a key's effective position is its index in the lane,
  *   which changes when tokens before it are evicted: compaction recomputes
- *   the bounds of every page it rewrites, and a rope-mode switch recomputes
- *   all of a lane's bounds (sinkd_ops.page_bounds).
+ *   the bounds of every page of the compacted lane, so a rope switch
+ *   recomputes a lane's bounds with kv_compact and an identity keep list.
+ *   Bounds cover the page's valid tokens only (a lane's last page may be
+ *   partly filled).
  *
  * Keys are stored BEFORE RoPE; attention rotates them at read time.
  */
@@ -110,6 +114,7 @@ typedef struct sinkd_lanes {
 } sinkd_lanes;
 
 /* Decode attention: one query token per sequence, over paged lanes.
+ * A lane with no key to attend (len 0, or no selected page) gives out = 0.
  * Sequence s has n_kv_heads lanes: lane index s * n_kv_heads + h. Query head
  * qh uses kv head qh / (n_q_heads / n_kv_heads). The query is the LAST token
  * of each lane (appended before the call), so it attends to every key of its
@@ -122,6 +127,8 @@ typedef struct sinkd_lanes {
  *          logical pages sel_pages[sel_off[l] .. sel_off[l+1]) (indices into
  *          the lane's page list, ascending, each < ceil(len/page_tokens));
  *          key positions under rope=cache stay their full-lane index.
+ *          Entries < 0 are skipped, so topk_pages' out_pages can be passed
+ *          as it is with sel_off[l] = l * k.
  *   score  if score_op != NONE, pool->score of every key attended is updated
  *          with exact probabilities (normalised by the final log-sum-exp).
  */
@@ -148,6 +155,9 @@ typedef struct sinkd_decode_args {
  *   obs_w  if > 0, the attention of the last min(obs_w, n) queries to every
  *          key of the lane, summed over those queries and the group's heads,
  *          is written with score_op into pool->score (SnapKV's window).
+ *          score_op is applied to every key 0 .. len-1 of each lane (keys
+ *          after a query's position count 0 for it) and only when obs_w > 0:
+ *          obs_w >= n accumulates over every query of the chunk (H2O).
  */
 typedef struct sinkd_prefill_args {
     const sinkd_kv_pool *pool;
@@ -168,7 +178,10 @@ typedef struct sinkd_prefill_args {
  * its position as in decode), score every page by
  *   sum over the group's query heads of sum_i max(q_i*kmax_i, q_i*kmin_i)
  * and write the top k logical page indices per lane, ascending, to
- * out_pages[l * k ..] (fewer than k pages: all of them, rest -1). */
+ * out_pages[l * k ..] (fewer than k pages: all of them, rest -1, and
+ * -INFINITY in out_scores). Ties go to
+ * the lower page index. The query position is q_pos[s] (rope=absolute) or
+ * len[lane] - 1 (rope=cache), as in decode. */
 typedef struct sinkd_topk_pages_args {
     const sinkd_kv_pool *pool;
     sinkd_lanes lanes;
@@ -197,13 +210,19 @@ typedef struct sinkd_append_args {
     sinkd_rope rope;         /* for the bounds (effective positions) */
     const float *k, *v;
     const int32_t *pos;
+    /* Appended: layout of k and v. 0 = [n_lanes][n][head_dim] as above;
+     * 1 = [n][n_lanes][head_dim], the K/V projection's output for the
+     * n_kv_heads lanes of one sequence (pos stays [n_lanes][n]). */
+    int32_t kv_token_major;
+    int32_t _pad2;
 } sinkd_append_args;
 
 /* Keep-list compaction, in place per lane: lane l keeps its tokens
  * keep[keep_off[l] .. keep_off[l+1]) (strictly ascending indices < len[l]),
  * moving K, V, pos and score together to indices 0..nkeep-1. The store then
- * shortens the lane and frees its now-unused tail pages. Bounds of every
- * rewritten page are recomputed. */
+ * shortens the lane and frees its now-unused tail pages. The bounds of every
+ * page holding kept tokens are recomputed with @rope (an identity keep list
+ * only recomputes them). */
 typedef struct sinkd_compact_args {
     const sinkd_kv_pool *pool;
     sinkd_lanes lanes;
@@ -240,6 +259,8 @@ typedef struct sinkd_ops {
     int (*alloc)(sinkd_backend *be, void **p, size_t bytes);
     void (*free)(sinkd_backend *be, void *p);
     int (*memset0)(sinkd_backend *be, void *p, size_t bytes);
+    /* h2d: @src may be reused as soon as h2d returns; the copy is ordered
+     * after the ops issued before it. */
     int (*h2d)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
     int (*d2h)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
     int (*d2d)(sinkd_backend *be, void *dst, const void *src, size_t bytes);
@@ -293,6 +314,10 @@ int sinkd_cpu_backend_open(int threads, sinkd_backend **out);
 int sinkd_cuda_backend_open(sinkd_backend **out);
 /* True when the CUDA backend was compiled in. */
 bool sinkd_cuda_built(void);
+/* Release a backend opened by the matching _open (sinkd_backend_close picks
+ * the one named in be->info.name). NULL is a no-op. */
+void sinkd_cpu_backend_close(sinkd_backend *be);
+void sinkd_cuda_backend_close(sinkd_backend *be);
 
 #ifdef __cplusplus
 }
