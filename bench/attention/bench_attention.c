@@ -1,0 +1,424 @@
+/*
+ * sinkd-bench-attention: the CUDA attention kernels on the shapes of a
+ * Llama-3-8B-like layer (32 query heads, 8 kv heads, head_dim 128, bf16 KV,
+ * pages of 16 tokens). Prints a table, writes JSON (argv[1], default
+ * bench-attention.json).
+ *
+ *   copy     device-to-device copy of 2 GiB: bytes read + written / time
+ *   decode   batch x context; bandwidth = K+V bytes read / kernel time, with
+ *            lanes rotated over enough disjoint page sets (>= 512 MiB) that
+ *            L2 (50 MB) never holds the next call's pages
+ *   score    decode with score_op = ADD (exact probabilities) vs NONE
+ *   sparse   decode on 1, 1/2, 1/4, 1/8, 1/16 of the pages at 32K context
+ *   prefill  one sequence, causal, n = 4K..32K: 4*n*n/2*D*n_q FLOP / time
+ *
+ * Times are medians of 7 runs of events around a batch of calls.
+ */
+#include <cuda_runtime.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda/stream.h"
+
+#define NQ 32
+#define NKV 8
+#define HD 128
+#define PT 16
+#define PAGE_BYTES (2 * PT * HD * 2)
+#define RUNS 7
+
+#define CK(x)                                                                   \
+    do {                                                                        \
+        int rc_ = (x);                                                          \
+        if (rc_ != 0) {                                                         \
+            fprintf(stderr, "<3>%s:%d: %s failed: %d\n", __FILE__, __LINE__, #x, rc_); \
+            exit(1);                                                            \
+        }                                                                       \
+    } while (0)
+
+static sinkd_backend *be;
+static cudaStream_t st; /* the backend's stream: events must be on it */
+static FILE *js;
+static int js_first = 1;
+
+static void js_row(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void js_row(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(js, "%s\n  ", js_first ? "" : ",");
+    js_first = 0;
+    vfprintf(js, fmt, ap);
+    va_end(ap);
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)(rng >> 40) / 16777216.0f * 2.0f - 1.0f;
+}
+
+static void *dev_upload(const void *h, size_t n)
+{
+    void *d;
+    CK(be->ops->alloc(be, &d, n));
+    CK(be->ops->h2d(be, d, h, n));
+    return d;
+}
+
+/* Random bf16 bits in [-1, 1) on the device, filled on the host in chunks. */
+static void dev_fill_bf16(void *d, size_t n)
+{
+    size_t chunk = (size_t)1 << 24;
+    uint16_t *h = malloc(chunk * 2);
+    for (size_t i = 0; i < chunk; i++) {
+        float f = frand();
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        h[i] = (uint16_t)(u >> 16);
+    }
+    for (size_t o = 0; o < n; o += chunk) {
+        size_t c = n - o < chunk ? n - o : chunk;
+        CK(be->ops->h2d(be, (uint16_t *)d + o, h, c * 2));
+    }
+    free(h);
+}
+
+typedef struct pool {
+    sinkd_kv_pool kv;
+    int32_t n_pages;
+} pool;
+
+static void pool_make(pool *p, int32_t n_pages)
+{
+    memset(p, 0, sizeof *p);
+    p->n_pages = n_pages;
+    size_t ns = (size_t)n_pages * PT;
+    CK(be->ops->alloc(be, &p->kv.pages, (size_t)n_pages * PAGE_BYTES));
+    dev_fill_bf16(p->kv.pages, (size_t)n_pages * PAGE_BYTES / 2);
+    int32_t *hp = malloc(ns * 4);
+    for (size_t i = 0; i < ns; i++)
+        hp[i] = (int32_t)(i % (1 << 17));
+    p->kv.pos = dev_upload(hp, ns * 4);
+    free(hp);
+    CK(be->ops->alloc(be, (void **)&p->kv.score, ns * 4));
+    CK(be->ops->memset0(be, p->kv.score, ns * 4));
+    CK(be->ops->alloc(be, (void **)&p->kv.kmin, (size_t)n_pages * HD * 4));
+    CK(be->ops->alloc(be, (void **)&p->kv.kmax, (size_t)n_pages * HD * 4));
+    CK(be->ops->memset0(be, p->kv.kmin, (size_t)n_pages * HD * 4));
+    CK(be->ops->memset0(be, p->kv.kmax, (size_t)n_pages * HD * 4));
+    p->kv.page_bytes = PAGE_BYTES;
+    p->kv.n_pages = n_pages;
+    p->kv.page_tokens = PT;
+    p->kv.head_dim_max = HD;
+    p->kv.dtype = SINKD_BF16;
+}
+
+static void pool_free(pool *p)
+{
+    be->ops->free(be, p->kv.pages);
+    be->ops->free(be, p->kv.pos);
+    be->ops->free(be, p->kv.score);
+    be->ops->free(be, p->kv.kmin);
+    be->ops->free(be, p->kv.kmax);
+}
+
+/* Lane sets: set r maps lanes to pages [r*per, (r+1)*per), pages of a lane
+ * interleaved with other lanes' (as a real pool fills). */
+typedef struct lanes {
+    int nsets, nl;
+    sinkd_lanes *set;
+    void **bufs;
+    int nbufs;
+} lanes;
+
+static void lanes_make(lanes *L, int nsets, int nl, int len)
+{
+    int np = (len + PT - 1) / PT;
+    L->nsets = nsets;
+    L->nl = nl;
+    L->set = calloc(nsets, sizeof *L->set);
+    L->bufs = calloc((size_t)nsets * 3, sizeof(void *));
+    L->nbufs = 0;
+    int32_t *hl = malloc(nl * 4), *ho = malloc((nl + 1) * 4), *hi = malloc((size_t)nl * np * 4);
+    for (int l = 0; l < nl; l++) {
+        hl[l] = len;
+        ho[l] = l * np;
+    }
+    ho[nl] = nl * np;
+    for (int r = 0; r < nsets; r++) {
+        for (int l = 0; l < nl; l++)
+            for (int j = 0; j < np; j++)
+                hi[(size_t)l * np + j] = (int32_t)((size_t)r * nl * np + (size_t)j * nl + l);
+        L->set[r].n_lanes = nl;
+        L->set[r].len = L->bufs[L->nbufs++] = dev_upload(hl, nl * 4);
+        L->set[r].page_off = L->bufs[L->nbufs++] = dev_upload(ho, (nl + 1) * 4);
+        L->set[r].page_ids = L->bufs[L->nbufs++] = dev_upload(hi, (size_t)nl * np * 4);
+    }
+    free(hl);
+    free(ho);
+    free(hi);
+}
+
+static void lanes_free(lanes *L)
+{
+    for (int i = 0; i < L->nbufs; i++)
+        be->ops->free(be, L->bufs[i]);
+    free(L->bufs);
+    free(L->set);
+}
+
+/* Median ms per decode call over RUNS batches of @calls calls. */
+static float time_decode(sinkd_decode_args *a, lanes *L, int calls)
+{
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float t[RUNS];
+    for (int w = 0; w < 2; w++) {
+        a->lanes = L->set[w % L->nsets];
+        CK(be->ops->attn_decode(be, a));
+    }
+    CK(be->ops->sync(be));
+    for (int r = 0; r < RUNS; r++) {
+        cudaEventRecord(e0, st);
+        for (int i = 0; i < calls; i++) {
+            a->lanes = L->set[(r * calls + i) % L->nsets];
+            CK(be->ops->attn_decode(be, a));
+        }
+        cudaEventRecord(e1, st);
+        CK(be->ops->sync(be));
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[r], e0, e1);
+        t[r] /= (float)calls;
+    }
+    qsort(t, RUNS, sizeof t[0], cmp_f);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return t[RUNS / 2];
+}
+
+static double copy_gbs(void)
+{
+    size_t n = (size_t)2 << 30;
+    void *a, *b;
+    CK(be->ops->alloc(be, &a, n));
+    CK(be->ops->alloc(be, &b, n));
+    CK(be->ops->memset0(be, a, n));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float t[RUNS];
+    CK(be->ops->d2d(be, b, a, n));
+    CK(be->ops->sync(be));
+    for (int r = 0; r < RUNS; r++) {
+        cudaEventRecord(e0, st);
+        cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, st);
+        cudaEventRecord(e1, st);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[r], e0, e1);
+    }
+    qsort(t, RUNS, sizeof t[0], cmp_f);
+    be->ops->free(be, a);
+    be->ops->free(be, b);
+    return 2.0 * n / (t[RUNS / 2] * 1e-3) / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = argc > 1 ? argv[1] : "bench-attention.json";
+    int rc = sinkd_cuda_backend_open(&be);
+    if (rc) {
+        fprintf(stderr, "<3>no CUDA backend: %d\n", rc);
+        return 1;
+    }
+    st = sinkd_cuda_backend_stream(be);
+    js = fopen(path, "w");
+    if (!js) {
+        fprintf(stderr, "<3>cannot write %s\n", path);
+        return 1;
+    }
+    sinkd_backend_info info;
+    CK(be->ops->info(be, &info));
+    double spec = 3350.0;
+    double copy = copy_gbs();
+    fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"spec_gbs\": %.0f, \"rows\": [", info.device,
+            copy, spec);
+    printf("device %s, d2d copy %.0f GB/s (read+write), spec %.0f GB/s\n", info.device, copy, spec);
+
+    /* one pool big enough for every decode shape (rotations included) */
+    const size_t rot_bytes = (size_t)512 << 20;
+    const int32_t pool_pages = (int32_t)(((size_t)12 << 30) / PAGE_BYTES);
+    pool P;
+    pool_make(&P, pool_pages);
+
+    float *hq = malloc((size_t)128 * NQ * HD * 4);
+    for (size_t i = 0; i < (size_t)128 * NQ * HD; i++)
+        hq[i] = frand();
+    float *q = dev_upload(hq, (size_t)128 * NQ * HD * 4);
+    int32_t hqp[128];
+    for (int i = 0; i < 128; i++)
+        hqp[i] = 200000;
+    int32_t *qp = dev_upload(hqp, sizeof hqp);
+    float *out;
+    CK(be->ops->alloc(be, (void **)&out, (size_t)128 * NQ * HD * 4));
+
+    sinkd_rope rope = {.theta = 500000.0f, .scale = 1.0f, .style = SINKD_ROPE_NEOX,
+                       .mode = SINKD_ROPE_ABSOLUTE};
+    static const int batches[] = {1, 8, 32, 64, 128};
+    static const int ctxs[] = {512, 4096, 16384, 65536, 131072};
+    printf("\n%-8s %8s %10s %10s %8s %8s %10s %8s\n", "batch", "context", "us", "GB/s", "%spec",
+           "%copy", "score_us", "+score%");
+    for (int bi = 0; bi < 5; bi++) {
+        for (int ci = 0; ci < 5; ci++) {
+            int B = batches[bi], L = ctxs[ci], nl = B * NKV;
+            size_t pages = (size_t)nl * (L / PT);
+            size_t bytes = pages * PAGE_BYTES;
+            if (pages > (size_t)pool_pages)
+                continue;
+            int nsets = (int)((rot_bytes + bytes - 1) / bytes);
+            if ((size_t)nsets * pages > (size_t)pool_pages)
+                nsets = (int)(pool_pages / pages);
+            lanes LS;
+            lanes_make(&LS, nsets, nl, L);
+            sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = NQ, .n_kv_heads = NKV,
+                                   .head_dim = HD, .rope = rope, .softmax_scale = 0.08838834764f,
+                                   .q = q, .out = out, .q_pos = qp};
+            int calls = nsets < 4 ? 4 : nsets;
+            float ms = time_decode(&a, &LS, calls);
+            a.score_op = SINKD_SCORE_ADD;
+            float ms_s = time_decode(&a, &LS, calls);
+            double gbs = bytes / (ms * 1e-3) / 1e9;
+            printf("%-8d %8d %10.1f %10.0f %7.1f%% %7.1f%% %10.1f %7.1f%%\n", B, L, ms * 1e3, gbs,
+                   100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3, 100 * (ms_s / ms - 1));
+            js_row("{\"kind\": \"decode\", \"batch\": %d, \"context\": %d, \"us\": %.2f, \"gbs\": %.1f, "
+                   "\"pct_spec\": %.1f, \"pct_copy\": %.1f, \"score_us\": %.2f}",
+                   B, L, ms * 1e3, gbs, 100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3);
+            lanes_free(&LS);
+        }
+    }
+
+    /* sparse decode at 32K: keep every f-th page (selection precomputed) */
+    {
+        int B = 16, L = 32768, nl = B * NKV, np = L / PT;
+        int nsets = 1;
+        lanes LS;
+        lanes_make(&LS, nsets, nl, L);
+        sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = NQ, .n_kv_heads = NKV,
+                               .head_dim = HD, .rope = rope, .softmax_scale = 0.08838834764f,
+                               .q = q, .out = out, .q_pos = qp};
+        float dense = time_decode(&a, &LS, 4);
+        printf("\nsparse decode, batch %d x %d (dense %.1f us)\n%-8s %10s %10s\n", B, L, dense * 1e3,
+               "kept", "us", "speedup");
+        int32_t *ho = malloc((nl + 1) * 4), *hs = malloc((size_t)nl * np * 4);
+        for (int f = 1; f <= 16; f *= 2) {
+            int k = np / f;
+            for (int l = 0; l <= nl; l++)
+                ho[l] = l * k;
+            for (int l = 0; l < nl; l++)
+                for (int j = 0; j < k; j++)
+                    hs[(size_t)l * k + j] = j * f;
+            int32_t *so = dev_upload(ho, (nl + 1) * 4), *sp = dev_upload(hs, (size_t)nl * k * 4);
+            a.sel_off = so;
+            a.sel_pages = sp;
+            float ms = time_decode(&a, &LS, 8);
+            printf("1/%-6d %10.1f %9.2fx\n", f, ms * 1e3, dense / ms);
+            js_row("{\"kind\": \"sparse\", \"batch\": %d, \"context\": %d, \"fraction\": %g, \"us\": %.2f, "
+                   "\"dense_us\": %.2f}", B, L, 1.0 / f, ms * 1e3, dense * 1e3);
+            be->ops->free(be, so);
+            be->ops->free(be, sp);
+        }
+        /* the Quest selection itself (k = 1/8 of the pages) */
+        int k = np / 8;
+        int32_t *tp;
+        CK(be->ops->alloc(be, (void **)&tp, (size_t)nl * k * 4));
+        sinkd_topk_pages_args ta = {.pool = &P.kv, .lanes = LS.set[0], .n_seqs = B, .n_q_heads = NQ,
+                                    .n_kv_heads = NKV, .head_dim = HD, .rope = rope, .q = q,
+                                    .q_pos = qp, .k = k, .out_pages = tp};
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        CK(be->ops->topk_pages(be, &ta));
+        cudaEventRecord(e0, st);
+        for (int i = 0; i < 10; i++)
+            CK(be->ops->topk_pages(be, &ta));
+        cudaEventRecord(e1, st);
+        CK(be->ops->sync(be));
+        float tk;
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&tk, e0, e1);
+        printf("topk_pages (k = 1/8): %.1f us\n", tk * 100);
+        js_row("{\"kind\": \"topk\", \"batch\": %d, \"context\": %d, \"k\": %d, \"us\": %.2f}", B, L, k, tk * 100);
+        be->ops->free(be, tp);
+        free(ho);
+        free(hs);
+        lanes_free(&LS);
+    }
+
+    /* prefill: one sequence, causal, no past */
+    printf("\nprefill (causal, 32q/8kv, d 128)\n%-8s %10s %10s\n", "n", "ms", "TFLOP/s");
+    for (int n = 4096; n <= 32768; n *= 2) {
+        lanes LS;
+        lanes_make(&LS, 1, NKV, n);
+        float *pq, *po;
+        size_t qn = (size_t)n * NQ * HD;
+        CK(be->ops->alloc(be, (void **)&pq, qn * 4));
+        CK(be->ops->alloc(be, (void **)&po, qn * 4));
+        float *h = malloc(qn * 4);
+        for (size_t i = 0; i < qn; i++)
+            h[i] = frand();
+        CK(be->ops->h2d(be, pq, h, qn * 4));
+        for (int i = 0; i < n && i < 32768; i++)
+            ((int32_t *)h)[i] = i;
+        int32_t *pp = dev_upload(h, (size_t)n * 4);
+        free(h);
+        sinkd_prefill_args a = {.pool = &P.kv, .lanes = LS.set[0], .n = n, .n_q_heads = NQ,
+                                .n_kv_heads = NKV, .head_dim = HD, .rope = rope,
+                                .softmax_scale = 0.08838834764f, .q = pq, .out = po, .q_pos = pp};
+        CK(be->ops->attn_prefill(be, &a));
+        CK(be->ops->sync(be));
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        float t[3];
+        for (int r = 0; r < 3; r++) {
+            cudaEventRecord(e0, st);
+            CK(be->ops->attn_prefill(be, &a));
+            cudaEventRecord(e1, st);
+            CK(be->ops->sync(be));
+            cudaEventSynchronize(e1);
+            cudaEventElapsedTime(&t[r], e0, e1);
+        }
+        qsort(t, 3, sizeof t[0], cmp_f);
+        double flop = 4.0 * n * (n + 1) / 2.0 * HD * NQ;
+        double tf = flop / (t[1] * 1e-3) / 1e12;
+        printf("%-8d %10.2f %10.1f\n", n, t[1], tf);
+        js_row("{\"kind\": \"prefill\", \"n\": %d, \"ms\": %.3f, \"tflops\": %.1f}", n, t[1], tf);
+        be->ops->free(be, pq);
+        be->ops->free(be, po);
+        be->ops->free(be, pp);
+        lanes_free(&LS);
+    }
+    fprintf(js, "\n]}\n");
+    fclose(js);
+    be->ops->free(be, q);
+    be->ops->free(be, qp);
+    be->ops->free(be, out);
+    pool_free(&P);
+    sinkd_backend_close(be);
+    return 0;
+}
