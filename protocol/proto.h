@@ -94,10 +94,14 @@ void sinkd_frame_reader_free(sinkd_frame_reader *r);
 /* Append @n bytes. The reader copies them; the caller keeps @data.
  * Returns 0, -ENOMEM, or the sticky error (-EMSGSIZE) of an earlier refusal.
  * Never buffers more than max_frame + SINKD_FRAME_HEADER bytes of one frame:
- * a length prefix over the limit is refused as soon as its 4 bytes arrive. */
+ * a length prefix over the limit is refused as soon as its 4 bytes arrive.
+ * The feed that brings such a prefix keeps nothing after it and still
+ * returns 0, so the whole frames before it stay available from
+ * sinkd_frame_reader_next, which then returns -EMSGSIZE; every later feed
+ * returns -EMSGSIZE. -ENOMEM takes nothing: the caller may retry. */
 int sinkd_frame_reader_feed(sinkd_frame_reader *r, const void *data, size_t n);
 
-/* Take the next whole frame. Returns 1 and sets *@payload/*@len to the
+/* Take the next whole frame. Returns 1 and sets *@payload and *@len to the
  * payload (valid until the next feed/next/free call on @r), 0 when more bytes
  * are needed, or -EMSGSIZE when the declared length exceeds max_frame (sticky:
  * the connection must be closed after replying frame_too_large). A zero-length
@@ -133,8 +137,10 @@ void sinkd_msg_free(sinkd_msg *m);
 
 /* ---------------------------------------------------------------------------
  * Field access on a map object. Each getter returns 0 and fills its output,
- * -ENOENT when the key is absent (or nil), -EINVAL when it has another type.
- * Strings are not NUL-terminated: use the length.
+ * -ENOENT when the key is absent (or nil), -EINVAL when it has another type
+ * (or @map is not a map, or an output pointer is NULL). When a map repeats a
+ * key, the first entry counts. Strings are not NUL-terminated: use the
+ * length; an empty str or bin gives a non-NULL pointer.
  */
 const msgpack_object *sinkd_map_get(const msgpack_object *map, const char *key);
 int sinkd_map_str(const msgpack_object *map, const char *key, const char **s, size_t *len);
