@@ -1,0 +1,179 @@
+/*
+ * duo: DuoAttention (Xiao et al., "DuoAttention: Efficient Long-Context LLM
+ * Inference with Retrieval and Streaming Heads", ICLR 2025, §3). Only some
+ * heads retrieve from the whole context; the rest attend to the first
+ * tokens and the recent ones, so their cache can be cut to sinks + recent
+ * (§3.2). Which heads are which is learned offline as a gate value alpha per
+ * (layer, kv head) and saved as full_attention_heads.tsv: one line per
+ * layer, one tab-separated value per kv head. A head is full when alpha >
+ * threshold or, with sparsity=s, when it is not among the round(s * heads)
+ * lowest alphas (the paper's deployment knob, §3.3). sinks=64 and
+ * recent=256 are the paper's streaming-head sizes (§4.1).
+ *
+ *   pattern=PATH    full_attention_heads.tsv (DuoAttention's format), or
+ *   heads=TABLE     the same inline: rows split by ';', values by ','
+ *   threshold=0.5   alpha above which a head is full
+ *   sparsity=S      instead: fraction of heads made streaming, in [0, 1]
+ *   sinks=64 recent=256   what a streaming head keeps
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+#define DUO_FILE_MAX (1 << 20)
+
+typedef struct duo_state {
+    int64_t sinks, recent;
+    size_t n;         /* n_layers * n_kv_heads */
+    uint8_t kind[];   /* sinkd_policy_head_kind per (layer, kv head) */
+} duo_state;
+
+/* Read a whole (small) file into a NUL-terminated buffer. */
+static char *duo_read(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = malloc(DUO_FILE_MAX + 1);
+    size_t n = buf != NULL ? fread(buf, 1, DUO_FILE_MAX + 1, f) : 0;
+    fclose(f);
+    if (buf == NULL || n > DUO_FILE_MAX) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Parse rows of alphas (rows: '\n' or ';', cells: '\t' or ',') into
+ * alpha[layer * kv_heads + head]. Empty rows are skipped. */
+static int32_t duo_parse(const sinkd_policy_host *host, const sinkd_policy_params *params,
+                         char *text, const sinkd_policy_geometry *g, double *alpha)
+{
+    char msg[128], *row_save = NULL;
+    int32_t rows = 0;
+    for (char *row = strtok_r(text, "\n;", &row_save); row != NULL;
+         row = strtok_r(NULL, "\n;", &row_save)) {
+        if (row[strspn(row, " \t\r")] == '\0')
+            continue;
+        if (rows == g->n_layers) {
+            snprintf(msg, sizeof msg, "head table has more than %d rows (layers)", g->n_layers);
+            return host->param_fail(params, msg);
+        }
+        int32_t cols = 0;
+        char *cell_save = NULL;
+        for (char *cell = strtok_r(row, "\t,\r ", &cell_save); cell != NULL;
+             cell = strtok_r(NULL, "\t,\r ", &cell_save)) {
+            char *end;
+            double a = strtod(cell, &end);
+            if (*end != '\0' || cols == g->n_kv_heads) {
+                snprintf(msg, sizeof msg, "head table row %d: expected %d numbers", rows + 1,
+                         g->n_kv_heads);
+                return host->param_fail(params, msg);
+            }
+            alpha[(size_t)rows * (size_t)g->n_kv_heads + (size_t)cols++] = a;
+        }
+        if (cols != g->n_kv_heads) {
+            snprintf(msg, sizeof msg, "head table row %d: %d values, expected %d", rows + 1, cols,
+                     g->n_kv_heads);
+            return host->param_fail(params, msg);
+        }
+        rows++;
+    }
+    if (rows != g->n_layers) {
+        snprintf(msg, sizeof msg, "head table has %d rows, the model %d layers", rows, g->n_layers);
+        return host->param_fail(params, msg);
+    }
+    return 0;
+}
+
+/* Full when above @threshold, or (sparsity >= 0) when not among the
+ * round(sparsity * n) lowest alphas, ties broken by index. */
+static void duo_classify(const double *alpha, size_t n, double threshold, double sparsity,
+                         uint8_t *kind)
+{
+    size_t m = (size_t)(sparsity * (double)n + 0.5);
+    for (size_t i = 0; i < n; i++) {
+        size_t rank = 0;
+        for (size_t j = 0; j < n; j++)
+            rank += alpha[j] < alpha[i] || (alpha[j] == alpha[i] && j < i);
+        int full = sparsity >= 0 ? rank >= m : alpha[i] > threshold;
+        kind[i] = full ? SINKD_HEAD_FULL : SINKD_HEAD_STREAMING;
+    }
+}
+
+static int32_t duo_create(const sinkd_policy_host *host, const sinkd_policy_geometry *geom,
+                          const sinkd_policy_params *params, void **state)
+{
+    size_t n = (size_t)geom->n_layers * (size_t)geom->n_kv_heads;
+    const char *pattern, *heads;
+    double threshold, sparsity;
+    char *text = NULL;
+    double *alpha = malloc(n * sizeof *alpha);
+    duo_state *s = calloc(1, sizeof *s + n);
+    int32_t rc = s != NULL && alpha != NULL ? 0 : -ENOMEM;
+    if (rc == 0)
+        rc = host->param_int(params, "sinks", 64, 0, 1 << 20, &s->sinks);
+    if (rc == 0)
+        rc = host->param_int(params, "recent", 256, 1, 1 << 24, &s->recent);
+    if (rc == 0)
+        rc = host->param_float(params, "threshold", 0.5, -1e9, 1e9, &threshold);
+    if (rc == 0)
+        rc = host->param_float(params, "sparsity", -1.0, 0.0, 1.0, &sparsity);
+    if (rc == 0)
+        rc = host->param_str(params, "pattern", &pattern);
+    if (rc == 0)
+        rc = host->param_str(params, "heads", &heads);
+    if (rc == 0 && (pattern == NULL) == (heads == NULL))
+        rc = host->param_fail(params, "give exactly one of pattern= (a TSV file) or heads=");
+    if (rc == 0) {
+        text = pattern != NULL ? duo_read(pattern) : strdup(heads);
+        if (text == NULL)
+            rc = host->param_fail(params, pattern != NULL ? "pattern: cannot read the file "
+                                  "(missing, unreadable or over 1 MiB)" : "out of memory");
+    }
+    if (rc == 0)
+        rc = duo_parse(host, params, text, geom, alpha);
+    if (rc == 0) {
+        s->n = n;
+        duo_classify(alpha, n, threshold, sparsity, s->kind);
+        *state = s;
+    } else {
+        free(s);
+    }
+    free(text);
+    free(alpha);
+    return rc;
+}
+
+static int32_t duo_plan(void *state, sinkd_policy_plan *plan)
+{
+    const duo_state *s = state;
+    plan->evict_at = SINKD_EVICT_BUDGET;
+    plan->budget = 0; /* full heads keep everything */
+    plan->stream_sinks = (int32_t)s->sinks;
+    plan->stream_recent = (int32_t)s->recent;
+    memcpy(plan->head_kind, s->kind, s->n);
+    return 0;
+}
+
+static const sinkd_policy duo_policy = {
+    .abi_major = SINKD_POLICY_ABI_MAJOR,
+    .abi_minor = SINKD_POLICY_ABI_MINOR,
+    .struct_size = sizeof(sinkd_policy),
+    .name = "duo",
+    .version = "1.0.0",
+    .summary = "DuoAttention: full retrieval heads, sinks + recent streaming heads",
+    .selftest_params = "heads=1,0;0,1;1,1;0,0 sinks=4 recent=32",
+    .create = duo_create,
+    .destroy = free,
+    .plan = duo_plan,
+};
+
+SINKD_POLICY_EXPORT const sinkd_policy *sinkd_policy_v1(void)
+{
+    return &duo_policy;
+}
