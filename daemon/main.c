@@ -2,6 +2,7 @@
 #include "config.h"
 #include "log.h"
 #include "ops.h"
+#include "ops_engine.h"
 #include "server.h"
 
 #include <getopt.h>
@@ -137,13 +138,20 @@ int main(int argc, char **argv)
     if (rc < 0) {
         sinkd_log(SINKD_LOG_ERR, "server: %s", strerror(-rc));
     } else {
-        rc = sinkd_server_listen(&srv, err, sizeof err);
+        /* The engine (backend, models, KV pool, policies) before listening:
+         * a client never sees a daemon that cannot serve. */
+        rc = sinkd_engine_ops_start(&srv, err, sizeof err);
+        if (rc == 0)
+            rc = sinkd_server_listen(&srv, err, sizeof err);
         if (rc < 0) {
             sinkd_log(SINKD_LOG_ERR, "%s", err);
             sinkd_server_stop(&srv);
         }
         uv_run(&loop, UV_RUN_DEFAULT);
+        sinkd_engine_ops_stop();
+        uv_run(&loop, UV_RUN_DEFAULT);  /* the engine's timer closes */
         sinkd_server_free(&srv);
+        sinkd_engine_ops_free();
         if (rc == 0) {
             sinkd_log(SINKD_LOG_NOTICE, "stopped");
             status = 0;

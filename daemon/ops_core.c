@@ -1,6 +1,7 @@
 /* The foundation ops: hello, ping, status, shutdown. */
 #include "ops.h"
 #include "log.h"
+#include "ops_engine.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -82,6 +83,9 @@ static uint64_t ops_core__rss_bytes(void)
 
 static int op_status(sinkd_req *r)
 {
+    sinkd_engine *e = sinkd_engine_ops_engine();
+    const sinkd_backend_info *bi = e ? sinkd_engine_backend_info(e) : NULL;
+    sinkd_engine_counters *ctr = e ? sinkd_engine_counters_get(e) : NULL;
     sinkd_fw w;
     int rc = sinkd_req_begin_reply(r, &w, 8);
 
@@ -93,17 +97,17 @@ static int op_status(sinkd_req *r)
     sinkd_pack_kv_f64(&w.pk, "uptime_s", (double)(uv_hrtime() - r->srv->start_ns) / 1e9);
     sinkd_pack_str(&w.pk, "backend");
     msgpack_pack_map(&w.pk, 4);
-    sinkd_pack_kv_str(&w.pk, "name", "none");
-    sinkd_pack_kv_str(&w.pk, "device", "");
-    sinkd_pack_kv_u64(&w.pk, "mem_total", 0);
-    sinkd_pack_kv_u64(&w.pk, "mem_free", 0);
+    sinkd_pack_kv_str(&w.pk, "name", bi ? bi->name : "none");
+    sinkd_pack_kv_str(&w.pk, "device", bi ? bi->device : "");
+    sinkd_pack_kv_u64(&w.pk, "mem_total", bi ? bi->mem_total : 0);
+    sinkd_pack_kv_u64(&w.pk, "mem_free", bi ? bi->mem_free : 0);
     sinkd_pack_kv_u64(&w.pk, "connections", r->srv->n_conns);
-    sinkd_pack_kv_u64(&w.pk, "sessions", 0);
+    sinkd_pack_kv_u64(&w.pk, "sessions", ctr ? atomic_load(&ctr->sessions) : 0);
     sinkd_pack_str(&w.pk, "memory");
     msgpack_pack_map(&w.pk, 3);
     sinkd_pack_kv_u64(&w.pk, "rss_bytes", ops_core__rss_bytes());
-    sinkd_pack_kv_u64(&w.pk, "kv_pool_bytes", 0);
-    sinkd_pack_kv_u64(&w.pk, "kv_used_bytes", 0);
+    sinkd_pack_kv_u64(&w.pk, "kv_pool_bytes", ctr ? atomic_load(&ctr->kv_pool_bytes) : 0);
+    sinkd_pack_kv_u64(&w.pk, "kv_used_bytes", ctr ? atomic_load(&ctr->kv_used_bytes) : 0);
     return sinkd_req_send(r, &w);
 }
 

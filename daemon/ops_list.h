@@ -3,3 +3,4 @@
  * no include guard on purpose.
  */
 SINKD_OPS(sinkd_ops_core)
+SINKD_OPS(sinkd_ops_engine)

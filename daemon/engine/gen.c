@@ -1,0 +1,649 @@
+/* Model sessions: prompt prefill (session.append), batched generation
+ * (session.generate and the decode step), cancel, logits, and the
+ * tokenizer ops.
+ *
+ * Conversation rule: every token sent in a token event is part of the
+ * conversation. The last one of a generation is not run through the model
+ * yet (its logits are not needed); it stays `pending` and is fed first by the
+ * next append or generate. End-of-generation and stop_ids tokens are not
+ * sent and not kept. */
+#include "engine_internal.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The model session @j names, answered and NULL when it is not one. */
+static eng_session *gen__session(sinkd_engine *e, const sinkd_job *j, const char *op)
+{
+    eng_session *s = eng_session_find(e, j);
+
+    if (s && !s->m) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "session %llu is raw: %s needs a model",
+                  (unsigned long long)s->id, op);
+        return NULL;
+    }
+    return s;
+}
+
+static void gen__hist_push(eng_session *s, int32_t tok)
+{
+    s->hist[s->n_hist % ENG_HIST] = tok;
+    s->n_hist++;
+}
+
+/* Drop from every lane of @s the tokens at positions >= @p0 (a forward that
+ * failed half-way left them in some layers). Positions ascend in a lane, so
+ * the keep list is a prefix. */
+static int gen__truncate_from(sinkd_engine *e, eng_session *s, int32_t p0)
+{
+    int32_t n_lanes = s->geom.layers * s->geom.kv_heads;
+    int32_t *off = calloc((size_t)n_lanes + 1, sizeof *off), *keep = NULL, *pos = NULL;
+    size_t total = 0;
+    int rc = -ENOMEM;
+
+    (void)e;
+    for (int32_t i = 0; i < n_lanes; i++)
+        total += (size_t)sinkd_kv_lane_len(s->seq, i / s->geom.kv_heads, i % s->geom.kv_heads);
+    keep = malloc((total + 1) * sizeof *keep);
+    pos = malloc((total + 1) * sizeof *pos);
+    if (!off || !keep || !pos)
+        goto out;
+    for (int32_t i = 0; i < n_lanes; i++) {
+        int32_t l = i / s->geom.kv_heads, h = i % s->geom.kv_heads, n = 0;
+        int32_t len = sinkd_kv_lane_len(s->seq, l, h);
+        if ((rc = sinkd_kv_lane_read(s->seq, l, h, pos, NULL)) < 0)
+            goto out;
+        while (n < len && pos[n] < p0)
+            n++;
+        for (int32_t t = 0; t < n; t++)
+            keep[off[i] + t] = t;
+        off[i + 1] = off[i] + n;
+    }
+    rc = sinkd_kv_compact(s->seq, SINKD_KV_ALL_LAYERS, off, keep);
+out:
+    free(off);
+    free(keep);
+    free(pos);
+    return rc;
+}
+
+/* Run @n tokens through the model in chunks of prefill_chunk, evicting
+ * between chunks; the last chunk's logits land in s->logits. On failure the
+ * lanes are cut back to where they were. */
+static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
+                        const sinkd_job *j)
+{
+    int32_t *pos = malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) * sizeof *pos);
+    int32_t p0 = (int32_t)s->tokens;
+    sinkd_model_hook hook;
+    sinkd_model_opts o = { 0 };
+    int rc = 0;
+
+    if (!pos)
+        return -ENOMEM;
+    if (s->tokens > INT32_MAX - n) {
+        free(pos);
+        return -EOVERFLOW;
+    }
+    eng_prefill_hook(s, &hook);
+    o.hook = &hook;
+    for (int32_t done = 0; done < n && rc == 0;) {
+        int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
+        for (int32_t i = 0; i < k; i++)
+            pos[i] = (int32_t)s->tokens + i;
+        s->prefill_final = done + k == n;
+        o.rope_mode = s->rope_mode;
+        rc = sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done, pos, k, &o,
+                                 s->prefill_final ? s->logits : NULL);
+        eng_beat(e, true);
+        if (rc == 0) {
+            s->tokens += k;
+            done += k;
+            rc = eng_evict(e, s, -1, done == n, j);
+        }
+    }
+    free(pos);
+    if (rc < 0) {
+        s->has_logits = false;
+        if (gen__truncate_from(e, s, p0) < 0)
+            sinkd_log(SINKD_LOG_ERR, "session %llu: could not undo a failed prefill",
+                      (unsigned long long)s->id);
+        s->tokens = p0;
+        return rc;
+    }
+    for (int32_t i = 0; i < n; i++)
+        gen__hist_push(s, ids[i]);
+    s->has_logits = true;
+    return 0;
+}
+
+/* The tokens of an append or tokenize request: text encoded (BOS first when
+ * @bos), or the ids checked against the vocabulary. *@out is malloc'ed. */
+static int gen__tokens(sinkd_engine *e, const sinkd_job *j, const sinkd_engine_model *m, bool bos,
+                       int32_t prefix, int32_t **out, size_t *n)
+{
+    int32_t *ids = NULL;
+    size_t k = 0, extra = (bos ? 1 : 0) + (prefix >= 0 ? 1 : 0);
+    int rc;
+
+    if (j->has_text) {
+        rc = sinkd_tokenizer_encode(m->tok, j->text, j->text_len,
+                                    j->special ? SINKD_TOK_PARSE_SPECIAL : 0, &ids, &k);
+        if (rc < 0) {
+            eng_error_errno(e, j, rc, "tokenize");
+            return rc;
+        }
+    } else {
+        for (size_t i = 0; i < j->n_ids; i++) {
+            if (j->ids[i] < 0 || j->ids[i] >= m->hp->n_vocab) {
+                eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "ids[%zu] = %d: outside 0..%d", i,
+                          j->ids[i], m->hp->n_vocab - 1);
+                return -EINVAL;
+            }
+        }
+        k = j->n_ids;
+    }
+    int32_t *all = malloc((k + extra + 1) * sizeof *all);
+    if (!all) {
+        free(ids);
+        eng_error(e, j, SINKD_ERR_NO_MEMORY, "out of memory");
+        return -ENOMEM;
+    }
+    size_t at = 0;
+    if (prefix >= 0)
+        all[at++] = prefix;
+    if (bos)
+        all[at++] = sinkd_tokenizer_bos(m->tok);
+    memcpy(all + at, j->has_text ? ids : j->ids, k * sizeof *all);
+    free(ids);
+    *out = all;
+    *n = k + at;
+    return 0;
+}
+
+void eng_job_append(sinkd_engine *e, sinkd_job *j)
+{
+    eng_session *s = gen__session(e, j, "session.append");
+    int32_t *ids;
+    size_t n;
+    uint64_t t0;
+    sinkd_fw w;
+    bool bos;
+    int rc;
+
+    if (!s)
+        return;
+    if (s->gen) {
+        eng_error(e, j, SINKD_ERR_BUSY, "session %llu is generating", (unsigned long long)s->id);
+        return;
+    }
+    bos = j->bos_set ? j->bos : (s->tokens == 0 && s->pending < 0 && s->m->add_bos);
+    if (bos && sinkd_tokenizer_bos(s->m->tok) < 0) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "model '%s' has no BOS token", s->m->name);
+        return;
+    }
+    if (gen__tokens(e, j, s->m, bos, s->pending, &ids, &n) < 0)
+        return;
+    if (n > INT32_MAX / 2) {
+        free(ids);
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "too many tokens");
+        return;
+    }
+    t0 = eng_now_ns();
+    rc = n ? gen__prefill(e, s, ids, (int32_t)n, j) : 0;
+    free(ids);
+    if (rc < 0) {
+        eng_error_errno(e, j, rc, "session.append");
+        return;
+    }
+    s->pending = -1;
+    s->prefill_ms = (double)(eng_now_ns() - t0) / 1e6;
+    if (eng_begin_reply(&w, j, 3) < 0)
+        return;
+    sinkd_pack_kv_u64(&w.pk, "n_tokens", (uint64_t)n);
+    sinkd_pack_kv_u64(&w.pk, "n_past", (uint64_t)s->tokens);
+    sinkd_pack_kv_f64(&w.pk, "prefill_ms", s->prefill_ms);
+    eng_send(e, j, &w, true);
+}
+
+/* ---- generation -------------------------------------------------------- */
+
+void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool silent)
+{
+    sinkd_job *j = s->gen;
+    char tail[8];
+    size_t n = 0;
+    sinkd_fw w;
+
+    if (!j)
+        return;
+    if (s->feed >= 0)
+        s->pending = s->feed;
+    s->feed = -1;
+    if (strcmp(reason, "stop") != 0) {
+        sinkd_detok_flush(&s->detok, tail, sizeof tail, &n);
+        if (n && s->text_len + n <= s->text_cap) {
+            memcpy(s->text + s->text_len, tail, n);
+            s->text_len += n;
+        }
+    }
+    if (!silent && eng_begin_reply(&w, j, 4) == 0) {
+        double dec_ms = (double)s->decode_ns / 1e6;
+        sinkd_pack_kv_str(&w.pk, "reason", reason);
+        sinkd_pack_kv_u64(&w.pk, "n_tokens", (uint64_t)s->gen_n);
+        sinkd_pack_str(&w.pk, "text");
+        sinkd_pack_strn(&w.pk, s->text ? s->text : "", s->text_len);
+        sinkd_pack_str(&w.pk, "timings");
+        msgpack_pack_map(&w.pk, 3);
+        sinkd_pack_kv_f64(&w.pk, "prefill_ms", s->prefill_ms);
+        sinkd_pack_kv_f64(&w.pk, "decode_ms", dec_ms);
+        sinkd_pack_kv_f64(&w.pk, "tokens_per_s", dec_ms > 0 ? s->gen_n / (dec_ms / 1e3) : 0.0);
+        eng_send(e, j, &w, true);
+    }
+    sinkd_sampler_free(&s->sampler);
+    sinkd_job_free(j);
+    s->gen = NULL;
+    s->cancel = false;
+    atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+}
+
+/* Bytes at the end of text[from..len) that begin some stop string: held
+ * back, since the next token may complete it. */
+static size_t gen__hold(const eng_session *s, size_t from)
+{
+    const sinkd_job_gen *g = &s->gen->gen;
+    size_t best = 0;
+
+    for (size_t i = 0; i < g->n_stop; i++) {
+        size_t sl = strlen(g->stop[i]);
+        for (size_t h = sl - 1; h > best; h--) {
+            if (h <= s->text_len - from &&
+                !memcmp(s->text + s->text_len - h, g->stop[i], h)) {
+                best = h;
+                break;
+            }
+        }
+    }
+    return best;
+}
+
+/* Offset of the first stop string that ends after @from, or -1. */
+static long gen__find_stop(const eng_session *s, size_t from)
+{
+    const sinkd_job_gen *g = &s->gen->gen;
+    long first = -1;
+
+    for (size_t i = 0; i < g->n_stop; i++) {
+        size_t sl = strlen(g->stop[i]);
+        size_t start = from >= sl ? from - sl + 1 : 0;
+        const char *hit = memmem(s->text + start, s->text_len - start, g->stop[i], sl);
+        if (hit && (first < 0 || hit - s->text < first))
+            first = hit - s->text;
+    }
+    return first;
+}
+
+static void gen__event(sinkd_engine *e, eng_session *s, int32_t tok, size_t upto)
+{
+    sinkd_fw w;
+
+    if (s->gen->gen.stream && eng_begin_event(&w, s->gen, "token", 2) == 0) {
+        sinkd_pack_kv_i64(&w.pk, "token", tok);
+        sinkd_pack_str(&w.pk, "text");
+        sinkd_pack_strn(&w.pk, s->text + s->text_sent, upto - s->text_sent);
+        eng_send(e, s->gen, &w, false);
+    }
+    s->text_sent = upto;
+}
+
+/* A token was sampled for @s: send it, or end the generation. */
+static void gen__on_token(sinkd_engine *e, eng_session *s, int32_t tok)
+{
+    const sinkd_job_gen *g = &s->gen->gen;
+    const sinkd_tokenizer *t = s->m->tok;
+    size_t chunk, before = s->text_len;
+    long stop;
+
+    if (!g->ignore_eos && sinkd_tokenizer_is_eog(t, tok)) {
+        eng_gen_finish(e, s, "eos", false);
+        return;
+    }
+    for (size_t i = 0; i < g->n_stop_ids; i++) {
+        if (g->stop_ids[i] == tok) {
+            eng_gen_finish(e, s, "stop", false);
+            return;
+        }
+    }
+    s->feed = tok;
+    s->gen_n++;
+    gen__hist_push(s, tok);
+    sinkd_sampler_accept(&s->sampler, tok);
+    if (sinkd_detok_push(t, &s->detok, tok, 0, s->text + s->text_len,
+                         s->text_cap - s->text_len, &chunk) == 0)
+        s->text_len += chunk;
+    stop = g->n_stop ? gen__find_stop(s, before) : -1;
+    if (stop >= 0) {
+        s->text_len = (size_t)stop;
+        gen__event(e, s, tok, s->text_len > s->text_sent ? s->text_len : s->text_sent);
+        eng_gen_finish(e, s, "stop", false);
+        return;
+    }
+    gen__event(e, s, tok, s->text_len - gen__hold(s, s->text_sent));
+    if (s->gen_n >= g->max_tokens)
+        eng_gen_finish(e, s, "length", false);
+}
+
+/* Sample from @logits (scratch, modified) for @s. */
+static void gen__sample(sinkd_engine *e, eng_session *s, float *logits)
+{
+    int32_t tok;
+
+    if (sinkd_sampler_sample(&s->sampler, logits, &tok) < 0) {
+        eng_error(e, s->gen, SINKD_ERR_INTERNAL, "sampling failed (NaN logits)");
+        sinkd_job_free(s->gen);
+        s->gen = NULL;
+        sinkd_sampler_free(&s->sampler);
+        atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+        return;
+    }
+    gen__on_token(e, s, tok);
+}
+
+static size_t gen__uid_generating(const sinkd_engine *e, uint32_t uid)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < e->n_sess; i++)
+        n += e->sess[i]->uid == uid && e->sess[i]->gen;
+    return n;
+}
+
+void eng_job_generate(sinkd_engine *e, sinkd_job *j)
+{
+    eng_session *s = gen__session(e, j, "session.generate");
+    const sinkd_job_gen *g = &j->gen;
+    size_t cap;
+    int rc;
+
+    if (!s)
+        goto drop;
+    if (s->gen) {
+        eng_error(e, j, SINKD_ERR_BUSY, "session %llu is already generating",
+                  (unsigned long long)s->id);
+        goto drop;
+    }
+    if (e->generations_per_uid && gen__uid_generating(e, j->uid) >= e->generations_per_uid) {
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "[quota] generations_per_uid (%u) reached",
+                  e->generations_per_uid);
+        goto drop;
+    }
+    if (!s->has_logits && s->pending < 0) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "nothing to continue: append a prompt first");
+        goto drop;
+    }
+    if ((rc = sinkd_sampler_init(&s->sampler, s->m->hp->n_vocab, &g->sp)) < 0) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "bad sampling parameters");
+        goto drop;
+    }
+    /* Room for every token's bytes: detok chunks are bounded per token. */
+    cap = (size_t)g->max_tokens * sinkd_tokenizer_max_chunk(s->m->tok) + 8;
+    if (cap > s->text_cap) {
+        char *p = realloc(s->text, cap);
+        if (!p) {
+            sinkd_sampler_free(&s->sampler);
+            eng_error(e, j, SINKD_ERR_NO_MEMORY, "out of memory");
+            goto drop;
+        }
+        s->text = p;
+        s->text_cap = cap;
+    }
+    for (int64_t i = s->n_hist > g->sp.repeat_last_n ? s->n_hist - g->sp.repeat_last_n : 0;
+         i < s->n_hist; i++)
+        sinkd_sampler_accept(&s->sampler, s->hist[i % ENG_HIST]);
+    s->gen = j;
+    s->gen_n = 0;
+    s->text_len = s->text_sent = 0;
+    s->detok = (sinkd_detok)SINKD_DETOK_INIT;
+    s->detok.started = s->tokens > 0;
+    s->cancel = false;
+    s->decode_ns = 0;
+    s->gen_start_ns = eng_now_ns();
+    s->feed = -1;
+    atomic_fetch_add_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+    if (g->max_tokens == 0) {
+        eng_gen_finish(e, s, "length", false);
+        return;
+    }
+    if (s->pending >= 0) {
+        /* the last token sent is not in the cache yet: the next step runs it */
+        s->feed = s->pending;
+        s->pending = -1;
+        return;
+    }
+    memcpy(e->logits, s->logits, (size_t)s->m->hp->n_vocab * sizeof *e->logits);
+    gen__sample(e, s, e->logits);
+    return;
+drop:
+    sinkd_job_free(j);
+}
+
+void eng_job_cancel(sinkd_engine *e, sinkd_job *j)
+{
+    eng_session *s = eng_session_find(e, j);
+
+    if (!s)
+        return;
+    if (s->gen)
+        s->cancel = true;
+    eng_reply_empty(e, j);
+}
+
+/* ---- the decode step ----------------------------------------------------- */
+
+/* Sessions @a and @b can share one decode call. */
+static bool gen__same_group(const sinkd_engine *e, const eng_session *a, const eng_session *b)
+{
+    int32_t oa, ob;
+    float da, db;
+
+    if (a->m != b->m || a->rope_mode != b->rope_mode ||
+        eng_select_k(a, e->page_tokens) || eng_select_k(b, e->page_tokens))
+        return false;
+    eng_plan_score_op(a, &oa, &da);
+    eng_plan_score_op(b, &ob, &db);
+    return oa == ob && da == db;
+}
+
+/* One decode call for the @n sessions @ss (one group). */
+static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n)
+{
+    const sinkd_engine_model *m = ss[0]->m;
+    eng_decode_ctx c = { e, ss, n, 0, 1.0f, eng_select_k(ss[0], e->page_tokens) };
+    sinkd_model_hook hook = { NULL, eng_decode_hook, &c };
+    sinkd_model_opts o = { ss[0]->rope_mode, false, &hook };
+    int rc;
+
+    eng_plan_score_op(ss[0], &c.score_op, &c.decay);
+    if ((rc = eng_select_prepare(&c)) < 0)
+        return rc;
+    for (int32_t i = 0; i < n; i++) {
+        e->seqs[i] = ss[i]->seq;
+        e->ids[i] = ss[i]->feed;
+        e->pos[i] = (int32_t)ss[i]->tokens;
+    }
+    return sinkd_model_decode(m->model, e->kv, e->seqs, n, e->ids, e->pos, &o, e->logits);
+}
+
+/* After a successful decode of @s (logits row @row): bookkeeping, eviction,
+ * then the next token. */
+static void gen__advance(sinkd_engine *e, eng_session *s, float *row, uint64_t dt)
+{
+    int rc;
+
+    s->tokens++;
+    s->feed = -1;
+    s->decode_ns += dt;
+    memcpy(s->logits, row, (size_t)s->m->hp->n_vocab * sizeof *row);
+    s->has_logits = true;
+    if ((rc = eng_evict(e, s, -1, false, s->gen)) < 0) {
+        eng_error_errno(e, s->gen, rc, "eviction");
+        eng_gen_finish(e, s, "cancelled", true);
+        return;
+    }
+    if (s->cancel)
+        eng_gen_finish(e, s, "cancelled", false);
+    else
+        gen__sample(e, s, row);
+}
+
+/* A failed decode: undo what some layers appended, end the generation. */
+static void gen__fail(sinkd_engine *e, eng_session *s, int rc)
+{
+    gen__truncate_from(e, s, (int32_t)s->tokens);
+    eng_error_errno(e, s->gen, rc, "session.generate");
+    s->feed = -1; /* sent but never run: dropped with the failed step */
+    eng_gen_finish(e, s, "cancelled", true);
+}
+
+bool eng_step(sinkd_engine *e)
+{
+    int32_t n = 0;
+
+    if (atomic_load_explicit(&e->ctr.generating, memory_order_relaxed) == 0)
+        return false;
+    /* Collect up to max_batch sessions that have a token to run, starting
+     * where the last step stopped so that nobody starves. */
+    for (size_t k = 0; k < e->n_sess && n < e->max_batch; k++) {
+        eng_session *s = e->sess[(e->rr + k) % e->n_sess];
+        if (!s->gen)
+            continue;
+        if (s->cancel) {
+            eng_gen_finish(e, s, "cancelled", false);
+            continue;
+        }
+        if (s->feed >= 0)
+            e->batch[n++] = s;
+    }
+    e->rr = e->n_sess ? (e->rr + 1) % e->n_sess : 0;
+    /* Group compatible sessions (stable partition), one decode per group. */
+    for (int32_t first = 0; first < n;) {
+        int32_t end = first + 1;
+        for (int32_t i = first + 1; i < n; i++) {
+            if (gen__same_group(e, e->batch[first], e->batch[i])) {
+                eng_session *t = e->batch[i];
+                memmove(&e->batch[end + 1], &e->batch[end], (size_t)(i - end) * sizeof t);
+                e->batch[end++] = t;
+            }
+        }
+        uint64_t t0 = eng_now_ns();
+        int rc = gen__decode_group(e, &e->batch[first], end - first);
+        uint64_t dt = eng_now_ns() - t0;
+        if (rc < 0 && end - first > 1) {
+            /* Find out whose: undo, then run each session alone. */
+            for (int32_t i = first; i < end; i++)
+                gen__truncate_from(e, e->batch[i], (int32_t)e->batch[i]->tokens);
+            for (int32_t i = first; i < end; i++) {
+                t0 = eng_now_ns();
+                rc = gen__decode_group(e, &e->batch[i], 1);
+                if (rc < 0)
+                    gen__fail(e, e->batch[i], rc);
+                else
+                    gen__advance(e, e->batch[i], e->logits, eng_now_ns() - t0);
+            }
+        } else if (rc < 0) {
+            gen__fail(e, e->batch[first], rc);
+        } else {
+            size_t nv = (size_t)e->batch[first]->m->hp->n_vocab;
+            for (int32_t i = first; i < end; i++)
+                gen__advance(e, e->batch[i], e->logits + (size_t)(i - first) * nv, dt);
+        }
+        first = end;
+    }
+    return true;
+}
+
+/* ---- logits and the tokenizer ops ----------------------------------------- */
+
+void eng_job_logits(sinkd_engine *e, sinkd_job *j)
+{
+    eng_session *s = gen__session(e, j, "session.logits");
+    uint64_t bytes;
+    sinkd_fw w;
+    int rc;
+
+    if (!s)
+        return;
+    if (!s->has_logits) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "no logits yet: append a prompt first");
+        return;
+    }
+    bytes = (uint64_t)s->m->hp->n_vocab * 4;
+    if ((rc = sinkd_shm_write(j->out.r, j->out.off, s->logits, bytes)) < 0) {
+        eng_error(e, j, SINKD_ERR_BAD_SHM, "%llu bytes at offset %llu %s",
+                  (unsigned long long)bytes, (unsigned long long)j->out.off,
+                  rc == -ERANGE ? "do not fit the region" : "faulted: the region shrank");
+        return;
+    }
+    if (eng_begin_reply(&w, j, 1) < 0)
+        return;
+    sinkd_pack_kv_u64(&w.pk, "n_vocab", (uint64_t)s->m->hp->n_vocab);
+    eng_send(e, j, &w, true);
+}
+
+static const sinkd_engine_model *gen__model(sinkd_engine *e, const sinkd_job *j)
+{
+    const sinkd_engine_model *m =
+        sinkd_engine_model_find(e, j->model ? j->model : "", j->model ? strlen(j->model) : 0);
+
+    if (!m)
+        eng_error(e, j, SINKD_ERR_NOT_FOUND, "no model '%s'", j->model ? j->model : "");
+    return m;
+}
+
+void eng_job_tokenize(sinkd_engine *e, sinkd_job *j)
+{
+    const sinkd_engine_model *m = gen__model(e, j);
+    int32_t *ids;
+    size_t n;
+    sinkd_fw w;
+
+    if (!m)
+        return;
+    if (gen__tokens(e, j, m, j->bos_set ? j->bos : m->add_bos, -1, &ids, &n) < 0)
+        return;
+    if (eng_begin_reply(&w, j, 1) == 0) {
+        sinkd_pack_str(&w.pk, "ids");
+        msgpack_pack_array(&w.pk, (uint32_t)n);
+        for (size_t i = 0; i < n; i++)
+            msgpack_pack_int32(&w.pk, ids[i]);
+        eng_send(e, j, &w, true);
+    }
+    free(ids);
+}
+
+void eng_job_detokenize(sinkd_engine *e, sinkd_job *j)
+{
+    const sinkd_engine_model *m = gen__model(e, j);
+    char *text;
+    size_t len;
+    sinkd_fw w;
+    int rc;
+
+    if (!m)
+        return;
+    rc = sinkd_tokenizer_decode(m->tok, j->ids, j->n_ids, 0, &text, &len);
+    if (rc < 0) {
+        eng_error(e, j, rc == -EINVAL ? SINKD_ERR_INVALID_ARGUMENT : SINKD_ERR_NO_MEMORY,
+                  rc == -EINVAL ? "an id is outside the vocabulary" : "out of memory");
+        return;
+    }
+    if (eng_begin_reply(&w, j, 1) == 0) {
+        sinkd_pack_str(&w.pk, "text");
+        sinkd_pack_strn(&w.pk, text, len);
+        eng_send(e, j, &w, true);
+    }
+    free(text);
+}

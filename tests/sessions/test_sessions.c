@@ -1,0 +1,497 @@
+/*
+ * The real sinkd over its socket: raw sessions through shared memory against
+ * a double-precision reference computed here from the same K, V and Q; bad
+ * ranges and a client that shrinks its memfd; session ownership; streaming
+ * generation; a client killed mid-generation gives its pages back.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "sinkd_testd.h"
+
+#define MODEL SINKD_TEST_DATA "/sinkd-ref-tiny-f32.gguf"
+#define CONF "[server]\nsocket_mode = 0666\n[engine]\nbackend = cpu\nthreads = 1\nkv_pool_bytes = 16M\nkv_dtype = f32\n"
+
+static sinkd_testd d = SINKD_TESTD_INIT;
+
+static void start(bool model)
+{
+    const char *args[] = { "--model", "tiny=" MODEL, NULL };
+
+    cr_assert(sinkd_testd_start(&d, CONF, model ? args : NULL) == 0, "sinkd did not start");
+}
+
+static void stop(void)
+{
+    cr_assert_eq(sinkd_testd_stop(&d), 0, "sinkd did not exit cleanly");
+    sinkd_testd_free(&d);
+}
+
+static sinkd_client *conn(void)
+{
+    sinkd_client *c;
+
+    cr_assert(sinkd_client_connect(d.socket_path, 10000, &c) == 0);
+    return c;
+}
+
+/* ---- requests from a pre-packed map ---------------------------------------- */
+
+typedef struct req {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+} req;
+
+static void req_init(req *q, uint32_t n)
+{
+    msgpack_sbuffer_init(&q->sb);
+    msgpack_packer_init(&q->pk, &q->sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&q->pk, n);
+}
+
+static void kv_u(req *q, const char *k, uint64_t v) { sinkd_pack_kv_u64(&q->pk, k, v); }
+
+static void kv_region(req *q, const char *k, uint64_t shm, uint64_t off)
+{
+    sinkd_pack_str(&q->pk, k);
+    msgpack_pack_map(&q->pk, 2);
+    kv_u(q, "shm", shm);
+    kv_u(q, "offset", off);
+}
+
+typedef struct events {
+    int n;
+    int32_t tokens[256];
+    char text[4096];
+    size_t text_len;
+} events;
+
+static void on_event(void *arg, const char *ev, size_t len, const msgpack_object *m)
+{
+    events *e = arg;
+    int64_t t;
+    const char *s;
+    size_t sl;
+
+    if (len != 5 || memcmp(ev, "token", 5) || !e)
+        return;
+    if (sinkd_map_i64(m, "token", &t) == 0 && e->n < 256)
+        e->tokens[e->n] = (int32_t)t;
+    e->n++;
+    if (sinkd_map_str(m, "text", &s, &sl) == 0 && e->text_len + sl < sizeof e->text) {
+        memcpy(e->text + e->text_len, s, sl);
+        e->text_len += sl;
+    }
+}
+
+/* Send @op with @q's fields; returns as sinkd_client_request. */
+static int call(sinkd_client *c, const char *op, req *q, sinkd_client_reply *rep, events *ev)
+{
+    sinkd_client_req r = SINKD_CLIENT_REQ_INIT;
+    int rc;
+
+    r.op = op;
+    if (q) {
+        r.fields = q->sb.data;
+        r.fields_len = q->sb.size;
+    }
+    r.on_event = on_event;
+    r.event_arg = ev;
+    r.timeout_ms = 60000;
+    rc = sinkd_client_request(c, &r, rep);
+    if (q)
+        msgpack_sbuffer_destroy(&q->sb);
+    return rc;
+}
+
+static uint64_t rep_u64(const sinkd_client_reply *rep, const char *k)
+{
+    uint64_t v = 0;
+
+    cr_assert(sinkd_map_u64(rep->map, k, &v) == 0, "reply lacks %s", k);
+    return v;
+}
+
+static uint64_t open_raw(sinkd_client *c, int layers, int qh, int kvh, int hd)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    req q;
+    uint64_t s;
+
+    req_init(&q, 1);
+    sinkd_pack_str(&q.pk, "geometry");
+    msgpack_pack_map(&q.pk, 4);
+    kv_u(&q, "layers", (uint64_t)layers);
+    kv_u(&q, "q_heads", (uint64_t)qh);
+    kv_u(&q, "kv_heads", (uint64_t)kvh);
+    kv_u(&q, "head_dim", (uint64_t)hd);
+    cr_assert_eq(call(c, "session.open", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    s = rep_u64(&rep, "session");
+    sinkd_client_reply_free(&rep);
+    return s;
+}
+
+static int kv_append(sinkd_client *c, uint64_t s, int layer, int n, uint64_t shm, uint64_t koff,
+                     uint64_t voff)
+{
+    req q;
+
+    req_init(&q, 5);
+    kv_u(&q, "session", s);
+    kv_u(&q, "layer", (uint64_t)layer);
+    kv_u(&q, "n", (uint64_t)n);
+    kv_region(&q, "k", shm, koff);
+    kv_region(&q, "v", shm, voff);
+    return call(c, "kv.append", &q, NULL, NULL);
+}
+
+/* ---- the double-precision reference ----------------------------------------- */
+
+#define L 20   /* tokens */
+#define QH 4
+#define KVH 2
+#define HD 16
+
+/* Adjacent-pair RoPE (theta 10000, scale 1) of @x[HD] at @pos into @y. */
+static void rope(const float *x, int pos, double *y)
+{
+    for (int i = 0; i < HD / 2; i++) {
+        double a = pos * pow(10000.0, -2.0 * i / HD);
+        y[2 * i] = x[2 * i] * cos(a) - x[2 * i + 1] * sin(a);
+        y[2 * i + 1] = x[2 * i] * sin(a) + x[2 * i + 1] * cos(a);
+    }
+}
+
+/* Query head @qh at position @qpos over keys [0, nk) of its kv head, only
+ * those whose page bit is set in @mask (NULL: all). out[HD], p[nk] (added). */
+static void ref_attend(const float *q, int qpos, const float *k, const float *v, int qh, int nk,
+                       const bool *mask, double *out, double *p)
+{
+    int h = qh / (QH / KVH);
+    double qr[HD], kr[HD], s[L], mx = -INFINITY, z = 0;
+
+    rope(q + (size_t)qh * HD, qpos, qr);
+    for (int t = 0; t < nk; t++) {
+        s[t] = -INFINITY;
+        if (mask && !mask[t / 16])
+            continue;
+        rope(k + ((size_t)t * KVH + h) * HD, t, kr);
+        s[t] = 0;
+        for (int i = 0; i < HD; i++)
+            s[t] += qr[i] * kr[i];
+        s[t] /= sqrt((double)HD);
+        mx = fmax(mx, s[t]);
+    }
+    for (int t = 0; t < nk; t++)
+        z += s[t] == -INFINITY ? 0 : exp(s[t] - mx);
+    memset(out, 0, HD * sizeof *out);
+    for (int t = 0; t < nk; t++) {
+        double w = s[t] == -INFINITY ? 0 : exp(s[t] - mx) / z;
+        if (p)
+            p[t] += w;
+        for (int i = 0; i < HD; i++)
+            out[i] += w * v[((size_t)t * KVH + h) * HD + i];
+    }
+}
+
+static float frand(unsigned *st)
+{
+    *st = *st * 1103515245u + 12345u;
+    return (float)((*st >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+TestSuite(sessions, .timeout = 120);
+
+Test(sessions, raw_session_matches_reference)
+{
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    enum { KOFF = 0, VOFF = 8192, QOFF = 16384, OOFF = 20480, SOFF = 24576 };
+    unsigned st = 7;
+    sinkd_client *c;
+    uint64_t s;
+    req q;
+
+    start(false);
+    c = conn();
+    cr_assert(sinkd_client_shm_create(c, 1 << 16, 5000, &shm) == 0);
+    float *base = shm.base, *k = base + KOFF / 4, *v = base + VOFF / 4, *qv = base + QOFF / 4;
+    for (int i = 0; i < L * KVH * HD; i++) {
+        k[i] = frand(&st);
+        v[i] = frand(&st);
+    }
+    for (int i = 0; i < 4 * QH * HD; i++)
+        qv[i] = frand(&st);
+    s = open_raw(c, 2, QH, KVH, HD);
+    cr_assert_eq(kv_append(c, s, 0, L, shm.handle, KOFF, VOFF), 0, "%s", sinkd_client_errmsg(c));
+
+    /* decode: one query at the last position, with scores */
+    req_init(&q, 5);
+    kv_u(&q, "session", s);
+    kv_u(&q, "layer", 0);
+    kv_region(&q, "q", shm.handle, QOFF);
+    kv_region(&q, "out", shm.handle, OOFF);
+    kv_region(&q, "scores", shm.handle, SOFF);
+    cr_assert_eq(call(c, "attend", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    sinkd_client_reply_free(&rep);
+    double p[KVH][L] = { { 0 } }, ref[HD];
+    for (int h = 0; h < QH; h++) {
+        ref_attend(qv, L - 1, k, v, h, L, NULL, ref, p[h / (QH / KVH)]);
+        for (int i = 0; i < HD; i++)
+            cr_assert_float_eq(base[OOFF / 4 + h * HD + i], ref[i], 1e-4, "head %d dim %d", h, i);
+    }
+    for (int h = 0; h < KVH; h++)
+        for (int t = 0; t < L; t++)
+            cr_assert_float_eq(base[SOFF / 4 + h * L + t], p[h][t], 1e-4, "score %d %d", h, t);
+
+    /* prefill path: the last 4 tokens attend causally */
+    req_init(&q, 5);
+    kv_u(&q, "session", s);
+    kv_u(&q, "layer", 0);
+    kv_u(&q, "n", 4);
+    kv_region(&q, "q", shm.handle, QOFF);
+    kv_region(&q, "out", shm.handle, OOFF);
+    cr_assert_eq(call(c, "attend", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    for (int r = 0; r < 4; r++)
+        for (int h = 0; h < QH; h++) {
+            ref_attend(qv + r * QH * HD, L - 4 + r, k, v, h, L - 3 + r, NULL, ref, NULL);
+            for (int i = 0; i < HD; i++)
+                cr_assert_float_eq(base[OOFF / 4 + (r * QH + h) * HD + i], ref[i], 1e-4,
+                                   "row %d head %d dim %d", r, h, i);
+        }
+
+    /* sparse decode: kv head 0 attends page 0, kv head 1 page 1 */
+    req_init(&q, 5);
+    kv_u(&q, "session", s);
+    kv_u(&q, "layer", 0);
+    kv_region(&q, "q", shm.handle, QOFF);
+    kv_region(&q, "out", shm.handle, OOFF);
+    sinkd_pack_str(&q.pk, "pages");
+    msgpack_pack_array(&q.pk, 2);
+    msgpack_pack_array(&q.pk, 1);
+    msgpack_pack_uint32(&q.pk, 0);
+    msgpack_pack_array(&q.pk, 1);
+    msgpack_pack_uint32(&q.pk, 1);
+    cr_assert_eq(call(c, "attend", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    for (int h = 0; h < QH; h++) {
+        bool mask[2] = { h / (QH / KVH) == 0, h / (QH / KVH) == 1 };
+        ref_attend(qv, L - 1, k, v, h, L, mask, ref, NULL);
+        for (int i = 0; i < HD; i++)
+            cr_assert_float_eq(base[OOFF / 4 + h * HD + i], ref[i], 1e-4, "sparse head %d", h);
+    }
+    sinkd_client_shm_free(c, &shm, 5000);
+    sinkd_client_close(c);
+    stop();
+}
+
+Test(sessions, bad_ranges_and_shrunk_memfd)
+{
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    sinkd_client *c;
+    uint64_t s, h;
+    int fd;
+
+    start(false);
+    c = conn();
+    cr_assert(sinkd_client_shm_create(c, 4096, 5000, &shm) == 0);
+    s = open_raw(c, 1, 2, 2, 16);
+    /* 1 token of 2 heads x 16 floats = 128 bytes: past the end at 4000 */
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 4000, 0), SINKD_ERR_BAD_SHM);
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, UINT64_MAX - 8, 0), SINKD_ERR_BAD_SHM);
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle + 99, 0, 0), SINKD_ERR_NOT_FOUND);
+    cr_assert_eq(kv_append(c, s, 0, 1 << 20, shm.handle, 0, 0), SINKD_ERR_BAD_SHM);
+    cr_assert_eq(sinkd_client_ping(c, 5000, NULL), 0);
+
+    /* A memfd that cannot be sealed, shrunk after registering. */
+    fd = memfd_create("unsealed", MFD_CLOEXEC);
+    cr_assert(fd >= 0 && ftruncate(fd, 65536) == 0);
+    cr_assert_eq(sinkd_client_shm_register(c, fd, 65536, 5000, &h), 0);
+    cr_assert(ftruncate(fd, 0) == 0);
+    cr_assert_eq(kv_append(c, s, 0, 1, h, 0, 1024), SINKD_ERR_BAD_SHM);
+    cr_assert_eq(sinkd_client_ping(c, 5000, NULL), 0);
+    cr_assert(sinkd_testd_alive(&d));
+    /* the sealed region still works */
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 0, 1024), 0, "%s", sinkd_client_errmsg(c));
+    close(fd);
+    sinkd_client_shm_free(c, &shm, 5000);
+    sinkd_client_close(c);
+    stop();
+}
+
+static int n_sessions(sinkd_client *c)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    const msgpack_object_array *a;
+    int n;
+
+    cr_assert_eq(call(c, "session.list", NULL, &rep, NULL), 0);
+    cr_assert(sinkd_map_array(rep.map, "sessions", &a) == 0);
+    n = (int)a->size;
+    sinkd_client_reply_free(&rep);
+    return n;
+}
+
+static int stats(sinkd_client *c, uint64_t s)
+{
+    req q;
+
+    req_init(&q, 1);
+    kv_u(&q, "session", s);
+    return call(c, "session.stats", &q, NULL, NULL);
+}
+
+Test(sessions, ownership_across_connections)
+{
+    sinkd_client *a, *b;
+    uint64_t s;
+
+    start(false);
+    a = conn();
+    b = conn();
+    s = open_raw(a, 1, 2, 2, 16);
+    /* same uid: visible from another connection */
+    cr_assert_eq(stats(b, s), 0);
+    cr_assert_eq(stats(b, s + 1000), SINKD_ERR_NOT_FOUND);
+    if (geteuid() == 0) {
+        /* another uid sees nothing, exactly as for a missing session */
+        pid_t pid = fork();
+        if (pid == 0) {
+            sinkd_client *o;
+            if (setgid(65534) || setuid(65534) || sinkd_client_connect(d.socket_path, 5000, &o))
+                _exit(2);
+            _exit(stats(o, s) == SINKD_ERR_NOT_FOUND && n_sessions(o) == 0 ? 0 : 1);
+        }
+        int status;
+        cr_assert(waitpid(pid, &status, 0) == pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "other uid: child status %d", status);
+    }
+    /* closing the owner's connection closes the session */
+    sinkd_client_close(a);
+    int n = 1;
+    for (int i = 0; i < 100 && n; i++) {
+        usleep(10000);
+        n = n_sessions(b);
+    }
+    cr_assert_eq(n, 0);
+    cr_assert_eq(stats(b, s), SINKD_ERR_NOT_FOUND);
+    sinkd_client_close(b);
+    stop();
+}
+
+static uint64_t open_model(sinkd_client *c, const char *text)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    uint64_t s;
+    req q;
+
+    req_init(&q, 1);
+    sinkd_pack_kv_str(&q.pk, "model", "tiny");
+    cr_assert_eq(call(c, "session.open", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    s = rep_u64(&rep, "session");
+    cr_assert_eq(rep_u64(&rep, "n_vocab"), 260);
+    sinkd_client_reply_free(&rep);
+    req_init(&q, 2);
+    kv_u(&q, "session", s);
+    sinkd_pack_kv_str(&q.pk, "text", text);
+    cr_assert_eq(call(c, "session.append", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    sinkd_client_reply_free(&rep);
+    return s;
+}
+
+Test(sessions, generate_streams_tokens)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    events ev = { 0 };
+    const char *text;
+    size_t tl;
+    sinkd_client *c;
+    uint64_t s;
+    req q;
+
+    start(true);
+    c = conn();
+    s = open_model(c, "Once upon a time");
+    req_init(&q, 3);
+    kv_u(&q, "session", s);
+    kv_u(&q, "max_tokens", 24);
+    sinkd_pack_kv_bool(&q.pk, "ignore_eos", true);
+    cr_assert_eq(call(c, "session.generate", &q, &rep, &ev), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(rep_u64(&rep, "n_tokens"), 24);
+    cr_assert_eq(ev.n, 24);
+    cr_assert(sinkd_map_str(rep.map, "text", &text, &tl) == 0);
+    cr_assert(tl == ev.text_len && !memcmp(text, ev.text, tl), "streamed text differs");
+    sinkd_client_reply_free(&rep);
+    /* a second generate continues the same conversation */
+    req_init(&q, 2);
+    kv_u(&q, "session", s);
+    kv_u(&q, "max_tokens", 4);
+    cr_assert_eq(call(c, "session.generate", &q, NULL, NULL), 0);
+    sinkd_client_close(c);
+    stop();
+}
+
+static void status(sinkd_client *c, sinkd_client_status *st)
+{
+    cr_assert_eq(sinkd_client_status_get(c, 5000, st), 0);
+}
+
+Test(sessions, killed_client_returns_pages)
+{
+    sinkd_client_status st;
+    sinkd_client *c;
+    int fds[2];
+    pid_t pid;
+
+    start(true);
+    c = conn();
+    status(c, &st);
+    cr_assert_eq(st.kv_used_bytes, 0);
+    cr_assert(pipe(fds) == 0);
+    pid = fork();
+    if (pid == 0) {
+        sinkd_client *k;
+        req q;
+        close(fds[0]);
+        if (sinkd_client_connect(d.socket_path, 5000, &k))
+            _exit(2);
+        uint64_t s = open_model(k, "In the beginning");
+        if (write(fds[1], "x", 1) != 1)
+            _exit(3);
+        req_init(&q, 3);
+        kv_u(&q, "session", s);
+        kv_u(&q, "max_tokens", 1 << 20);
+        sinkd_pack_kv_bool(&q.pk, "ignore_eos", true);
+        call(k, "session.generate", &q, NULL, NULL);
+        _exit(4);
+    }
+    char x;
+    close(fds[1]);
+    cr_assert(read(fds[0], &x, 1) == 1);
+    close(fds[0]);
+    usleep(100000);
+    status(c, &st);
+    cr_assert_eq(st.sessions, 1);
+    cr_assert(st.kv_used_bytes > 0);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    for (int i = 0; i < 20; i++) {
+        usleep(50000);
+        status(c, &st);
+        if (st.sessions == 0 && st.kv_used_bytes == 0)
+            break;
+    }
+    cr_assert_eq(st.sessions, 0, "the session outlived its client by 1 s");
+    cr_assert_eq(st.kv_used_bytes, 0, "pages not back in the pool within 1 s");
+    sinkd_client_close(c);
+    stop();
+}
