@@ -131,6 +131,23 @@ static __device__ __forceinline__ void load_row(const T *row, int u, int d, bool
     }
 }
 
+/* Store chunk @u of a row in that layout, rounding to T (the inverse of
+ * load_row; 16-byte stores for ADJACENT, two 8-byte ones for NEOX). */
+template <typename T>
+static __device__ __forceinline__ void store_row(T *row, int u, int d, bool neox, const float *x)
+{
+    __align__(16) T e[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        e[i] = kv_traits<T>::from_f(neox ? x[(i % 4) * 2 + i / 4] : x[i]);
+    if (neox) {
+        *reinterpret_cast<uint2 *>(row + 4 * u) = *reinterpret_cast<const uint2 *>(e);
+        *reinterpret_cast<uint2 *>(row + d / 2 + 4 * u) = *reinterpret_cast<const uint2 *>(e + 4);
+    } else {
+        *reinterpret_cast<uint4 *>(row + 8 * u) = *reinterpret_cast<const uint4 *>(e);
+    }
+}
+
 /* ---- RoPE --------------------------------------------------------------- */
 
 /* Inverse frequency of pair @i of a head of @d: theta^(-2i/d) / scale.

@@ -10,9 +10,13 @@
  *
  * Shapes: q, out [n_seqs][n_q][D] f32; K, V rows of D in F16/BF16 in pages.
  * Bytes: 2*D*esize per key (+ 8*G per key with scores: logits stored in
- * pass 1, read in pass 3), FLOPs ~4*G*D per key: memory bound at any G<=16.
+ * pass 1 by pool slot, read in pass 3), FLOPs ~4*G*D per key: memory bound at any G<=16.
  *
- * v1 (this file): split-KV. Grid (S splits, lanes, head chunks of <= 4).
+ * v2 (decode_mma_kernel, head_dim 64/128, pages of a multiple of 16 tokens,
+ * 16-byte aligned pool): tensor cores, cp.async rings; described below, and
+ * measured in bench/attention/NOTES.md. Everything else runs v1.
+ *
+ * v1: split-KV. Grid (S splits, lanes, head chunks of <= 4).
  * A warp owns chunks of keys; P2 threads read one key row with 16-byte loads
  * (8 elements a thread), NP keys in flight per thread before any math. Each
  * thread keeps an online softmax (log2 domain) for its key slot; slots,
@@ -23,6 +27,7 @@
 #include <math.h>
 
 #include "common.cuh"
+#include "mma.cuh"
 
 #define DEC_WARPS 4
 #define DEC_HG 4        /* query heads per block */
@@ -42,7 +47,7 @@ struct dec_params {
     float *part_acc;         /* [lane][S][G][D] */
     float *part_ml;          /* [lane][S][G][2] */
     float *lse;              /* [lane][G] log2 domain */
-    float *logits;           /* [list key][G] or NULL */
+    float *logits;           /* [pool slot][G] or NULL */
     int64_t logits_cap;      /* keys the logits buffer holds */
     int n_split;
 };
@@ -143,6 +148,7 @@ decode_kernel(dec_params P)
     for (int c0 = kb + warp * CH; c0 < ke; c0 += DEC_WARPS * CH) {
         float kx[DEC_NP][8], vx[DEC_NP][8];
         int kpos[DEC_NP];
+        int64_t kslot[DEC_NP];
         bool ok[DEC_NP];
 #pragma unroll
         for (int r = 0; r < DEC_NP; r++) {
@@ -155,6 +161,7 @@ decode_kernel(dec_params P)
                 pg = P.ln.page_ids[P.ln.page_off[l] + lp];
             ok[r] = pg >= 0 && pg < P.pool.n_pages;
             int64_t slot = (int64_t)pg * pt + i;
+            kslot[r] = slot;
             kpos[r] = ok[r] ? (cache ? tok : P.pool.pos[slot]) : 0;
             if (ok[r] && act) {
                 const T *kr = (const T *)((const char *)P.pool.pages + (size_t)pg * P.pool.page_bytes) +
@@ -190,13 +197,9 @@ decode_kernel(dec_params P)
                     a += __shfl_xor_sync(0xffffffffu, a, o);
                 s[r][h] = ok[r] ? a : -INFINITY;
             }
-            if (P.logits && ok[r] && t == 0) {
-                int kk = c0 + r * KPP + sub;
-                int64_t idx = (int64_t)L.base * pt + kk;
-                if (idx < P.logits_cap)
-                    for (int h = 0; h < hg; h++)
-                        P.logits[idx * P.group + hbase + h] = s[r][h];
-            }
+            if (P.logits && ok[r] && t == 0 && kslot[r] < P.logits_cap)
+                for (int h = 0; h < hg; h++)
+                    P.logits[kslot[r] * P.group + hbase + h] = s[r][h];
         }
 
 #pragma unroll
@@ -296,6 +299,309 @@ decode_kernel(dec_params P)
     }
 }
 
+/* ---- v2: tensor cores ---------------------------------------------------- */
+
+/*
+ * One block per (split, lane) holds all G <= 16 query heads of the lane as
+ * the 16 rows of an m16n8k16 A operand (rows >= G are zero). Work comes in
+ * tiles of 16 keys (page_tokens a multiple of 16); warp w of the block takes
+ * the split's tiles w, w + W, ... and streams each tile's K, V (and stored
+ * positions) with cp.async into its own DV2_STAGES-deep shared-memory ring,
+ * rows the lane does not hold zero filled. Per tile a warp:
+ *   ldmatrix K, rotate it in registers (f32, fast sincos), round, and
+ *   S[16 x 16] = Q K^T in 2 * D/16 mma; mask; online softmax per row;
+ *   O[16 x D] += P V with P straight from the S accumulators and V by
+ *   ldmatrix.trans, D/8 mma.
+ * Warps merge through shared memory, splits through decode_merge_kernel, as
+ * in v1 (same workspace layout, same score pass).
+ */
+#define DV2_WARPS 4
+#define DV2_STAGES 3
+
+template <typename T, int D>
+struct dv2_shape {
+    static constexpr int RS = D + 8;                    /* smem row stride, elements */
+    static constexpr int KV = 16 * RS * (int)sizeof(T); /* bytes of K (or V) in a stage */
+    static constexpr int STAGE = 2 * KV + 64;           /* K, V, 16 positions */
+    static constexpr int Q = 16 * RS * (int)sizeof(T);
+    static constexpr int META = DV2_WARPS * DV2_STAGES * 16;
+    static constexpr int RING = DV2_WARPS * DV2_STAGES * STAGE;
+    static constexpr int MERGE = DV2_WARPS * 16 * (D + 2) * 4;
+    static constexpr int SMEM = Q + META + (RING > MERGE ? RING : MERGE);
+};
+
+/* Rotate two adjacent elements (one rotary pair) packed in @r. */
+template <typename T>
+static __device__ __forceinline__ void rot_adj(uint32_t &r, int pos, float inv)
+{
+    float sn, cs;
+    rope_sincos_fast(pos, inv, &sn, &cs);
+    float2 x = mma_op<T>::unpack(r);
+    r = mma_op<T>::pack(x.x * cs - x.y * sn, x.x * sn + x.y * cs);
+}
+
+/* Rotate the pairs (lo.x, hi.x) and (lo.y, hi.y) of a NEOX row. */
+template <typename T>
+static __device__ __forceinline__ void rot_neox(uint32_t &lo, uint32_t &hi, int pos, float inv0, float inv1)
+{
+    float s0, c0, s1, c1;
+    rope_sincos_fast(pos, inv0, &s0, &c0);
+    rope_sincos_fast(pos, inv1, &s1, &c1);
+    float2 a = mma_op<T>::unpack(lo), b = mma_op<T>::unpack(hi);
+    lo = mma_op<T>::pack(a.x * c0 - b.x * s0, a.y * c1 - b.y * s1);
+    hi = mma_op<T>::pack(a.x * s0 + b.x * c0, a.y * s1 + b.y * c1);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(DV2_WARPS * 32, 2)
+decode_mma_kernel(dec_params P)
+{
+    using SH = dv2_shape<T, D>;
+    constexpr int RS = SH::RS, W = DV2_WARPS, NST = DV2_STAGES, KH = D / 32;
+    extern __shared__ __align__(16) unsigned char dv2_smem[];
+    T *sQ = reinterpret_cast<T *>(dv2_smem);
+    int4 *smeta = reinterpret_cast<int4 *>(dv2_smem + SH::Q);
+    unsigned char *ring = dv2_smem + SH::Q + SH::META;
+
+    const int split = blockIdx.x, l = blockIdx.y;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+    const int G = P.group, pt = P.pool.page_tokens, tpp = pt / 16;
+    const bool neox = P.rope.style == SINKD_ROPE_NEOX;
+    const bool cache = P.rope.mode == SINKD_ROPE_CACHE;
+    const int seq = l / P.n_kv;
+    const int len = P.ln.len[l];
+    const dec_list L = lane_list(P, l, len);
+    const int have = P.ln.page_off[l + 1] - P.ln.page_off[l];
+    const int32_t *pids = P.ln.page_ids + P.ln.page_off[l];
+
+    /* This split's tiles [ub, ue) of the list. */
+    const int ntile = L.n * tpp;
+    const int tps = (ntile + P.n_split - 1) / P.n_split;
+    const int ub = min(ntile, split * tps), ue = min(ntile, ub + tps);
+    const int nk = ue - ub > warp ? (ue - ub - warp + W - 1) / W : 0;
+
+    /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
+    const int qp = cache ? len - 1 : P.q_pos[seq];
+    for (int it = threadIdx.x; it < 16 * D / 2; it += blockDim.x) {
+        int h = it / (D / 2), i = it % (D / 2);
+        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
+        float y0 = 0.0f, y1 = 0.0f;
+        if (h < G) {
+            const float *qr = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D;
+            float s, c;
+            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
+            y0 = (qr[e0] * c - qr[e1] * s) * P.qscale;
+            y1 = (qr[e0] * s + qr[e1] * c) * P.qscale;
+        }
+        sQ[h * RS + e0] = kv_traits<T>::from_f(y0);
+        sQ[h * RS + e1] = kv_traits<T>::from_f(y1);
+    }
+
+    /* Inverse frequencies of the pairs this thread rotates (see the tile
+     * loop): ADJACENT f = 2*kstep + half, NEOX f = 4*kstep + 2*half + b. */
+    float inv[D / 8];
+#pragma unroll
+    for (int f = 0; f < D / 8; f++) {
+        int pair = neox ? 16 * (f / 4) + 8 * ((f / 2) % 2) + 2 * t4 + f % 2
+                        : 8 * (f / 2) + 4 * (f % 2) + t4;
+        inv[f] = rope_inv_freq(P.rope.theta, P.rope.scale, pair, D);
+    }
+
+    /* Tile metadata, 32 tiles at a time: lane r holds ordinal kb + r's page,
+     * first lane token and valid rows (0: nothing to read). */
+    int m_pg = 0, m_tok = 0, m_nv = 0;
+    auto load_meta = [&](int kb) {
+        int u = ub + warp + (kb + lane) * W;
+        m_pg = 0;
+        m_tok = 0;
+        m_nv = 0;
+        if (u < ue) {
+            int lp = L.page(u / tpp);
+            if (lp >= 0 && lp < have) {
+                int pg = pids[lp], tok0 = lp * pt + (u % tpp) * 16;
+                if (pg >= 0 && pg < P.pool.n_pages && tok0 < len) {
+                    m_pg = pg;
+                    m_tok = tok0;
+                    m_nv = min(16, len - tok0);
+                }
+            }
+        }
+    };
+    unsigned char *wring = ring + (size_t)warp * NST * SH::STAGE;
+    auto issue = [&](int k) {
+        if ((k & 31) == 0)
+            load_meta(k);
+        int pg = __shfl_sync(0xffffffffu, m_pg, k & 31);
+        int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
+        int nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
+        int st = k % NST;
+        if (lane == 0)
+            smeta[warp * NST + st] = make_int4(tok0, nv, pg, 0);
+        if (nv > 0) {
+            unsigned char *sk = wring + st * SH::STAGE;
+            int r0 = tok0 % pt;
+            const T *kp = reinterpret_cast<const T *>(
+                (const char *)P.pool.pages + (size_t)pg * P.pool.page_bytes) + (size_t)r0 * D;
+            const T *vp = kp + (size_t)pt * D;
+#pragma unroll
+            for (int i = 0; i < D / 16; i++) { /* 16 rows of D/8 chunks, 32 lanes */
+                int c = lane + 32 * i, row = c / (D / 8), ch = c % (D / 8);
+                int nb = row < nv ? 16 : 0;
+                cp_async16(sk + row * RS * sizeof(T) + ch * 16, kp + row * D + ch * 8, nb);
+                cp_async16(sk + SH::KV + row * RS * sizeof(T) + ch * 16, vp + row * D + ch * 8, nb);
+            }
+            if (!cache && lane < 4)
+                cp_async16(sk + 2 * SH::KV + lane * 16, P.pool.pos + (int64_t)pg * pt + r0 + lane * 4, 16);
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int k = 0; k < NST - 1; k++)
+        issue(k);
+
+    __syncthreads(); /* sQ complete */
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        ldsm_x4(qa[kk], sQ + ((lane / 8) % 2 * 8 + lane % 8) * RS + kk * 16 + (lane / 16) * 8);
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    /* ldmatrix row addresses: K non-transposed (keys x dims), V transposed */
+    const int k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
+    const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
+
+    for (int k = 0; k < nk; k++) {
+        issue(k + NST - 1);
+        cp_async_wait<NST - 1>();
+        __syncwarp();
+        const int st = k % NST;
+        const int4 mt = smeta[warp * NST + st];
+        if (mt.y > 0) {
+            const unsigned char *sk = wring + st * SH::STAGE;
+            const T *sK = reinterpret_cast<const T *>(sk);
+            const T *sV = reinterpret_cast<const T *>(sk + SH::KV);
+            const int *spos = reinterpret_cast<const int *>(sk + 2 * SH::KV);
+            const int pos0 = cache ? mt.x + g : spos[g];
+            const int pos1 = cache ? mt.x + 8 + g : spos[8 + g];
+
+            float s[2][4];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kh = 0; kh < KH; kh++) {
+                /* k-steps kh and kh + D/32 hold the two halves of a NEOX pair */
+                uint32_t lo[4], hi[4];
+                ldsm_x4(lo, sK + k_off + kh * 16);
+                ldsm_x4(hi, sK + k_off + (kh + KH) * 16);
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    int pos = r < 2 ? pos0 : pos1, half = r % 2;
+                    if (neox) {
+                        rot_neox<T>(lo[r], hi[r], pos, inv[4 * kh + 2 * half], inv[4 * kh + 2 * half + 1]);
+                    } else {
+                        rot_adj<T>(lo[r], pos, inv[2 * kh + half]);
+                        rot_adj<T>(hi[r], pos, inv[2 * (kh + KH) + half]);
+                    }
+                }
+                mma_op<T>::run(s[0], qa[kh], lo[0], lo[1]);
+                mma_op<T>::run(s[1], qa[kh], lo[2], lo[3]);
+                mma_op<T>::run(s[0], qa[kh + KH], hi[0], hi[1]);
+                mma_op<T>::run(s[1], qa[kh + KH], hi[2], hi[3]);
+            }
+
+            /* Mask rows past the lane; store logits for the score pass. */
+            const int64_t idx0 = (int64_t)mt.z * pt + mt.x % pt; /* slot of row 0 */
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int kt = j * 8 + 2 * t4 + (c & 1), row = g + (c >> 1) * 8;
+                    if (kt >= mt.y)
+                        s[j][c] = -INFINITY;
+                    else if (P.logits && row < G && idx0 + kt < P.logits_cap)
+                        P.logits[(idx0 + kt) * G + row] = s[j][c];
+                }
+
+            online_softmax(s, o, mrow, lrow);
+            uint32_t pa[4];
+            pa[0] = mma_op<T>::pack(s[0][0], s[0][1]);
+            pa[1] = mma_op<T>::pack(s[0][2], s[0][3]);
+            pa[2] = mma_op<T>::pack(s[1][0], s[1][1]);
+            pa[3] = mma_op<T>::pack(s[1][2], s[1][3]);
+#pragma unroll
+            for (int j2 = 0; j2 < D / 16; j2++) {
+                uint32_t vb[4];
+                ldsm_x4_t(vb, sV + v_off + j2 * 16);
+                mma_op<T>::run(o[2 * j2], pa, vb[0], vb[1]);
+                mma_op<T>::run(o[2 * j2 + 1], pa, vb[2], vb[3]);
+            }
+        }
+        __syncwarp(); /* the stage is refilled by the next issue */
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
+    }
+
+    /* Merge the warps: rows < G of each warp's (O, m, l) via shared memory. */
+    __syncthreads(); /* every warp is done with the ring */
+    float *s_o = reinterpret_cast<float *>(ring);
+    float *s_m = s_o + W * 16 * D, *s_l = s_m + W * 16;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int row = g + 8 * h;
+        if (row >= G)
+            continue;
+        float *so = s_o + (warp * 16 + row) * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            *reinterpret_cast<float2 *>(so + j * 8 + 2 * t4) = make_float2(o[j][2 * h], o[j][2 * h + 1]);
+        if (t4 == 0) {
+            s_m[warp * 16 + row] = mrow[h];
+            s_l[warp * 16 + row] = lrow[h];
+        }
+    }
+    __syncthreads();
+    for (int it = threadIdx.x; it < G * D; it += blockDim.x) {
+        int h = it / D, e = it % D;
+        float m = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < W; w++)
+            m = fmaxf(m, s_m[w * 16 + h]);
+        float lsum = 0.0f, a = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < W; w++) {
+                float f = exp2f(s_m[w * 16 + h] - m);
+                lsum += s_l[w * 16 + h] * f;
+                a += s_o[(w * 16 + h) * D + e] * f;
+            }
+        }
+        if (P.n_split == 1) {
+            size_t oi = ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D + e;
+            P.out[oi] = lsum > 0.0f ? a / lsum : 0.0f;
+            if (e == 0 && P.lse)
+                P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+        } else {
+            size_t pi = ((size_t)l * P.n_split + split) * G + h;
+            P.part_acc[pi * D + e] = a;
+            if (e == 0) {
+                P.part_ml[pi * 2] = m;
+                P.part_ml[pi * 2 + 1] = lsum;
+            }
+        }
+    }
+}
+
 /* One block per (lane, head of the group), one thread per element. */
 __global__ void decode_merge_kernel(dec_params P)
 {
@@ -338,7 +644,7 @@ __global__ void decode_score_kernel(dec_params P, int op, float decay)
         if (lp < 0 || lp >= have || tok >= len)
             continue;
         int pg = P.ln.page_ids[P.ln.page_off[l] + lp];
-        int64_t idx = (int64_t)L.base * pt + kk;
+        int64_t idx = (int64_t)pg * pt + i;
         if (pg < 0 || pg >= P.pool.n_pages || idx >= P.logits_cap)
             continue;
         float p = 0.0f;
@@ -366,6 +672,40 @@ static int decode_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
         decode_kernel<T, 32><<<grid, DEC_WARPS * 32, 0, c->stream>>>(P);
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
+}
+
+template <typename T, int D>
+static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
+{
+    constexpr int smem = dv2_shape<T, D>::SMEM;
+    /* The shared-memory opt-in belongs to the function, not the call: set
+     * once (a function-local static is initialised once, thread-safely),
+     * which keeps a host call off every decode step. */
+    static const cudaError_t attr =
+        cudaFuncSetAttribute(decode_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    SINKD_CUDA_TRY(attr);
+    decode_mma_kernel<T, D><<<grid, DV2_WARPS * 32, smem, c->stream>>>(P);
+    SINKD_CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+/* v2 needs tiles of 16 keys inside a page, 16-byte aligned rows and
+ * positions, and a head_dim it was built for; anything else runs v1. */
+static bool decode_mma_fits(const sinkd_decode_args *a)
+{
+    const sinkd_kv_pool *pl = a->pool;
+    return (a->head_dim == 64 || a->head_dim == 128) && pl->page_tokens % 16 == 0 &&
+           pl->page_bytes % 16 == 0 && (uintptr_t)pl->pages % 16 == 0 &&
+           (a->rope.mode == SINKD_ROPE_CACHE || (uintptr_t)pl->pos % 16 == 0);
+}
+
+static int decode_mma_dispatch(sinkd_cuda *c, const dec_params &P, dim3 grid, uint8_t dtype)
+{
+    if (dtype == SINKD_F16)
+        return P.d == 64 ? decode_mma_launch<__half, 64>(c, P, grid)
+                         : decode_mma_launch<__half, 128>(c, P, grid);
+    return P.d == 64 ? decode_mma_launch<__nv_bfloat16, 64>(c, P, grid)
+                     : decode_mma_launch<__nv_bfloat16, 128>(c, P, grid);
 }
 
 int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
@@ -409,10 +749,13 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     P.sel_off = a->sel_off;
     P.sel_pages = a->sel_pages;
 
-    /* Enough blocks to fill the machine a few times over; a lane's keys are
-     * split only when the lanes alone do not. */
-    int target = c->n_sm * 3; /* 3 blocks of 168 registers fit an SM */
-    int S = (target + nl * nhc - 1) / (nl * nhc);
+    /* Enough blocks to fill the machine; a lane's keys are split only when
+     * the lanes alone do not. v1: 3 blocks of 168 registers an SM, heads in
+     * chunks of 4; v2: 2 blocks (shared memory), all heads in one block. */
+    const bool mma = decode_mma_fits(a);
+    const int hblocks = mma ? 1 : nhc;
+    int target = c->n_sm * (mma ? 2 : 3);
+    int S = (target + nl * hblocks - 1) / (nl * hblocks);
     if (S > 64)
         S = 64;
     if (S > a->pool->n_pages)
@@ -443,9 +786,12 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         P.logits_cap = cap;
     }
 
-    dim3 grid(S, nl, nhc);
-    rc = a->pool->dtype == SINKD_F16 ? decode_launch<__half>(c, P, grid)
-                                     : decode_launch<__nv_bfloat16>(c, P, grid);
+    dim3 grid(S, nl, hblocks);
+    if (mma)
+        rc = decode_mma_dispatch(c, P, grid, a->pool->dtype);
+    else
+        rc = a->pool->dtype == SINKD_F16 ? decode_launch<__half>(c, P, grid)
+                                         : decode_launch<__nv_bfloat16>(c, P, grid);
     if (rc)
         return rc;
     if (S > 1) {

@@ -187,14 +187,16 @@ typedef struct tpool {
     uint8_t dt;
 } tpool;
 
-/* A pool of random pages and @n_lanes lanes of random lengths in [lo, hi],
- * each with @spare extra pages reserved; pages drawn at random. */
-static void tpool_init(twin *t, tpool *p, uint8_t dt, int d, int n_lanes, int lo, int hi, int spare)
+/* A pool of random pages of @pt tokens and @n_lanes lanes of random
+ * lengths in [lo, hi], each with @spare extra pages reserved; pages drawn at
+ * random. */
+static void tpool_init_pt(twin *t, tpool *p, uint8_t dt, int d, int pt, int n_lanes, int lo, int hi,
+                          int spare)
 {
     memset(p, 0, sizeof *p);
     p->dt = dt;
     p->d = d;
-    p->pt = 16;
+    p->pt = pt;
     p->n_lanes = n_lanes;
     p->h_len = malloc(n_lanes * sizeof(int32_t));
     p->h_off = malloc((n_lanes + 1) * sizeof(int32_t));
@@ -264,6 +266,12 @@ static void tpool_init(twin *t, tpool *p, uint8_t dt, int d, int n_lanes, int lo
             .page_ids = b ? p->page_ids.g : p->page_ids.c,
         };
     }
+}
+
+/* The same with pages of 16 tokens. */
+static void tpool_init(twin *t, tpool *p, uint8_t dt, int d, int n_lanes, int lo, int hi, int spare)
+{
+    tpool_init_pt(t, p, dt, d, 16, n_lanes, lo, hi, spare);
 }
 
 static void tpool_free(twin *t, tpool *p)
@@ -434,11 +442,11 @@ Test(gpu_ops, append_compact)
 
 /* ---- decode and top-k pages --------------------------------------------------- */
 
-static void decode_case(twin *t, uint8_t dt, int d, int n_seqs, int n_kv, int G, int lo, int hi,
-                        int sparse, int score_op)
+static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv, int G, int lo,
+                        int hi, int sparse, int score_op)
 {
     tpool p;
-    tpool_init(t, &p, dt, d, n_seqs * n_kv, lo, hi, 0);
+    tpool_init_pt(t, &p, dt, d, pt, n_seqs * n_kv, lo, hi, 0);
     sinkd_rope rope = rand_rope(t);
     tpool_bounds(t, &p, &rope);
     int nq = n_kv * G;
@@ -493,8 +501,8 @@ static void decode_case(twin *t, uint8_t dt, int d, int n_seqs, int n_kv, int G,
         cr_assert_eq(be[b]->ops->attn_decode(be[b], &a), 0);
     }
     char what[160];
-    snprintf(what, sizeof what, "decode %s d=%d seqs=%d kv=%d G=%d len %d..%d sparse=%d(k=%d) score=%d rope=%d/%d",
-             sinkd_dtype_name(dt), d, n_seqs, n_kv, G, lo, hi, sparse, k, score_op, rope.style, rope.mode);
+    snprintf(what, sizeof what, "decode %s d=%d pt=%d seqs=%d kv=%d G=%d len %d..%d sparse=%d(k=%d) score=%d rope=%d/%d",
+             sinkd_dtype_name(dt), d, pt, n_seqs, n_kv, G, lo, hi, sparse, k, score_op, rope.style, rope.mode);
     check_err(tbuf_rel_err(t, &out, qn), TOL16, what);
     if (score_op)
         check_err(tbuf_rel_err(t, &p.score, (size_t)p.np * p.pt), TOL16, what);
@@ -517,7 +525,7 @@ Test(gpu_ops, decode_dense)
     static const int groups[] = {1, 2, 4, 8, 16, 3};
     for (int rep = 0; rep < 12; rep++) {
         int many = rep % 3 == 0; /* many short lanes (no split) vs few long (split) */
-        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 4 ? 128 : rand_head_dim(&t),
+        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 4 ? 128 : rand_head_dim(&t), 16,
                     many ? twin_range(&t, 40, 90) : twin_range(&t, 1, 3), twin_range(&t, 1, 4),
                     groups[twin_range(&t, 0, 5)], many ? 0 : 1, many ? 200 : 3000, 0, rep % 4);
     }
@@ -528,9 +536,24 @@ Test(gpu_ops, decode_sparse_topk)
 {
     TWIN_OR_SKIP(t);
     for (int rep = 0; rep < 8; rep++)
-        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 2 ? 128 : rand_head_dim(&t),
+        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 2 ? 128 : rand_head_dim(&t), 16,
                     twin_range(&t, 1, 6), twin_range(&t, 1, 4), 1 << twin_range(&t, 0, 3), 1, 1500,
                     1, rep % 4);
+    twin_close(&t);
+}
+
+/* Pages of 32 and 48 tokens (several 16-key tiles a page, tensor-core path
+ * at head_dim 64/128) and of 8 (the generic path), dense and sparse. */
+Test(gpu_ops, decode_page_sizes)
+{
+    TWIN_OR_SKIP(t);
+    static const int pts[] = {32, 48, 8};
+    for (int rep = 0; rep < 9; rep++) {
+        int sparse = rep % 2;
+        decode_case(&t, rep & 2 ? SINKD_BF16 : SINKD_F16, rep % 3 ? 128 : 64, pts[rep % 3],
+                    twin_range(&t, 1, 4), twin_range(&t, 1, 4), twin_range(&t, 1, 16), 1,
+                    sparse ? 1500 : 2500, sparse, rep % 4);
+    }
     twin_close(&t);
 }
 
