@@ -42,8 +42,8 @@ GEOMETRIES = [
 
 # ---- GGUF writer ---------------------------------------------------------
 
-GGUF_UINT32, GGUF_FLOAT32, GGUF_STRING = 4, 6, 8
-GGML_F32 = 0
+GGUF_UINT32, GGUF_INT32, GGUF_FLOAT32, GGUF_BOOL, GGUF_STRING, GGUF_ARRAY = 4, 5, 6, 7, 8, 9
+GGML_F32, GGML_BF16 = 0, 30
 ALIGN = 32
 
 
@@ -52,31 +52,62 @@ def gguf_str(s):
     return struct.pack("<Q", len(b)) + b
 
 
-def gguf_kv(key, vtype, value):
-    out = gguf_str(key) + struct.pack("<I", vtype)
+def gguf_value(vtype, value):
     if vtype == GGUF_UINT32:
-        out += struct.pack("<I", value)
-    elif vtype == GGUF_FLOAT32:
-        out += struct.pack("<f", value)
-    elif vtype == GGUF_STRING:
-        out += gguf_str(value)
-    else:
-        raise ValueError(vtype)
-    return out
+        return struct.pack("<I", value)
+    if vtype == GGUF_INT32:
+        return struct.pack("<i", value)
+    if vtype == GGUF_FLOAT32:
+        return struct.pack("<f", value)
+    if vtype == GGUF_BOOL:
+        return struct.pack("<B", 1 if value else 0)
+    if vtype == GGUF_STRING:
+        return gguf_str(value)
+    if vtype == GGUF_ARRAY:  # value: (element type, [elements])
+        etype, items = value
+        return struct.pack("<IQ", etype, len(items)) + b"".join(gguf_value(etype, v) for v in items)
+    raise ValueError(vtype)
+
+
+def gguf_kv(key, vtype, value):
+    return gguf_str(key) + struct.pack("<I", vtype) + gguf_value(vtype, value)
+
+
+def byte_tokenizer_meta(n_vocab):
+    """The reference models' SentencePiece byte vocabulary (README of the
+    models): <unk> <s> </s>, the 256 byte tokens, U+2581, padded to n_vocab
+    with control tokens so that a model of any vocabulary size can serve text."""
+    assert n_vocab >= 260
+    toks = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)] + ["\u2581"]
+    types = [2, 3, 3] + [6] * 256 + [1]
+    toks += ["<extra_%d>" % i for i in range(n_vocab - len(toks))]
+    types += [3] * (n_vocab - len(types))
+    return [("tokenizer.ggml.model", GGUF_STRING, "llama"),
+            ("tokenizer.ggml.tokens", GGUF_ARRAY, (GGUF_STRING, toks)),
+            ("tokenizer.ggml.scores", GGUF_ARRAY, (GGUF_FLOAT32, [0.0] * n_vocab)),
+            ("tokenizer.ggml.token_type", GGUF_ARRAY, (GGUF_INT32, types)),
+            ("tokenizer.ggml.bos_token_id", GGUF_UINT32, 1),
+            ("tokenizer.ggml.eos_token_id", GGUF_UINT32, 2),
+            ("tokenizer.ggml.add_bos_token", GGUF_BOOL, True),
+            ("tokenizer.ggml.add_space_prefix", GGUF_BOOL, False)]
 
 
 def write_gguf(path, kvs, tensors):
-    """kvs: [(key, type, value)]; tensors: [(name, float32 contiguous tensor)]."""
+    """kvs: [(key, type, value)]; tensors: [(name, tensor)], written as BF16
+    when the tensor is bfloat16 and as F32 otherwise."""
     infos, offset, blobs = b"", 0, []
     for name, t in tensors:
-        data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
+        if t.dtype == torch.bfloat16:
+            data, ty = t.detach().contiguous().cpu().view(torch.int16).numpy().tobytes(), GGML_BF16
+        else:
+            data, ty = t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes(), GGML_F32
         pad = (-offset) % ALIGN
         offset += pad
         blobs.append(b"\0" * pad + data)
         dims = list(reversed(t.shape))  # ne[0] is the contiguous dimension
         infos += gguf_str(name) + struct.pack("<I", len(dims))
         infos += b"".join(struct.pack("<Q", d) for d in dims)
-        infos += struct.pack("<IQ", GGML_F32, offset)
+        infos += struct.pack("<IQ", ty, offset)
         offset += len(data)
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs))
     head += b"".join(gguf_kv(*kv) for kv in kvs) + infos
