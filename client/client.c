@@ -3,9 +3,10 @@
  *
  * The socket stays in blocking mode (the fd is the caller's to poll); every
  * send and recv passes MSG_DONTWAIT and waits in poll(2) against a deadline,
- * so one timeout bounds the whole request. One request is in flight at a
- * time per handle: frames whose id is not the pending one are replies and
- * events of requests that timed out earlier, and are dropped.
+ * so one timeout bounds the whole request (or, for streams, each wait). One
+ * request is waited for at a time per handle: frames whose id is not the
+ * pending one belong to requests that timed out earlier or were sent without
+ * waiting (session.cancel from a token callback), and are dropped.
  */
 #include "client_internal.h"
 
@@ -272,13 +273,53 @@ static int client__outcome(sinkd_client *c, const msgpack_object *map)
     return 0;
 }
 
-int sinkd_client_request(sinkd_client *c, const sinkd_client_req *req,
-                         sinkd_client_reply *reply)
+static int client__check_req(const sinkd_client *c, const sinkd_client_req *req)
 {
     if (c == NULL || req == NULL || req->op == NULL || req->op[0] == '\0')
         return -EINVAL;
     if (req->fields != NULL && (req->pack != NULL || req->fields_len == 0))
         return -EINVAL;
+    return 0;
+}
+
+/* Build and send @req under a fresh id; *@id gets it. */
+static int client__post(sinkd_client *c, const sinkd_client_req *req, int64_t deadline,
+                        uint64_t *id)
+{
+    *id = c->next_id++;
+    uint8_t *frame = NULL;
+    size_t frame_len = 0;
+    int rc = client__build(c, req, *id, &frame, &frame_len);
+    if (rc < 0)
+        return rc;
+    rc = client__send(c, frame, frame_len, req->fd, deadline);
+    free(frame);
+    return rc;
+}
+
+int client__send_nowait(sinkd_client *c, const sinkd_client_req *req)
+{
+    int rc = client__check_req(c, req);
+    if (rc < 0)
+        return rc;
+    if (c->dead != 0)
+        return c->dead;
+    uint64_t id;
+    return client__post(c, req, client__deadline(req->timeout_ms), &id);
+}
+
+int sinkd_client_request(sinkd_client *c, const sinkd_client_req *req,
+                         sinkd_client_reply *reply)
+{
+    return client__request(c, req, reply, false);
+}
+
+int client__request(sinkd_client *c, const sinkd_client_req *req,
+                    sinkd_client_reply *reply, bool idle)
+{
+    int rc = client__check_req(c, req);
+    if (rc < 0)
+        return rc;
     if (reply != NULL && reply->payload != NULL)
         return -EINVAL;
     c->errmsg[0] = '\0';
@@ -286,14 +327,8 @@ int sinkd_client_request(sinkd_client *c, const sinkd_client_req *req,
         return c->dead;
 
     int64_t deadline = client__deadline(req->timeout_ms);
-    uint64_t id = c->next_id++;
-    uint8_t *frame = NULL;
-    size_t frame_len = 0;
-    int rc = client__build(c, req, id, &frame, &frame_len);
-    if (rc < 0)
-        return rc;
-    rc = client__send(c, frame, frame_len, req->fd, deadline);
-    free(frame);
+    uint64_t id;
+    rc = client__post(c, req, deadline, &id);
     if (rc < 0)
         return rc;
 
@@ -326,6 +361,8 @@ int sinkd_client_request(sinkd_client *c, const sinkd_client_req *req,
         if (mine && idrc == 0 && sinkd_map_str(map, "ev", &ev, &ev_len) == 0) {
             if (req->on_event != NULL)
                 req->on_event(req->event_arg, ev, ev_len, map);
+            if (idle)
+                deadline = client__deadline(req->timeout_ms);
             mine = false;
         }
         if (!mine) {

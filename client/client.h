@@ -228,6 +228,353 @@ int sinkd_client_shm_create(sinkd_client *c, size_t size, int timeout_ms,
  * unregister's result (0 when skipped). */
 int sinkd_client_shm_free(sinkd_client *c, sinkd_client_shm *shm, int timeout_ms);
 
+/* ---------------------------------------------------------------------------
+ * Session-level ops (models, text, sessions, raw KV, policies). Every call
+ * below returns as sinkd_client_request: 0, a negative errno, or a positive
+ * sinkd_errcode with the daemon's message in sinkd_client_errmsg(). A reply
+ * that lacks a field the contract promises is -EPROTO. Arguments are checked
+ * first (-EINVAL) and nothing is sent when they are wrong. Fixed-size string
+ * fields of the structs below are NUL-terminated and truncated to fit.
+ *
+ * Arrays and strings these calls return are allocated by the library and
+ * owned by the caller, who releases them with sinkd_client_free (or the
+ * struct's own _free where one is named).
+ */
+
+/* Release an array or string that a call below returned. NULL is a no-op. */
+void sinkd_client_free(void *p);
+
+/* A byte range in a region registered with sinkd_client_shm_register or
+ * sinkd_client_shm_create: the wire's {shm, offset}. */
+typedef struct sinkd_client_region {
+    uint64_t shm;          /* the daemon's handle */
+    uint64_t offset;       /* bytes from the start of the region */
+} sinkd_client_region;
+
+/* --- models and text ---------------------------------------------------- */
+
+/* One entry of model.list. */
+typedef struct sinkd_client_model {
+    char name[64];
+    char arch[16];          /* "llama", "qwen2" */
+    uint32_t n_layers, n_heads, n_kv_heads, head_dim, dim, n_vocab, ctx_len;
+    uint64_t weight_bytes;
+    char dtype[16];         /* weight dtype in the file: "f32", "f16", ... */
+} sinkd_client_model;
+
+/* Decode a model.list reply map into a new array *@models of *@n entries
+ * (NULL and 0 when the daemon has none); free it with sinkd_client_free.
+ * Returns 0, -EINVAL, -ENOMEM or -EPROTO. */
+int sinkd_client_model_list_decode(const msgpack_object *reply,
+                                   sinkd_client_model **models, size_t *n);
+
+/* The daemon's models, as sinkd_client_model_list_decode. */
+int sinkd_client_model_list(sinkd_client *c, int timeout_ms,
+                            sinkd_client_model **models, size_t *n);
+
+/* For @bos arguments: let the daemon use the model's add_bos. */
+#define SINKD_CLIENT_BOS_DEFAULT (-1)
+
+/* Tokenize @len bytes of @text with @model (NULL: the daemon's first).
+ * @bos: 0, 1 or SINKD_CLIENT_BOS_DEFAULT; @special: parse special-token
+ * text such as "<s>". *@ids gets a new array of *@n token ids (free with
+ * sinkd_client_free; NULL when empty). */
+int sinkd_client_tokenize(sinkd_client *c, const char *model, const char *text,
+                          size_t len, int bos, bool special, int timeout_ms,
+                          int32_t **ids, size_t *n);
+
+/* Turn @n ids into text with @model (NULL: the first). *@text gets a new
+ * NUL-terminated string of *@len bytes (the text itself may hold NULs; @len
+ * may be NULL); free it with sinkd_client_free. */
+int sinkd_client_detokenize(sinkd_client *c, const char *model, const int32_t *ids,
+                            size_t n, int timeout_ms, char **text, size_t *len);
+
+/* --- sessions ----------------------------------------------------------- */
+
+/* Geometry of a raw session (no model: the caller streams its own K, V, Q).
+ * The strings name the wire values; NULL takes the daemon's default. */
+typedef struct sinkd_client_geometry {
+    uint32_t layers, q_heads, kv_heads, head_dim;
+    const char *dtype;         /* "f32", "f16", "bf16" */
+    double rope_theta;         /* 10000 */
+    double rope_scale;         /* 1 */
+    const char *rope_style;    /* "adjacent" or "neox" */
+    const char *rope_mode;     /* "absolute" or "cache" */
+} sinkd_client_geometry;
+
+#define SINKD_CLIENT_GEOMETRY_INIT { 0, 0, 0, 0, "f32", 10000.0, 1.0, NULL, NULL }
+
+/* How to open a session. Zeroed/NULL fields take the daemon's defaults. */
+typedef struct sinkd_client_session_opts {
+    const char *model;                       /* NULL: the first model */
+    const sinkd_client_geometry *geometry;   /* non-NULL: a raw session */
+    const char *policy;                      /* NULL: "full" */
+    const char *params;                      /* policy parameters "k=v k=v" */
+    uint64_t budget;                         /* max tokens per lane, 0 = none */
+    bool persist;                            /* outlive this connection */
+} sinkd_client_session_opts;
+
+#define SINKD_CLIENT_SESSION_OPTS_INIT { NULL, NULL, NULL, NULL, 0, false }
+
+/* What session.open answered. */
+typedef struct sinkd_client_session_info {
+    uint64_t session;
+    char secret[64];
+    char model[64];          /* "" for a raw session */
+    char policy[64];
+    uint32_t n_layers, n_kv_heads, head_dim;
+    uint32_t n_vocab;        /* 0 for a raw session */
+} sinkd_client_session_info;
+
+/* Open a session as @opts says (NULL: all defaults) and describe it in
+ * @info. Model and geometry together are -EINVAL. A session that is not
+ * persistent closes with @c's connection. */
+int sinkd_client_session_open(sinkd_client *c, const sinkd_client_session_opts *opts,
+                              int timeout_ms, sinkd_client_session_info *info);
+
+/* Close session @session (a running generate ends first). */
+int sinkd_client_session_close(sinkd_client *c, uint64_t session, int timeout_ms);
+
+/* One entry of session.list. */
+typedef struct sinkd_client_session_entry {
+    uint64_t session;
+    uint64_t uid;            /* owner */
+    char model[64];
+    char policy[64];
+    uint64_t tokens;         /* positions consumed */
+    uint64_t pages;
+    uint64_t bytes;          /* KV memory held */
+    bool generating;         /* state "generating" (else "idle") */
+} sinkd_client_session_entry;
+
+/* Decode a session.list reply into a new array (free with
+ * sinkd_client_free; NULL when empty). */
+int sinkd_client_session_list_decode(const msgpack_object *reply,
+                                     sinkd_client_session_entry **sessions, size_t *n);
+
+/* The sessions we may see (our uid's; an admin sees all). */
+int sinkd_client_session_list(sinkd_client *c, int timeout_ms,
+                              sinkd_client_session_entry **sessions, size_t *n);
+
+/* What session.append answered, plus the reason of a policy fallback that
+ * happened meanwhile ("" when none). */
+typedef struct sinkd_client_append_result {
+    uint64_t n_tokens;       /* tokens appended */
+    uint64_t n_past;         /* positions in the session afterwards */
+    double prefill_ms;
+    char fallback[128];
+} sinkd_client_append_result;
+
+/* Append @n token ids to a model session and run them through the model.
+ * @bos: 0, 1 or SINKD_CLIENT_BOS_DEFAULT. @result may be NULL. @timeout_ms
+ * bounds the whole prefill. */
+int sinkd_client_session_append(sinkd_client *c, uint64_t session, const int32_t *ids,
+                                size_t n, int bos, int timeout_ms,
+                                sinkd_client_append_result *result);
+
+/* Same with @len bytes of @text, tokenized by the session's model. */
+int sinkd_client_session_append_text(sinkd_client *c, uint64_t session, const char *text,
+                                     size_t len, int bos, int timeout_ms,
+                                     sinkd_client_append_result *result);
+
+/* Sampling parameters of session.generate. */
+typedef struct sinkd_client_gen_params {
+    uint32_t max_tokens;        /* 128 */
+    double temperature;         /* 0 = greedy */
+    uint32_t top_k;             /* 0 = off */
+    double top_p;               /* 1 = off */
+    double min_p;               /* 0 = off */
+    double repeat_penalty;      /* 1 = off */
+    uint32_t repeat_last_n;     /* 64 */
+    uint64_t seed;              /* 0 */
+    const int32_t *stop_ids;    /* extra tokens that end the generation */
+    size_t n_stop_ids;
+    const char *const *stop;    /* strings that end it (not part of the text) */
+    size_t n_stop;
+    bool stream;                /* token events (true) or only the reply */
+    bool ignore_eos;
+} sinkd_client_gen_params;
+
+#define SINKD_CLIENT_GEN_PARAMS_INIT \
+    { 128, 0.0, 0, 1.0, 0.0, 1.0, 64, 0, NULL, 0, NULL, 0, true, false }
+
+/* Why a generation ended. */
+typedef enum sinkd_client_gen_reason {
+    SINKD_CLIENT_GEN_LENGTH = 1,   /* max_tokens reached */
+    SINKD_CLIENT_GEN_STOP,         /* a stop id or stop string */
+    SINKD_CLIENT_GEN_EOS,          /* the model's end of sequence */
+    SINKD_CLIENT_GEN_CANCELLED,    /* session.cancel, or the token callback */
+} sinkd_client_gen_reason;
+
+/* The final reply of session.generate. Fill with SINKD_CLIENT_GEN_RESULT_INIT;
+ * release with sinkd_client_gen_result_free. */
+typedef struct sinkd_client_gen_result {
+    sinkd_client_gen_reason reason;
+    char reason_name[16];        /* the wire name: "length", "stop", ... */
+    uint64_t n_tokens;           /* tokens generated */
+    char *text;                  /* owned, NUL-terminated: the whole text */
+    size_t text_len;
+    double prefill_ms, decode_ms, tokens_per_s;
+    char fallback[128];          /* policy_fallback reason, "" when none */
+} sinkd_client_gen_result;
+
+#define SINKD_CLIENT_GEN_RESULT_INIT { .reason = 0, .text = NULL }
+
+/* Free @r's text and put it back in its init state. */
+void sinkd_client_gen_result_free(sinkd_client_gen_result *r);
+
+/* Called for each token event of a streaming generate: the token id and its
+ * text piece (@len bytes, not NUL-terminated, "" while a multibyte
+ * character is incomplete), valid only during the call. Return 0 to go on,
+ * non-zero to cancel: the library then sends session.cancel for the session
+ * once (on the same connection, without waiting) and keeps reading until
+ * the final reply, whose reason is normally "cancelled" (a generation that
+ * ended meanwhile keeps its own reason); tokens still in flight are counted
+ * in the result but not passed to the callback again. This is the only
+ * way to cancel on the same handle: the callback must not call into the
+ * handle, and no other thread may use it (see Threads above). To cancel from
+ * elsewhere (a UI thread, a Ctrl-C watcher), open a second connection of
+ * the same uid and call sinkd_client_session_cancel on it; calling it on
+ * that other handle from inside this callback is fine too. */
+typedef int (*sinkd_client_token_fn)(void *arg, int32_t token, const char *text, size_t len);
+
+/* Generate on @session with @params (NULL: defaults), calling @on_token
+ * (may be NULL) for each streamed token. @timeout_ms bounds each wait (for
+ * the next token, or the reply), not the whole generation. On 0, @result
+ * (in its init state; may be NULL) holds the reply; the caller frees it
+ * with sinkd_client_gen_result_free. Another generate running on the
+ * session is SINKD_ERR_BUSY. */
+int sinkd_client_session_generate(sinkd_client *c, uint64_t session,
+                                  const sinkd_client_gen_params *params,
+                                  sinkd_client_token_fn on_token, void *arg,
+                                  int timeout_ms, sinkd_client_gen_result *result);
+
+/* Ask the running generate of @session to stop (it then replies with reason
+ * "cancelled"). Meant for a second connection of the same uid: see
+ * sinkd_client_token_fn. */
+int sinkd_client_session_cancel(sinkd_client *c, uint64_t session, int timeout_ms);
+
+/* Write the logits of the session's last position, n_vocab little-endian
+ * f32, at @dst in a registered region; *@n_vocab (may be NULL) gets their
+ * count. A range past the region is SINKD_ERR_BAD_SHM. */
+int sinkd_client_session_logits(sinkd_client *c, uint64_t session,
+                                sinkd_client_region dst, int timeout_ms,
+                                uint32_t *n_vocab);
+
+/* Lane lengths of one layer, summarised over its kv heads. */
+typedef struct sinkd_client_layer_stats {
+    uint64_t len_min;
+    double len_mean;
+    uint64_t len_max;
+    uint64_t pages;
+} sinkd_client_layer_stats;
+
+/* session.stats. Fill with SINKD_CLIENT_SESSION_STATS_INIT; release with
+ * sinkd_client_session_stats_free. */
+typedef struct sinkd_client_session_stats {
+    uint64_t session;
+    char model[64];
+    char policy[64];
+    uint64_t tokens;                   /* positions consumed */
+    uint64_t pages, bytes;
+    uint64_t evictions, evicted_tokens;
+    sinkd_client_layer_stats *layers;  /* owned: [n_layers] */
+    size_t n_layers;
+    char fallback[128];                /* why it fell back, "" if it did not */
+} sinkd_client_session_stats;
+
+#define SINKD_CLIENT_SESSION_STATS_INIT { .session = 0, .layers = NULL, .n_layers = 0 }
+
+/* Free @st's layers and put it back in its init state. */
+void sinkd_client_session_stats_free(sinkd_client_session_stats *st);
+
+/* Decode a session.stats reply into @st (in its init state). On failure
+ * @st stays in its init state. */
+int sinkd_client_session_stats_decode(const msgpack_object *reply,
+                                      sinkd_client_session_stats *st);
+
+/* Statistics of @session into @st (in its init state). */
+int sinkd_client_session_stats_get(sinkd_client *c, uint64_t session, int timeout_ms,
+                                   sinkd_client_session_stats *st);
+
+/* Switch @session to @policy with @params (NULL: none) at runtime. @name
+ * (may be NULL) of @name_size bytes gets the policy the daemon installed. */
+int sinkd_client_session_policy(sinkd_client *c, uint64_t session, const char *policy,
+                                const char *params, int timeout_ms,
+                                char *name, size_t name_size);
+
+/* --- raw sessions -------------------------------------------------------- */
+
+/* Append @n tokens' K and V (f32 [n][kv_heads][head_dim] each, at @k and
+ * @v) to @layer of raw @session; @pos (NULL: continue from the lane's last
+ * position) holds int32 [n] original positions. *@len (may be NULL) gets the
+ * lane length afterwards. */
+int sinkd_client_kv_append(sinkd_client *c, uint64_t session, uint32_t layer, uint32_t n,
+                           sinkd_client_region k, sinkd_client_region v,
+                           const sinkd_client_region *pos, int timeout_ms, uint64_t *len);
+
+/* Arguments of attend. Fill with SINKD_CLIENT_ATTEND_INIT. */
+typedef struct sinkd_client_attend_args {
+    uint32_t layer;
+    uint32_t n;                          /* queries: the last n appended tokens */
+    sinkd_client_region q;               /* f32 [n][q_heads][head_dim], before RoPE */
+    sinkd_client_region out;             /* f32 [n][q_heads][head_dim] */
+    const sinkd_client_region *scores;   /* NULL, or f32 [kv_heads][lane len] (n = 1) */
+    bool has_q_pos;
+    int64_t q_pos;                       /* position of the last query */
+    const uint32_t *const *pages;        /* NULL (dense), or per kv head the */
+    const size_t *n_pages;               /* logical pages to attend (n = 1) */
+    size_t n_heads;                      /* entries of pages and n_pages */
+} sinkd_client_attend_args;
+
+#define SINKD_CLIENT_ATTEND_INIT { .n = 1, .scores = NULL, .has_q_pos = false, \
+                                   .pages = NULL, .n_pages = NULL, .n_heads = 0 }
+
+/* Attend the last @a->n queries of a raw session's layer over its cache.
+ * @lens (may be NULL) of @cap entries gets the lane length per kv head and
+ * *@n_lens (may be NULL) their count (entries past @cap are dropped). */
+int sinkd_client_attend(sinkd_client *c, uint64_t session,
+                        const sinkd_client_attend_args *a, int timeout_ms,
+                        uint64_t *lens, size_t cap, size_t *n_lens);
+
+/* --- policies ------------------------------------------------------------ */
+
+/* One entry of policy.list. */
+typedef struct sinkd_client_policy {
+    char name[64];
+    char version[32];
+    char summary[256];
+    char path[512];           /* "" for a built-in */
+    bool builtin;
+    uint64_t instances;       /* sessions using it */
+    uint64_t generation;      /* bumped by each reload */
+} sinkd_client_policy;
+
+/* Decode one entry (a map) of a policy.list reply into @policy. */
+int sinkd_client_policy_decode(const msgpack_object *entry, sinkd_client_policy *policy);
+
+/* Decode a policy.list reply into a new array (free with sinkd_client_free;
+ * NULL when empty). */
+int sinkd_client_policy_list_decode(const msgpack_object *reply,
+                                    sinkd_client_policy **policies, size_t *n);
+
+/* The policies the daemon knows. */
+int sinkd_client_policy_list(sinkd_client *c, int timeout_ms,
+                             sinkd_client_policy **policies, size_t *n);
+
+/* Load the plugin at @path (admin). @name (may be NULL) of @name_size bytes
+ * gets the policy's name. */
+int sinkd_client_policy_load(sinkd_client *c, const char *path, int timeout_ms,
+                             char *name, size_t name_size);
+
+/* Reload policy @name from its file (admin); *@generation (may be NULL)
+ * gets the new generation. */
+int sinkd_client_policy_reload(sinkd_client *c, const char *name, int timeout_ms,
+                               uint64_t *generation);
+
+/* Unload policy @name (admin; built-ins never unload). */
+int sinkd_client_policy_unload(sinkd_client *c, const char *name, int timeout_ms);
+
 #ifdef __cplusplus
 }
 #endif

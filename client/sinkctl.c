@@ -14,11 +14,27 @@
 extern const sinkctl_cmd sinkctl_cmd_status;
 extern const sinkctl_cmd sinkctl_cmd_ping;
 extern const sinkctl_cmd sinkctl_cmd_shutdown;
+extern const sinkctl_cmd sinkctl_cmd_eval;
+extern const sinkctl_cmd sinkctl_cmd_run;
+extern const sinkctl_cmd sinkctl_cmd_chat;
+extern const sinkctl_cmd sinkctl_cmd_tokenize;
+extern const sinkctl_cmd sinkctl_cmd_models;
+extern const sinkctl_cmd sinkctl_cmd_sessions;
+extern const sinkctl_cmd sinkctl_cmd_session;
+extern const sinkctl_cmd sinkctl_cmd_policy;
 
 static const sinkctl_cmd *const commands[] = {
     &sinkctl_cmd_status,
     &sinkctl_cmd_ping,
     &sinkctl_cmd_shutdown,
+    &sinkctl_cmd_eval,
+    &sinkctl_cmd_run,
+    &sinkctl_cmd_chat,
+    &sinkctl_cmd_tokenize,
+    &sinkctl_cmd_models,
+    &sinkctl_cmd_sessions,
+    &sinkctl_cmd_session,
+    &sinkctl_cmd_policy,
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -63,7 +63,50 @@ int sinkctl_connect(const sinkctl_ctx *ctx, sinkd_client **c);
 int sinkctl_fail(const sinkctl_ctx *ctx, sinkd_client *c, int rc,
                  const sinkd_client_reply *reply);
 
+/* One request field: a str when @str is non-NULL, else the uint @u64. */
+typedef struct sinkctl_field {
+    const char *key;
+    const char *str;
+    uint64_t u64;
+} sinkctl_field;
+
+/* Prints a successful reply for humans; returns the exit code. */
+typedef int (*sinkctl_human_fn)(const sinkctl_ctx *ctx, sinkd_client *c,
+                                const msgpack_object *reply);
+
+/* Connect, send @op with @field (NULL: no field), and print the reply: as
+ * JSON with --json, else with @human. Returns the exit code. */
+int sinkctl_query(const sinkctl_ctx *ctx, const char *op, const sinkctl_field *field,
+                  sinkctl_human_fn human);
+
+/* A whole command that takes only the global options: sinkctl_query of
+ * the field-less @op. Returns the exit code. */
+int sinkctl_run_query(sinkctl_ctx *ctx, int argc, char **argv, const char *op,
+                      sinkctl_human_fn human);
+
+/* Usage error (2) if operands remain after the options, else 0. */
+int sinkctl_no_operands(const sinkctl_ctx *ctx, int argc, char **argv);
+
+/* "512 B", "3.3 MiB". */
+void sinkctl_format_bytes(char *buf, size_t size, uint64_t bytes);
+
+/* Parse a decimal unsigned integer no larger than @max. 0 or -EINVAL. */
+int sinkctl_parse_u64(const char *s, uint64_t max, uint64_t *out);
+
+/* Parse a finite number in [@min, @max]. 0 or -EINVAL. */
+int sinkctl_parse_double(const char *s, double min, double max, double *out);
+
+/* True when @s looks like a policy parameter "key=value". */
+bool sinkctl_is_param(const char *s);
+
+/* Join the @n "key=value" @words with spaces into a new string *@out (NULL
+ * when @n is 0; free(3) it). -EINVAL when one is not key=value, -ENOMEM. */
+int sinkctl_join_params(char *const *words, int n, char **out);
+
 /* Write @o as JSON to @f (strings escaped; bin as base64; NaN/inf as null). */
 void sinkctl_json_write(FILE *f, const msgpack_object *o);
+
+/* Write @n bytes of @s as a JSON string literal (quotes and escapes). */
+void sinkctl_json_str(FILE *f, const char *s, size_t n);
 
 #endif /* SINKCTL_H */

@@ -10,52 +10,6 @@
 
 #define MIB (1024.0 * 1024.0)
 
-/* Reject operands: these commands take options only. */
-static int no_operands(const sinkctl_ctx *ctx, int argc, char **argv)
-{
-    if (optind < argc) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "unexpected argument '%s'", argv[optind]);
-        return sinkctl_usage_error(ctx, msg);
-    }
-    return SINKCTL_EXIT_OK;
-}
-
-/* A command without options of its own that sends the field-less request
- * named like itself and prints the reply: as JSON with --json, else with
- * @human (which returns the exit code). */
-static int run_simple(sinkctl_ctx *ctx, int argc, char **argv,
-                      int (*human)(const sinkctl_ctx *ctx, sinkd_client *c,
-                                   const msgpack_object *reply))
-{
-    int code = 0;
-    if (sinkctl_getopt(ctx, argc, argv, "", NULL, &code) == SINKCTL_OPT_EXIT)
-        return code;
-    code = no_operands(ctx, argc, argv);
-    sinkd_client *c = NULL;
-    if (code == SINKCTL_EXIT_OK)
-        code = sinkctl_connect(ctx, &c);
-    if (code != SINKCTL_EXIT_OK)
-        return code;
-
-    sinkd_client_req req = SINKD_CLIENT_REQ_INIT;
-    req.op = ctx->cmd->name;
-    req.timeout_ms = ctx->timeout_ms;
-    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
-    int rc = sinkd_client_request(c, &req, &rep);
-    if (rc != 0) {
-        code = sinkctl_fail(ctx, c, rc, &rep);
-    } else if (ctx->json) {
-        sinkctl_json_write(stdout, rep.map);
-        fputc('\n', stdout);
-    } else {
-        code = human(ctx, c, rep.map);
-    }
-    sinkd_client_reply_free(&rep);
-    sinkd_client_close(c);
-    return code;
-}
-
 /* "3d 04:05:06", "04:05:06.2" under a day. */
 static void format_uptime(char *buf, size_t size, double s)
 {
@@ -96,7 +50,7 @@ static int print_status(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_o
 
 static int run_status(sinkctl_ctx *ctx, int argc, char **argv)
 {
-    return run_simple(ctx, argc, argv, print_status);
+    return sinkctl_run_query(ctx, argc, argv, "status", print_status);
 }
 
 const sinkctl_cmd sinkctl_cmd_status = {
@@ -116,7 +70,7 @@ static int print_shutdown(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack
 
 static int run_shutdown(sinkctl_ctx *ctx, int argc, char **argv)
 {
-    return run_simple(ctx, argc, argv, print_shutdown);
+    return sinkctl_run_query(ctx, argc, argv, "shutdown", print_shutdown);
 }
 
 const sinkctl_cmd sinkctl_cmd_shutdown = {
@@ -157,7 +111,7 @@ static int run_ping(sinkctl_ctx *ctx, int argc, char **argv)
         if (opt == 'i' && parse_count(optarg, 0, &interval_ms) != 0)
             return sinkctl_usage_error(ctx, "-i needs milliseconds (0 or more)");
     }
-    code = no_operands(ctx, argc, argv);
+    code = sinkctl_no_operands(ctx, argc, argv);
     if (code != SINKCTL_EXIT_OK)
         return code;
     sinkd_client *c = NULL;

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void json_str(FILE *f, const char *s, size_t n)
+void sinkctl_json_str(FILE *f, const char *s, size_t n)
 {
     fputc('"', f);
     for (size_t i = 0; i < n; i++) {
@@ -88,7 +88,7 @@ void sinkctl_json_write(FILE *f, const msgpack_object *o)
         json_double(f, o->via.f64);
         break;
     case MSGPACK_OBJECT_STR:
-        json_str(f, o->via.str.ptr, o->via.str.size);
+        sinkctl_json_str(f, o->via.str.ptr, o->via.str.size);
         break;
     case MSGPACK_OBJECT_BIN:
         json_base64(f, (const unsigned char *)o->via.bin.ptr, o->via.bin.size);
@@ -109,7 +109,7 @@ void sinkctl_json_write(FILE *f, const msgpack_object *o)
             if (i > 0)
                 fputc(',', f);
             if (kv->key.type == MSGPACK_OBJECT_STR) {
-                json_str(f, kv->key.via.str.ptr, kv->key.via.str.size);
+                sinkctl_json_str(f, kv->key.via.str.ptr, kv->key.via.str.size);
             } else {
                 /* Rare: render the key as JSON, then quote that text. */
                 char *text = NULL;
@@ -119,7 +119,7 @@ void sinkctl_json_write(FILE *f, const msgpack_object *o)
                     sinkctl_json_write(mem, &kv->key);
                     fclose(mem);
                 }
-                json_str(f, text != NULL ? text : "", text != NULL ? len : 0);
+                sinkctl_json_str(f, text != NULL ? text : "", text != NULL ? len : 0);
                 free(text);
             }
             fputc(':', f);

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Quality sweep: every policy x every budget streamed through sinkd, one
+# decode step per token (`sinkctl eval fidelity`), compared with the
+# sliding-window recompute oracle (computed once, reused through
+# --ref-logits). Writes per-run JSON, a markdown table and gnuplot PNGs.
+#
+#   bench/quality/run.sh --model PATH.gguf --text FILE [options]
+#
+# Options (defaults in brackets):
+#   --model PATH      GGUF model to load                      (required)
+#   --text FILE       text to stream                           (required)
+#   --tokens N        stream length, BOS included              [65536]
+#   --policies LIST   comma-separated                          [all twelve]
+#   --budgets LIST    tokens kept per lane, comma-separated    [128,256,512]
+#   --ref R           recompute or full                        [recompute]
+#   --window N        positions per perplexity window          [1024]
+#   --build DIR       build tree with daemon/sinkd, client/sinkctl, plugins/
+#                                                              [./build]
+#   --backend B       auto, cpu or cuda                        [auto]
+#   --out DIR         results                                  [bench/quality/out]
+#   --socket PATH     use a running sinkd (its model named as --model-name)
+#   --model-name N    model name in that daemon                [bench]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto
+out="$here/out" socket= model_name=bench
+policies=full,window,streaming,h2o,tova,a2sf,scissorhands,keyformer,snapkv,pyramidkv,quest,tidal
+budgets=128,256,512
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || die "$1 needs a value"
+    case "$1" in
+    --model) model=$2 ;;
+    --text) text=$2 ;;
+    --tokens) tokens=$2 ;;
+    --policies) policies=$2 ;;
+    --budgets) budgets=$2 ;;
+    --ref) ref=$2 ;;
+    --window) window=$2 ;;
+    --build) build=$2 ;;
+    --backend) backend=$2 ;;
+    --out) out=$2 ;;
+    --socket) socket=$2 ;;
+    --model-name) model_name=$2 ;;
+    *) die "unknown option $1 (see the top of $0)" ;;
+    esac
+    shift 2
+done
+[ -n "$text" ] && [ -r "$text" ] || die "--text FILE is required and must be readable"
+[ -n "$socket" ] || [ -r "$model" ] || die "--model PATH is required (or --socket)"
+sinkctl=$build/client/sinkctl
+[ -x "$sinkctl" ] || die "$sinkctl not found: build it or pass --build"
+
+mkdir -p "$out/json"
+out=$(cd "$out" && pwd)
+daemon_pid=
+cleanup() {
+    if [ -n "$daemon_pid" ]; then
+        kill "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+if [ -z "$socket" ]; then
+    [ -x "$build/daemon/sinkd" ] || die "$build/daemon/sinkd not found"
+    socket=$out/sinkd.sock
+    cat > "$out/sinkd.conf" <<CONF
+[engine]
+backend = $backend
+[plugins]
+dirs = $(cd "$build/plugins" && pwd)
+[model "$model_name"]
+path = $(cd "$(dirname "$model")" && pwd)/$(basename "$model")
+CONF
+    rm -f "$socket"
+    "$build/daemon/sinkd" --socket "$socket" --config "$out/sinkd.conf" > "$out/sinkd.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 300); do
+        "$sinkctl" --socket "$socket" ping > /dev/null 2>&1 && break
+        kill -0 "$daemon_pid" 2>/dev/null || { cat "$out/sinkd.log" >&2; die "sinkd exited"; }
+        sleep 0.1
+    done
+fi
+ctl() { "$sinkctl" --socket "$socket" "$@"; }
+
+# The parameters that give policy $1 a budget of $2 tokens per lane. Every
+# evicting policy re-indexes positions in its cache (rope=cache); full keeps
+# original positions; quest and tidal evict nothing and select $2 tokens.
+params_for() {
+    case "$1" in
+    full) echo "" ;;
+    window) echo "window=$2 rope=cache" ;;
+    streaming) echo "sinks=4 window=$(($2 - 4)) rope=cache" ;;
+    quest|tidal) echo "budget=$2" ;;
+    *) echo "budget=$2 rope=cache" ;;
+    esac
+}
+
+ctl status --json > "$out/status.json"
+{
+    printf '{"tokens":%s,"ref":"%s","window":%s,"text":"%s","model":"%s",' \
+        "$tokens" "$ref" "$window" "$(basename "$text")" "$(basename "${model:-$model_name}")"
+    printf '"host":"%s","cpu":"%s","gpu":"%s","date":"%s"}\n' "$(uname -n)" \
+        "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
+        "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} > "$out/meta.json"
+
+IFS=, read -r -a plist <<< "$policies"
+IFS=, read -r -a blist <<< "$budgets"
+for p in "${plist[@]}"; do
+    for b in "${blist[@]}"; do
+        name=$p-$b
+        [ "$p" = full ] && name=full   # no budget: one run serves every row
+        [ -e "$out/json/$name.json" ] && continue   # kept from an earlier run
+        rm -f "$out/json/$name.failed"
+        # shellcheck disable=SC2046  # the parameters are separate words
+        echo "== $p budget $b: $(params_for "$p" "$b")" >&2
+        if ! ctl eval fidelity --model "$model_name" --policy "$p" $(params_for "$p" "$b") \
+                --text "$text" --tokens "$tokens" --window "$window" --ref "$ref" \
+                --ref-logits "$out/ref-$ref.f32" --json-out "$out/json/$name.json" \
+                > "$out/json/$name.txt"; then
+            echo "$p $(params_for "$p" "$b")" > "$out/json/$name.failed"
+            echo "   failed: see the error above" >&2
+        fi
+    done
+done
+
+python3 "$here/report.py" "$out" --budgets "$budgets"
+echo "results: $out/results.md and $out/*.png" >&2

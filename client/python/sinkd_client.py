@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""A small Python client of sinkd (standard library + msgpack).
+
+    from sinkd_client import Client
+    with Client() as c:                      # same socket rules as libsinkd
+        s = c.session_open(model="tiny")
+        c.session_append(s, text="Once upon a time")
+        for ev in c.session_generate(s, max_tokens=32):
+            if ev["ev"] == "token":
+                print(ev["text"], end="", flush=True)
+            else:                            # the final reply, ev == "done"
+                print("\\n", ev["reason"], ev["n_tokens"])
+        c.session_close(s)
+
+Frames are a 4-byte big-endian length and one msgpack map
+(protocol/PROTOCOL.md). One request is in flight at a time; replies and
+events of other ids (requests abandoned after an error) are skipped.
+Errors the daemon answers raise SinkdError with its code and message.
+
+As a program: python3 sinkd_client.py [--socket S] [--model M] [-n N]
+[--temp T] [--seed S] "prompt" streams a generation to stdout.
+"""
+
+import argparse
+import os
+import socket
+import struct
+import sys
+
+import msgpack
+
+SOCKET_DEFAULT = "/run/sinkd/sinkd.sock"
+SOCKET_XDG_NAME = "sinkd.sock"
+PROTO_VERSION = 1
+FRAME_MAX = 256 * 1024 * 1024   # what we accept from the daemon
+
+
+def default_socket():
+    """$SINKD_SOCKET, else $XDG_RUNTIME_DIR/sinkd.sock if it exists, else
+    /run/sinkd/sinkd.sock (libsinkd's sinkd_client_default_socket)."""
+    env = os.environ.get("SINKD_SOCKET")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        path = os.path.join(xdg, SOCKET_XDG_NAME)
+        if os.path.exists(path):
+            return path
+    return SOCKET_DEFAULT
+
+
+class SinkdError(Exception):
+    """An error reply: .code is the wire name ("not_found"), .message the
+    daemon's text."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """One connection to sinkd. Not thread-safe: one thread per Client."""
+
+    def __init__(self, path=None, timeout=30.0, hello=True):
+        self.path = path or default_socket()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(self.path)
+        self.next_id = 1
+        self.buf = bytearray()
+        self.info = self.hello() if hello else None
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- framing ---------------------------------------------------------
+
+    def _send(self, op, fields):
+        rid = self.next_id
+        self.next_id += 1
+        msg = {"op": op, "id": rid}
+        msg.update({k: v for k, v in fields.items() if v is not None})
+        payload = msgpack.packb(msg, use_bin_type=True)
+        self.sock.sendall(struct.pack(">I", len(payload)) + payload)
+        return rid
+
+    def _recv(self):
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack(">I", self.buf[:4])[0]
+                if n > FRAME_MAX:
+                    raise ConnectionError(f"frame of {n} bytes from the daemon")
+                if len(self.buf) >= 4 + n:
+                    payload = bytes(self.buf[4:4 + n])
+                    del self.buf[:4 + n]
+                    msg = msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
+                    if not isinstance(msg, dict):
+                        raise ConnectionError("the daemon sent a frame that is not a map")
+                    return msg
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            self.buf += chunk
+
+    def stream(self, op, **fields):
+        """Send a request; yield its events (maps with "ev"), then return
+        its reply map. Raises SinkdError on an error reply."""
+        rid = self._send(op, fields)
+        while True:
+            msg = self._recv()
+            if "id" not in msg and "error" in msg:
+                err = msg["error"]      # the daemon could not read our frame
+                raise SinkdError(err.get("code"), err.get("message"))
+            if msg.get("id") != rid:
+                continue
+            if "ev" in msg:
+                yield msg
+                continue
+            if "error" in msg:
+                err = msg["error"]
+                raise SinkdError(err.get("code"), err.get("message"))
+            return msg
+
+    def request(self, op, **fields):
+        """Send a request and return its reply map (events are dropped)."""
+        gen = self.stream(op, **fields)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+
+    # --- ops ---------------------------------------------------------------
+
+    def hello(self):
+        return self.request("hello", proto_min=PROTO_VERSION, proto_max=PROTO_VERSION,
+                            client="sinkd_client.py")
+
+    def models(self):
+        return self.request("model.list")["models"]
+
+    def tokenize(self, text, model=None, bos=None):
+        return self.request("tokenize", text=text, model=model, bos=bos)["ids"]
+
+    def detokenize(self, ids, model=None):
+        return self.request("detokenize", ids=list(ids), model=model)["text"]
+
+    def session_open(self, model=None, policy=None, params=None, budget=None):
+        """Open a session; returns its id (the reply is in .last_open)."""
+        self.last_open = self.request("session.open", model=model, policy=policy,
+                                      params=params, budget=budget)
+        return self.last_open["session"]
+
+    def session_append(self, session, text=None, ids=None, bos=None):
+        return self.request("session.append", session=session, text=text,
+                            ids=None if ids is None else list(ids), bos=bos)
+
+    def session_generate(self, session, max_tokens=128, temperature=0.0, seed=0, **more):
+        """Generator of the generation's events: {"ev": "token", "token",
+        "text"} for each token (and "policy_fallback" events), then the
+        final reply with "ev" set to "done" (reason, n_tokens, text,
+        timings)."""
+        gen = self.stream("session.generate", session=session, max_tokens=max_tokens,
+                          temperature=float(temperature), seed=seed, **more)
+        while True:
+            try:
+                yield next(gen)
+            except StopIteration as done:
+                reply = dict(done.value)
+                reply["ev"] = "done"
+                yield reply
+                return
+
+    def session_cancel(self, session):
+        return self.request("session.cancel", session=session)
+
+    def session_stats(self, session):
+        return self.request("session.stats", session=session)
+
+    def session_close(self, session):
+        return self.request("session.close", session=session)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Stream a generation from sinkd.")
+    ap.add_argument("--socket", help="daemon socket (default as libsinkd)")
+    ap.add_argument("--model", help="model name (default: the daemon's first)")
+    ap.add_argument("-n", type=int, default=128, help="max tokens (default 128)")
+    ap.add_argument("--temp", type=float, default=0.0, help="temperature (0: greedy)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("prompt")
+    args = ap.parse_args(argv)
+    try:
+        with Client(args.socket) as c:
+            s = c.session_open(model=args.model)
+            c.session_append(s, text=args.prompt)
+            out = sys.stdout.buffer
+            for ev in c.session_generate(s, max_tokens=args.n, temperature=args.temp,
+                                         seed=args.seed):
+                if ev["ev"] == "token":
+                    out.write(ev["text"].encode("utf-8", "surrogateescape"))
+                    out.flush()
+                elif ev["ev"] == "done":
+                    print(f"[{ev['n_tokens']} tokens, "
+                          f"{ev['timings']['tokens_per_s']:.1f} tokens/s, {ev['reason']}]",
+                          file=sys.stderr)
+    except SinkdError as e:
+        print(f"sinkd_client.py: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"sinkd_client.py: {args.socket or default_socket()}: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
