@@ -122,10 +122,41 @@ static int op_shutdown(sinkd_req *r)
     return rc == -EPIPE ? 0 : rc;
 }
 
+#ifdef SINKD_DEBUG_OPS
+/* debug.stall {ms} (admin; only in daemons built with SINKD_DEBUG_OPS, such
+ * as the tests' sinkd-debug): the engine thread sleeps @ms inside one job
+ * without a heartbeat, as if stuck, then replies {}. Lets a test watch the
+ * watchdog withhold WATCHDOG=1 while the engine makes no progress. */
+static int op_debug_stall(sinkd_req *r)
+{
+    sinkd_engine *e = sinkd_engine_ops_engine();
+    sinkd_job *j;
+    uint64_t ms;
+
+    if (sinkd_req_u64(r, "ms", true, &ms) < 0)
+        return 0;
+    if (ms > 600000)
+        return sinkd_req_error(r, SINKD_ERR_INVALID_ARGUMENT, "field 'ms': at most 600000");
+    if (!e)
+        return sinkd_req_error(r, SINKD_ERR_UNSUPPORTED, "this daemon runs no engine");
+    j = sinkd_job_new(SINKD_JOB_DEBUG_STALL, r->conn_id, r->id, (uint32_t)r->conn->uid, true);
+    if (!j)
+        return -ENOMEM;
+    j->n = (int32_t)ms;
+    sinkd_log(SINKD_LOG_WARNING, "debug.stall: stalling the engine for %llu ms",
+              (unsigned long long)ms);
+    sinkd_engine_submit(e, j);
+    return SINKD_REQ_DEFERRED;
+}
+#endif
+
 const sinkd_op sinkd_ops_core[] = {
     { "hello", op_hello, 0 },
     { "ping", op_ping, 0 },
     { "status", op_status, 0 },
     { "shutdown", op_shutdown, SINKD_OP_ADMIN },
+#ifdef SINKD_DEBUG_OPS
+    { "debug.stall", op_debug_stall, SINKD_OP_ADMIN },
+#endif
     { NULL, NULL, 0 },
 };

@@ -4,3 +4,4 @@
  */
 SINKD_OPS(sinkd_ops_core)
 SINKD_OPS(sinkd_ops_engine)
+SINKD_OPS(sinkd_ops_persist)

@@ -273,6 +273,12 @@ static void server__finish(sinkd_server *s)
     server__close_handle((uv_handle_t *)&s->sig_term);
     server__close_handle((uv_handle_t *)&s->sig_int);
     server__close_handle((uv_handle_t *)&s->sig_hup);
+    /* Closing the handles gave the signals back their default action; a
+     * second SIGTERM now would kill the engine while it saves persistent
+     * sessions. Shutdown is already under way: ignore it (systemd still
+     * escalates to SIGKILL after TimeoutStopSec). */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     sinkd_post_close(&s->post);
 }
 

@@ -241,6 +241,103 @@ typedef struct sinkd_weight {
     uint8_t _pad[7];
 } sinkd_weight;
 
+/* Policy statistics the attention ops do not keep themselves (Scissorhands'
+ * quantile counts, Keyformer's Gumbel scores, key norms) and the steps
+ * around them. A rule that needs a whole row of probabilities runs in three
+ * ops on the stream: STASH moves each key's statistic aside
+ * (prev[slot] = score[slot], score[slot] = 0), the attention op writes this
+ * step's probabilities with SINKD_SCORE_WRITE (keys it does not attend keep
+ * p = 0), and the rule combines prev and p back into score. Every op covers
+ * every token of every lane of @lanes.
+ *   ZERO      score = 0
+ *   STASH     prev = score; score = 0
+ *   RESTORE   score = prev
+ *   KEY_NORM  score = -||k||_2 of the stored (pre-RoPE) key, for the last
+ *             n tokens of each lane (n clamped to the lane's length)
+ *   DECAY     score = decay * prev + p            (SUM: decay = 1)
+ *   QUANTILE  score = decay * prev + (p > thr ? 1 : 0), thr = the element of
+ *             rank floor(quantile * (len - 1)) of the lane's p sorted
+ *             ascending (exact selection, so every backend agrees bit for bit)
+ *   GUMBEL    score = prev + softmax over the lane of (log p + g) / temperature
+ *             for the keys with p > 0 (others add 0; a lane with none adds
+ *             nothing); g = -log(-log(u)), u = sinkd_stat_uniform(seed, l, t)
+ *             for token t of lane l of the call
+ * prev is indexed by slot like pool->score: [n_pages * page_tokens]. */
+typedef enum sinkd_stat_op {
+    SINKD_STAT_OP_ZERO = 0,
+    SINKD_STAT_OP_STASH = 1,
+    SINKD_STAT_OP_RESTORE = 2,
+    SINKD_STAT_OP_KEY_NORM = 3,
+    SINKD_STAT_OP_DECAY = 4,
+    SINKD_STAT_OP_QUANTILE = 5,
+    SINKD_STAT_OP_GUMBEL = 6,
+} sinkd_stat_op;
+
+typedef struct sinkd_stat_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t op;              /* sinkd_stat_op */
+    int32_t head_dim;        /* the lanes' head_dim (KEY_NORM reads keys of it) */
+    int32_t n;               /* KEY_NORM: tokens at the end of each lane */
+    float quantile;          /* QUANTILE: in (0, 1) */
+    float decay;             /* DECAY, QUANTILE: factor on prev, in [0, 1] */
+    float temperature;       /* GUMBEL: > 0 */
+    uint64_t seed;           /* GUMBEL: noise stream */
+    float *prev;             /* STASH/RESTORE/DECAY/QUANTILE/GUMBEL */
+} sinkd_stat_args;
+
+/* The scalar checks every backend's stat op makes (op known, prev given
+ * where read, parameters in range); lanes and pool are checked apart. */
+static inline bool sinkd_stat_args_ok(const sinkd_stat_args *a)
+{
+    if (a->op < SINKD_STAT_OP_ZERO || a->op > SINKD_STAT_OP_GUMBEL || a->lanes.n_lanes < 0)
+        return false;
+    if (a->op != SINKD_STAT_OP_ZERO && a->op != SINKD_STAT_OP_KEY_NORM && !a->prev)
+        return false;
+    if (a->op == SINKD_STAT_OP_KEY_NORM && a->n < 0)
+        return false;
+    if ((a->op == SINKD_STAT_OP_DECAY || a->op == SINKD_STAT_OP_QUANTILE) &&
+        !(a->decay >= 0.0f && a->decay <= 1.0f))
+        return false;
+    if (a->op == SINKD_STAT_OP_QUANTILE && !(a->quantile > 0.0f && a->quantile < 1.0f))
+        return false;
+    /* temperature <= FLT_MAX: finite without <math.h> */
+    return a->op != SINKD_STAT_OP_GUMBEL ||
+           (a->temperature > 0.0f && a->temperature <= 3.402823466e38f);
+}
+
+/* The uniform variate in (0, 1) of the Gumbel noise of token @t of lane @l
+ * (a splitmix64 hash of seed, l and t: the same on every backend). */
+#if defined(__CUDACC__)
+#define SINKD_STAT_HD __host__ __device__
+#else
+#define SINKD_STAT_HD
+#endif
+SINKD_STAT_HD static inline double sinkd_stat_uniform(uint64_t seed, int32_t l, int32_t t)
+{
+    uint64_t x = seed ^ (((uint64_t)(uint32_t)l << 32) | (uint32_t)t);
+    for (int i = 0; i < 2; i++) {
+        x += 0x9e3779b97f4a7c15ull;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+        x ^= x >> 31;
+    }
+    return ((double)(x >> 40) + 0.5) * (1.0 / 16777216.0);
+}
+
+/* Token selection (TidalDecode): for each lane the k tokens of highest
+ * pool->score (ties to the lower index, NaN lowest), reported as the
+ * ascending list of the logical pages holding them at out_pages[l * k ..],
+ * the rest of the row -1. A lane of at most k tokens lists all its pages.
+ * out_pages can be passed to attn_decode as sel_pages with sel_off[l] = l * k. */
+typedef struct sinkd_topk_tokens_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;
+    int32_t k;               /* >= 1 */
+    int32_t _pad;
+    int32_t *out_pages;      /* [n_lanes * k] */
+} sinkd_topk_tokens_args;
+
 typedef struct sinkd_backend sinkd_backend;
 
 typedef struct sinkd_backend_info {
@@ -293,6 +390,10 @@ typedef struct sinkd_ops {
                  const int32_t *ids, int32_t m);
     /* argmax per row: ids[m] = argmax(x[m][n]) (ties: lowest index) */
     int (*argmax)(sinkd_backend *be, int32_t *ids, const float *x, int32_t m, int32_t n);
+
+    /* policy statistics and token selection (appended) */
+    int (*stat)(sinkd_backend *be, const sinkd_stat_args *a);
+    int (*topk_tokens)(sinkd_backend *be, const sinkd_topk_tokens_args *a);
 } sinkd_ops;
 
 struct sinkd_backend {

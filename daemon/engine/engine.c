@@ -2,6 +2,7 @@
  * helpers that build answers on the engine thread. */
 #include "engine_internal.h"
 #include "log.h"
+#include "snapshot.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -232,6 +233,10 @@ static void eng__run_job(sinkd_engine *e, sinkd_job *j)
     case SINKD_JOB_POLICY_RELOAD:
     case SINKD_JOB_POLICY_UNLOAD: eng_job_policy(e, j); break;
     case SINKD_JOB_CONN_CLOSED: eng_job_conn_closed(e, j); break;
+    case SINKD_JOB_DEBUG_STALL: eng_job_debug_stall(e, j); break;
+    case SINKD_JOB_SESSION_ATTACH:
+    case SINKD_JOB_SESSION_SAVE:
+    case SINKD_JOB_SESSION_RESTORE: eng_job_persist(e, j); break;
     default: eng_error(e, j, SINKD_ERR_INTERNAL, "unknown job %d", (int)j->kind); break;
     }
     sinkd_job_free(j);
@@ -280,6 +285,7 @@ static void *eng__main(void *arg)
     for (size_t i = 0; i < e->n_sess; i++)
         if (e->sess[i]->gen)
             eng_gen_finish(e, e->sess[i], "cancelled", true);
+    eng_persist_save_all(e);
     return NULL;
 }
 
@@ -384,6 +390,10 @@ static int eng__load_model(sinkd_engine *e, sinkd_engine_model *em, const char *
     t = sinkd_gguf_tensor_find(g, "blk.0.attn_q.weight");
     snprintf(em->dtype, sizeof em->dtype, "%s", t ? sinkd_ggml_type_name(t->type) : "?");
     sinkd_gguf_close(g);
+    if ((rc = sinkd_snap_fingerprint(path, &em->file_size, &em->file_hash)) < 0) {
+        snprintf(err, errlen, "model %s (%s): %s", name, path, strerror(-rc));
+        return rc;
+    }
     sinkd_log(SINKD_LOG_NOTICE,
               "model %s: %s, %d layers, %d/%d heads, head_dim %d, vocab %d, %.1f MiB in %.2f s",
               name, em->hp->name[0] ? em->hp->name : "unnamed", em->hp->n_layers,
@@ -412,6 +422,7 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     e->max_batch = cfg->max_batch;
     e->sessions_per_uid = cfg->sessions_per_uid;
     e->generations_per_uid = cfg->generations_per_uid;
+    e->request_bytes = cfg->request_bytes;
     e->max_frame = cfg->max_frame ? cfg->max_frame : SINKD_FRAME_MAX_DEFAULT;
     e->next_sess = 1;
     *out = e;
@@ -470,6 +481,8 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
         snprintf(err, errlen, "policy scan: %s", strerror(-rc));
         goto fail;
     }
+    if (cfg->state_dir)
+        eng_persist_open(e, cfg->state_dir);
     eng_update_memory(e);
     return 0;
 fail:
@@ -491,18 +504,19 @@ void sinkd_engine_close(sinkd_engine *e)
     while (e->n_sess)
         eng_session_destroy(e, e->sess[e->n_sess - 1]);
     free(e->sess);
+    free(e->state_dir);
     sinkd_policy_registry_close(e->reg);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < ENG_DBUF; i++)
         if (e->dbuf[i])
             e->be->ops->free(e->be, e->dbuf[i]);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < ENG_DBUF; i++)
         free(e->hbuf[i]);
     free(e->sc.pos);
     free(e->sc.score);
     free(e->sc.keep);
     free(e->sc.keep_off);
     free(e->sc.lanes);
-    free(e->sc.kbuf);
+    eng_sched_free(e);
     free(e->batch);
     free(e->seqs);
     free(e->ids);

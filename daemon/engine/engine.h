@@ -49,12 +49,15 @@ typedef struct sinkd_engine_config {
     int32_t max_batch;            /* [engine] max_batch */
     uint32_t sessions_per_uid;    /* [quota], 0 = unlimited */
     uint32_t generations_per_uid; /* [quota], 0 = unlimited */
+    uint64_t request_bytes;       /* [quota] shared-memory bytes per request, 0 = unlimited */
     const char *const *model_names; /* [model "NAME"] path */
     const char *const *model_paths;
     size_t n_models;
     const char *const *plugin_dirs; /* [plugins] dirs, split */
     size_t n_plugin_dirs;
     size_t max_frame;             /* [server] max_frame: frames built stay under it */
+    const char *state_dir;        /* [server] state_dir: persistent sessions and
+                                     snapshots; NULL = none */
 } sinkd_engine_config;
 
 #define SINKD_KV_DTYPE_AUTO_ENGINE 255
@@ -67,6 +70,7 @@ typedef struct sinkd_engine_model {
     const sinkd_model_hparams *hp;
     bool add_bos;
     char dtype[8];                /* weight dtype in the file */
+    uint64_t file_size, file_hash; /* sinkd_snap_fingerprint: snapshots name it */
 } sinkd_engine_model;
 
 /* Counters the loop thread reads for `status` (relaxed atomics). */
@@ -100,6 +104,10 @@ typedef enum sinkd_job_kind {
     SINKD_JOB_POLICY_RELOAD,
     SINKD_JOB_POLICY_UNLOAD,
     SINKD_JOB_CONN_CLOSED,        /* no answer: close the connection's sessions */
+    SINKD_JOB_DEBUG_STALL,        /* debug.stall (SINKD_DEBUG_OPS builds): sleep n ms */
+    SINKD_JOB_SESSION_ATTACH,     /* persist.c: session (id), text (secret) */
+    SINKD_JOB_SESSION_SAVE,
+    SINKD_JOB_SESSION_RESTORE,    /* session, or text (a snapshot's path) */
 } sinkd_job_kind;
 
 /* A range in a client region: the job holds a reference on @r. */
@@ -165,7 +173,9 @@ void sinkd_job_free(sinkd_job *j);
 /* ---- lifecycle ------------------------------------------------------------ */
 
 /* Open the backend, the KV store, load every configured model (a log line
- * each) and the policy registry (scanning the plugin directories). Starts no
+ * each) and the policy registry (scanning the plugin directories), then
+ * restore the sessions saved in state_dir (persist.c; a snapshot that
+ * cannot be restored is logged and set aside, never fatal). Starts no
  * thread. On success *@out is owned by the caller (sinkd_engine_close).
  * Errors: -ENODEV (backend), -EINVAL/-ENOTSUP (a model that does not load;
  * @err names it), -ENOMEM. */
@@ -181,8 +191,9 @@ int sinkd_engine_start(sinkd_engine *e, sinkd_engine_emit_fn emit, void *ud);
  * shutting_down. Never blocks on compute. */
 void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j);
 
-/* Stop the thread: jobs still queued are answered shutting_down, running
- * generations end (no reply: the daemon is going away). Idempotent. */
+/* Stop the thread: jobs still queued are answered shutting_down, the step
+ * running finishes, running generations end (no reply: the daemon is going
+ * away) and every persist=true session is saved to state_dir. Idempotent. */
 void sinkd_engine_stop(sinkd_engine *e);
 
 /* Stop if needed, close every session and free everything. NULL is fine. */

@@ -16,6 +16,16 @@
 #define ENG_HIST 1024
 /* Longest stop string accepted, bytes. */
 #define ENG_STOP_MAX 256
+/* Device (and host staging) buffer slots of the engine. */
+#define ENG_DBUF 8
+
+/* Decode batch selection (sched.c): scratch grown on demand and a step
+ * counter that stamps the sessions each step serves. */
+typedef struct eng_sched {
+    struct eng_sched_cand *cand;
+    size_t cap;
+    uint64_t step;
+} eng_sched;
 
 typedef struct eng_session {
     uint64_t id;
@@ -28,6 +38,7 @@ typedef struct eng_session {
     sinkd_kv_seq *seq;
     int64_t max_pages;            /* the KV budget, < 0 none */
     sinkd_policy_inst *inst;
+    uint32_t inst_caps;           /* SINKD_POLICY_CAP_* of inst (policy.c) */
     uint8_t rope_mode;            /* what the lanes run with now */
     int32_t *next_pos;            /* [layers] next original position per layer */
     int64_t tokens;               /* positions consumed (model: n_past) */
@@ -52,6 +63,7 @@ typedef struct eng_session {
     uint64_t gen_start_ns, decode_ns;
     double prefill_ms;            /* of the last append */
     bool prefill_final;           /* the prefill chunk running is the prompt's last */
+    uint64_t sched_stamp;         /* sched.c: the step that last served it */
 } eng_session;
 
 /* Host scratch for eviction and statistics, grown on demand (never per step
@@ -64,8 +76,6 @@ typedef struct eng_scratch {
     int32_t *keep_off;            /* [lanes + 1] */
     sinkd_policy_lane *lanes;
     size_t lanes_cap;
-    float *kbuf;                  /* KEY_NORM: one lane's keys */
-    size_t kbuf_cap;
 } eng_scratch;
 
 struct sinkd_engine {
@@ -76,6 +86,7 @@ struct sinkd_engine {
     sinkd_policy_registry *reg;
     int32_t prefill_chunk, max_batch, page_tokens;
     uint32_t sessions_per_uid, generations_per_uid;
+    uint64_t request_bytes;       /* quota.c */
     size_t max_frame;
 
     pthread_t thr;
@@ -92,6 +103,7 @@ struct sinkd_engine {
     size_t n_sess, cap_sess;
     uint64_t next_sess;
     size_t rr;                    /* round-robin start of the next batch */
+    eng_sched sched;              /* sched.c: fair batch selection */
 
     /* decode step scratch, sized for max_batch */
     eng_session **batch;
@@ -101,12 +113,13 @@ struct sinkd_engine {
     int32_t n_vocab_max;
 
     /* device buffers for raw sessions and selection, grown on demand */
-    void *dbuf[4];
-    size_t dcap[4];
-    float *hbuf[4];               /* host staging, same slots as dbuf */
-    size_t hcap[4];
+    void *dbuf[ENG_DBUF];
+    size_t dcap[ENG_DBUF];
+    float *hbuf[ENG_DBUF];             /* host staging, same slots as dbuf */
+    size_t hcap[ENG_DBUF];
 
     eng_scratch sc;
+    char *state_dir;              /* persist.c; NULL: sessions do not persist */
 };
 
 /* engine.c: answers (engine thread) */
@@ -131,6 +144,11 @@ void eng_update_memory(sinkd_engine *e);
 void eng_beat(sinkd_engine *e, bool busy);
 
 /* session.c */
+/* Pairs eng_pack_session packs: the reply of session.open (and attach). */
+#define ENG_SESSION_REPLY_PAIRS 8
+void eng_pack_session(sinkd_fw *w, const eng_session *s);
+/* The geometry a policy instance of @s is created with. */
+void eng_policy_geometry(const sinkd_engine *e, const eng_session *s, sinkd_policy_geometry *g);
 eng_session *eng_session_find(sinkd_engine *e, const sinkd_job *j);
 void eng_session_destroy(sinkd_engine *e, eng_session *s);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
@@ -157,11 +175,67 @@ bool eng_step(sinkd_engine *e);
 /* End @s's generation with @reason, replying unless @silent. */
 void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool silent);
 
-/* policy.c: plan execution */
-/* Score op and decay of the plan's statistic during decode. */
+/* sched.c */
+/* Fill e->batch with the sessions the next decode step runs: round-robin
+ * across uids, then across each uid's sessions, least recently served
+ * first, at most max_batch. Ends the generations cancelled meanwhile.
+ * Returns the count. Never fails (without scratch memory it falls back to
+ * table order). */
+int32_t eng_sched_fill(sinkd_engine *e);
+void eng_sched_free(sinkd_engine *e);
+
+/* debug.c: sleep j->n ms inside the job without a heartbeat (a stuck
+ * engine, for the watchdog test), then reply {}. */
+void eng_job_debug_stall(sinkd_engine *e, sinkd_job *j);
+
+/* quota.c */
+/* [quota] request_bytes: answers quota_exceeded and returns -EDQUOT when the
+ * given ones of the @n ranges @r (@bytes each) that @j references add up to
+ * more than the quota; 0 otherwise. */
+int eng_quota_shm(sinkd_engine *e, const sinkd_job *j, const sinkd_job_shm *const *r,
+                  const uint64_t *bytes, int n);
+
+/* policy.c: statistics, hooks and eviction; exec.c: decode-time plan
+ * execution (statistics around attention, page and token selection) */
+
+/* Device and host staging slots of e->dbuf / e->hbuf: raw.c uses 0..3. */
+enum { ENG_SLOT_SEL_OFF = 4, ENG_SLOT_SEL_PAGES = 5, ENG_SLOT_PREV = 6, ENG_SLOT_PSCORE = 7 };
+
+/* What a plan asks of a forward; sessions whose exec compare equal (and
+ * whose plans select from the same layers) share one decode call. */
+typedef struct eng_exec {
+    int32_t score_op;             /* the attention op's own statistic */
+    float decay;
+    uint8_t stat;                 /* sinkd_policy_stat */
+    uint8_t select;               /* sinkd_policy_select; DENSE when k covers every lane */
+    bool host_select;             /* the plugin's select callback ranks (a group of one) */
+    bool post;                    /* a rule runs after attention (QUANTILE, GUMBEL) */
+    float quantile, keep, temperature;
+    int32_t k;                    /* selected pages (PAGES) or tokens (TOKENS) per lane */
+} eng_exec;
+
+/* Score op and decay of the plan's statistic for an attention op that
+ * updates pool->score by itself (raw attend; QUANTILE and GUMBEL read as
+ * plain sums there). */
 void eng_plan_score_op(const eng_session *s, int32_t *op, float *decay);
-/* The model hook for @s (prefill) with its context. */
+/* The attention op's own prefill statistics for session @ctx (a model
+ * hook callback), and a hook running only them (raw attend). */
+int eng_prefill_stat(void *ctx, int32_t layer, sinkd_prefill_args *a);
 void eng_prefill_hook(eng_session *s, sinkd_model_hook *h);
+/* The exec of @s's current plan. */
+void eng_plan_exec(const sinkd_engine *e, const eng_session *s, eng_exec *x);
+/* Whether @a and @b can share one decode call (model, rope, exec, selection
+ * layers). */
+bool eng_plan_compatible(const sinkd_engine *e, const eng_session *a, const eng_session *b);
+/* Record what the engine needs to know of @s's instance (its caps); call
+ * after every change of s->inst. */
+void eng_policy_attach(sinkd_engine *e, eng_session *s);
+/* After a swap from a plan keeping statistic @old_stat: zero every score
+ * slot of @s when the new plan keeps another statistic. */
+int eng_policy_swapped(sinkd_engine *e, eng_session *s, uint8_t old_stat);
+/* Record and announce (policy_fallback event on @j, may be NULL) that @s's
+ * instance fell back to window. */
+void eng_tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j);
 /* Evict every lane of @layer (-1: all layers) of @s over its threshold
  * (@after_prefill: the end of a prompt). @j is the request in flight, told
  * when the policy falls back. Returns 0 or a negative errno. */
@@ -169,19 +243,43 @@ int eng_evict(sinkd_engine *e, eng_session *s, int32_t layer, bool after_prefill
               const sinkd_job *j);
 /* Apply the instance's rope mode to @s's lanes. */
 int eng_apply_rope(sinkd_engine *e, eng_session *s);
-/* Hook context of a decode batch: sessions sharing model, rope and stat. */
-typedef struct eng_decode_ctx {
+
+/* Hook context of one forward: a prefill chunk of one session or a decode
+ * step of a group of sessions sharing model, rope and exec. */
+typedef struct eng_fwd_ctx {
     sinkd_engine *e;
     eng_session **ss;
     int32_t n;
-    int32_t score_op;
-    float decay;
-    int32_t select_k;             /* > 0: Quest pages per lane (a group of one) */
-} eng_decode_ctx;
-int eng_decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a);
-/* Pages a session's plan selects per lane at decode, 0 = dense. */
-int32_t eng_select_k(const eng_session *s, int32_t page_tokens);
-/* Device buffers of the selection of a decode group (@c->select_k > 0). */
-int eng_select_prepare(eng_decode_ctx *c);
+    eng_session *self;            /* prefill: ss = &self */
+    eng_exec x;
+    int32_t n_lanes;              /* n * kv_heads */
+    int32_t width;                /* entries per lane of a selection row */
+    int32_t pending;              /* layer whose post-attention work is due, -1 none */
+    bool fell_back;               /* a select callback failed: dense from here */
+    uint64_t seed;                /* Gumbel noise of this forward */
+} eng_fwd_ctx;
+
+/* Prepare @c and @h for a decode step of @ss[0..n) (buffers, selection
+ * offsets). Returns 0 or a negative errno. */
+int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session **ss,
+                     int32_t n);
+/* Prepare @c and @h for a prefill chunk of @s (s->prefill_final says
+ * whether it is the prompt's last). Returns 0 or a negative errno. */
+int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session *s);
+/* After the forward returned @rc: run the work still due after the last
+ * attention op, whatever rc is (so that scores are whole again). Returns rc,
+ * or the error of that work when rc was 0. */
+int eng_fwd_end(eng_fwd_ctx *c, int rc);
+
+/* persist.c: snapshots in the state directory */
+/* Use @state_dir (created 0700 if missing, with sessions/ and snapshots/)
+ * and restore every session saved in sessions/. Before the thread starts.
+ * Returns 0 or a negative errno (logged; sessions then do not persist). */
+int eng_persist_open(sinkd_engine *e, const char *state_dir);
+/* Save every persist=true session to sessions/ (shutdown, generations
+ * ended). Failures are logged. */
+void eng_persist_save_all(sinkd_engine *e);
+/* session.attach, session.save, session.restore. */
+void eng_job_persist(sinkd_engine *e, sinkd_job *j);
 
 #endif /* SINKD_ENGINE_INTERNAL_H */

@@ -80,6 +80,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     int32_t p0 = (int32_t)s->tokens;
     sinkd_model_hook hook;
     sinkd_model_opts o = { 0 };
+    eng_fwd_ctx fc;
     int rc = 0;
 
     if (!pos)
@@ -88,7 +89,6 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
         free(pos);
         return -EOVERFLOW;
     }
-    eng_prefill_hook(s, &hook);
     o.hook = &hook;
     for (int32_t done = 0; done < n && rc == 0;) {
         int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
@@ -96,8 +96,11 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
             pos[i] = (int32_t)s->tokens + i;
         s->prefill_final = done + k == n;
         o.rope_mode = s->rope_mode;
-        rc = sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done, pos, k, &o,
-                                 s->prefill_final ? s->logits : NULL);
+        rc = eng_prefill_begin(&fc, &hook, e, s);
+        if (rc == 0)
+            rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done,
+                                                      pos, k, &o,
+                                                      s->prefill_final ? s->logits : NULL));
         eng_beat(e, true);
         if (rc == 0) {
             s->tokens += k;
@@ -443,38 +446,24 @@ void eng_job_cancel(sinkd_engine *e, sinkd_job *j)
 
 /* ---- the decode step ----------------------------------------------------- */
 
-/* Sessions @a and @b can share one decode call. */
-static bool gen__same_group(const sinkd_engine *e, const eng_session *a, const eng_session *b)
-{
-    int32_t oa, ob;
-    float da, db;
-
-    if (a->m != b->m || a->rope_mode != b->rope_mode ||
-        eng_select_k(a, e->page_tokens) || eng_select_k(b, e->page_tokens))
-        return false;
-    eng_plan_score_op(a, &oa, &da);
-    eng_plan_score_op(b, &ob, &db);
-    return oa == ob && da == db;
-}
-
-/* One decode call for the @n sessions @ss (one group). */
+/* One decode call for the @n sessions @ss (one group: eng_plan_compatible). */
 static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n)
 {
     const sinkd_engine_model *m = ss[0]->m;
-    eng_decode_ctx c = { e, ss, n, 0, 1.0f, eng_select_k(ss[0], e->page_tokens) };
-    sinkd_model_hook hook = { NULL, eng_decode_hook, &c };
+    sinkd_model_hook hook;
     sinkd_model_opts o = { ss[0]->rope_mode, false, &hook };
+    eng_fwd_ctx c;
     int rc;
 
-    eng_plan_score_op(ss[0], &c.score_op, &c.decay);
-    if ((rc = eng_select_prepare(&c)) < 0)
+    if ((rc = eng_decode_begin(&c, &hook, e, ss, n)) < 0)
         return rc;
     for (int32_t i = 0; i < n; i++) {
         e->seqs[i] = ss[i]->seq;
         e->ids[i] = ss[i]->feed;
         e->pos[i] = (int32_t)ss[i]->tokens;
     }
-    return sinkd_model_decode(m->model, e->kv, e->seqs, n, e->ids, e->pos, &o, e->logits);
+    rc = sinkd_model_decode(m->model, e->kv, e->seqs, n, e->ids, e->pos, &o, e->logits);
+    return eng_fwd_end(&c, rc);
 }
 
 /* After a successful decode of @s (logits row @row): bookkeeping, eviction,
@@ -514,25 +503,12 @@ bool eng_step(sinkd_engine *e)
 
     if (atomic_load_explicit(&e->ctr.generating, memory_order_relaxed) == 0)
         return false;
-    /* Collect up to max_batch sessions that have a token to run, starting
-     * where the last step stopped so that nobody starves. */
-    for (size_t k = 0; k < e->n_sess && n < e->max_batch; k++) {
-        eng_session *s = e->sess[(e->rr + k) % e->n_sess];
-        if (!s->gen)
-            continue;
-        if (s->cancel) {
-            eng_gen_finish(e, s, "cancelled", false);
-            continue;
-        }
-        if (s->feed >= 0)
-            e->batch[n++] = s;
-    }
-    e->rr = e->n_sess ? (e->rr + 1) % e->n_sess : 0;
+    n = eng_sched_fill(e);
     /* Group compatible sessions (stable partition), one decode per group. */
     for (int32_t first = 0; first < n;) {
         int32_t end = first + 1;
         for (int32_t i = first + 1; i < n; i++) {
-            if (gen__same_group(e, e->batch[first], e->batch[i])) {
+            if (eng_plan_compatible(e, e->batch[first], e->batch[i])) {
                 eng_session *t = e->batch[i];
                 memmove(&e->batch[end + 1], &e->batch[end], (size_t)(i - end) * sizeof t);
                 e->batch[end++] = t;
@@ -581,6 +557,9 @@ void eng_job_logits(sinkd_engine *e, sinkd_job *j)
         return;
     }
     bytes = (uint64_t)s->m->hp->n_vocab * 4;
+    const sinkd_job_shm *out = &j->out;
+    if (eng_quota_shm(e, j, &out, &bytes, 1) < 0)
+        return;
     if ((rc = sinkd_shm_write(j->out.r, j->out.off, s->logits, bytes)) < 0) {
         eng_error(e, j, SINKD_ERR_BAD_SHM, "%llu bytes at offset %llu %s",
                   (unsigned long long)bytes, (unsigned long long)j->out.off,

@@ -13,7 +13,8 @@
 #define OPS_SWEEP_MS 100
 #define OPS_STOP_MAX 16
 
-/* A thread stuck this long inside one job or step withholds the watchdog. */
+/* A thread stuck this long inside one job or step withholds the watchdog;
+ * a shorter WatchdogSec (WATCHDOG_USEC) shortens it to match. */
 #define OPS_STALL_NS (120ull * 1000000000ull)
 
 static struct {
@@ -88,6 +89,11 @@ static int ops__track(uint64_t conn_id)
     return 0;
 }
 
+int sinkd_engine_ops_track(uint64_t conn_id)
+{
+    return ops__track(conn_id);
+}
+
 int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e)
 {
     ops_eng.shm = sinkd_shm_table_new();
@@ -120,7 +126,9 @@ void sinkd_engine_ops_detach(void)
 
 static bool ops__alive(void *ud)
 {
-    return sinkd_engine_alive(ud, OPS_STALL_NS);
+    uint64_t wd_ns = ops_eng.srv ? ops_eng.srv->notify.watchdog_usec * 1000ull : 0;
+
+    return sinkd_engine_alive(ud, wd_ns && wd_ns < OPS_STALL_NS ? wd_ns : OPS_STALL_NS);
 }
 
 static uint8_t ops__kv_dtype(int v)
@@ -167,12 +175,14 @@ int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen)
     ec.max_batch = (int32_t)cfg->max_batch;
     ec.sessions_per_uid = (uint32_t)cfg->sessions_per_uid;
     ec.generations_per_uid = (uint32_t)cfg->generations_per_uid;
+    ec.request_bytes = cfg->request_bytes;
     ec.model_names = names;
     ec.model_paths = paths;
     ec.n_models = cfg->n_models;
     ec.plugin_dirs = dirs;
     ec.n_plugin_dirs = n_dirs;
     ec.max_frame = (size_t)cfg->max_frame;
+    ec.state_dir = cfg->state_dir;
     err[0] = '\0';
     if ((rc = sinkd_engine_open(&ec, &e, err, errlen)) < 0)
         goto out;

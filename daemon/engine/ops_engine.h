@@ -46,6 +46,11 @@ int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e);
  * loop's last uv_run (the timer's close needs one loop turn). Idempotent. */
 void sinkd_engine_ops_detach(void);
 
+/* Loop thread: remember that @conn_id now owns sessions (opened or
+ * attached), so that its non-persistent ones close when it goes away.
+ * Returns 0 or -ENOMEM. */
+int sinkd_engine_ops_track(uint64_t conn_id);
+
 /* The attached engine, or NULL (the status op asks). */
 sinkd_engine *sinkd_engine_ops_engine(void);
 

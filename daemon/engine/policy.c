@@ -1,12 +1,8 @@
-/* Plan execution: what a session's policy plan asks of the attention ops
- * (score statistic, prefill observation window, Quest page selection) and
- * the eviction points (keep lists from the instance, then compaction, which
- * returns whole pages to the pool at once).
- *
- * Statistics the kernels cannot keep yet are approximated: QUANTILE
- * (Scissorhands) and GUMBEL (Keyformer) accumulate plain attention sums
- * like SUM; KEY_NORM is computed on the host from the stored keys at each
- * eviction point. SELECT_TOKENS (TidalDecode) attends densely. */
+/* Plan execution, the session side: what a plan asks of a forward (the
+ * exec), sharing decode calls between sessions, the score slots across a
+ * policy swap, and the eviction points (keep lists from the instance, then
+ * compaction, which returns whole pages to the pool at once). The hooks
+ * that run inside a forward live in exec.c. */
 #include "engine_internal.h"
 #include "log.h"
 
@@ -15,9 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Device slots used by the page selection during a decode step. */
-enum { SEL_OFF = 2, SEL_PAGES = 3 };
 
 void eng_plan_score_op(const eng_session *s, int32_t *op, float *decay)
 {
@@ -46,7 +39,7 @@ void eng_plan_score_op(const eng_session *s, int32_t *op, float *decay)
 /* Prefill: a statistic that sums over queries sums over every query of the
  * prompt; OBS_WINDOW and LAST look at the last queries of the final chunk
  * only (earlier chunks are not the end of the prompt). */
-static int eng__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
+int eng_prefill_stat(void *ctx, int32_t layer, sinkd_prefill_args *a)
 {
     const eng_session *s = ctx;
     const sinkd_policy_plan *p = sinkd_policy_inst_plan(s->inst);
@@ -80,82 +73,108 @@ static int eng__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
 
 void eng_prefill_hook(eng_session *s, sinkd_model_hook *h)
 {
-    h->prefill = eng__prefill_hook;
+    h->prefill = eng_prefill_stat;
     h->decode = NULL;
     h->ctx = s;
 }
 
-int32_t eng_select_k(const eng_session *s, int32_t page_tokens)
+void eng_plan_exec(const sinkd_engine *e, const eng_session *s, eng_exec *x)
 {
     const sinkd_policy_plan *p = sinkd_policy_inst_plan(s->inst);
+    int32_t pt = e->page_tokens;
 
-    if (p->select != SINKD_SELECT_PAGES)
-        return 0;
-    if (p->select_pages > 0)
-        return p->select_pages;
-    return (p->select_tokens + page_tokens - 1) / page_tokens;
-}
-
-/* Quest selection for a group of one selecting session: topk_pages at a
- * source layer into that layer's row of SEL_PAGES, reused by the layers
- * that name it as their source. */
-static int eng__select(eng_decode_ctx *c, int32_t layer, sinkd_decode_args *a)
-{
-    sinkd_engine *e = c->e;
-    const eng_session *s = c->ss[0];
-    const sinkd_policy_plan *p = sinkd_policy_inst_plan(s->inst);
-    int32_t k = c->select_k, kvh = s->geom.kv_heads;
-    int32_t src = sinkd_plan_select_source(p, layer);
-    int32_t *row;
-    int rc;
-
-    if (src < 0)
-        return 0;
-    row = (int32_t *)e->dbuf[SEL_PAGES] + (size_t)src * kvh * k;
-    if (src == layer) {
-        sinkd_topk_pages_args t = {
-            .pool = a->pool, .lanes = a->lanes, .n_seqs = 1, .n_q_heads = a->n_q_heads,
-            .n_kv_heads = a->n_kv_heads, .head_dim = a->head_dim, .rope = a->rope,
-            .q = a->q, .q_pos = a->q_pos, .k = k, .out_pages = row, .out_scores = NULL,
-        };
-        if ((rc = e->be->ops->topk_pages(e->be, &t)) < 0)
-            return rc;
+    memset(x, 0, sizeof *x);
+    eng_plan_score_op(s, &x->score_op, &x->decay);
+    x->stat = p->stat;
+    x->post = p->stat == SINKD_STAT_QUANTILE || p->stat == SINKD_STAT_GUMBEL;
+    if (x->post) {
+        x->score_op = SINKD_SCORE_NONE;
+        x->quantile = p->quantile;
+        x->keep = p->stat == SINKD_STAT_QUANTILE ? 1.0f - 1.0f / (float)p->history : 1.0f;
+        x->temperature = p->temperature;
     }
-    a->sel_off = e->dbuf[SEL_OFF];
-    a->sel_pages = row;
-    return 0;
+    if (p->stat == SINKD_STAT_KEY_NORM || p->stat == SINKD_STAT_OBS_WINDOW)
+        x->score_op = SINKD_SCORE_NONE;
+    x->select = p->select;
+    x->host_select = p->select != SINKD_SELECT_DENSE && (s->inst_caps & SINKD_POLICY_CAP_SELECT);
+    if (p->select == SINKD_SELECT_PAGES)
+        x->k = p->select_pages > 0 ? p->select_pages : (p->select_tokens + pt - 1) / pt;
+    else if (p->select == SINKD_SELECT_TOKENS)
+        x->k = p->select_tokens > 0 ? p->select_tokens : p->select_pages * pt;
 }
 
-/* Prepare the selection buffers of a decode step for @c (one session). */
-int eng_select_prepare(eng_decode_ctx *c)
+bool eng_plan_compatible(const sinkd_engine *e, const eng_session *a, const eng_session *b)
 {
-    sinkd_engine *e = c->e;
-    const eng_session *s = c->ss[0];
-    int32_t kvh = s->geom.kv_heads, k = c->select_k;
-    int32_t *off;
-    int rc;
+    const sinkd_policy_plan *pa = sinkd_policy_inst_plan(a->inst);
+    const sinkd_policy_plan *pb = sinkd_policy_inst_plan(b->inst);
+    eng_exec xa, xb;
 
-    if (k == 0)
+    if (a->m != b->m || a->rope_mode != b->rope_mode)
+        return false;
+    eng_plan_exec(e, a, &xa);
+    eng_plan_exec(e, b, &xb);
+    if (xa.host_select || xb.host_select || xa.score_op != xb.score_op ||
+        xa.decay != xb.decay || xa.stat != xb.stat || xa.select != xb.select ||
+        xa.quantile != xb.quantile || xa.keep != xb.keep ||
+        xa.temperature != xb.temperature || xa.k != xb.k)
+        return false;
+    if (xa.select == SINKD_SELECT_DENSE)
+        return true;
+    for (int32_t l = 0; l < a->geom.layers; l++)
+        if (sinkd_plan_select_source(pa, l) != sinkd_plan_select_source(pb, l))
+            return false;
+    return true;
+}
+
+void eng_policy_attach(sinkd_engine *e, eng_session *s)
+{
+    size_t n = 0, cap = 0;
+    sinkd_policy_info *all = NULL;
+
+    s->inst_caps = 0;
+    /* The registry lists the current version of each policy: the instance
+     * was just made from it. Built-ins have no callbacks. */
+    do {
+        sinkd_policy_info *p;
+        cap = n + 8;
+        if (!(p = realloc(all, cap * sizeof *all)))
+            break;
+        all = p;
+        sinkd_policy_list(e->reg, all, cap, &n);
+    } while (n > cap);
+    for (size_t i = 0; all && n <= cap && i < n; i++)
+        if (!strcmp(all[i].name, sinkd_policy_inst_name(s->inst)) &&
+            all[i].generation == sinkd_policy_inst_generation(s->inst))
+            s->inst_caps = all[i].caps;
+    free(all);
+}
+
+/* Run stat op @op over every lane of @s (ZERO, or KEY_NORM of every token). */
+static int eng__stat_all(sinkd_engine *e, eng_session *s, int32_t layer, int32_t op)
+{
+    int32_t first = layer < 0 ? 0 : layer, last = layer < 0 ? s->geom.layers - 1 : layer;
+    int rc = 0;
+
+    for (int32_t l = first; l <= last && rc == 0; l++) {
+        sinkd_stat_args a = {
+            .pool = sinkd_kv_pool_get(e->kv), .op = op, .head_dim = s->geom.head_dim,
+            .n = INT32_MAX,
+        };
+        if ((rc = sinkd_kv_lanes_seq(s->seq, l, &a.lanes)) == 0)
+            rc = e->be->ops->stat(e->be, &a);
+    }
+    return rc;
+}
+
+int eng_policy_swapped(sinkd_engine *e, eng_session *s, uint8_t old_stat)
+{
+    uint8_t stat = sinkd_policy_inst_plan(s->inst)->stat;
+
+    /* Same kind: the sums, counts or norms carry over. NONE reads nothing;
+     * KEY_NORM is computed afresh at each eviction point. */
+    if (stat == old_stat || stat == SINKD_STAT_NONE || stat == SINKD_STAT_KEY_NORM)
         return 0;
-    if ((rc = eng_dev_reserve(e, SEL_OFF, ((size_t)kvh + 1) * 4)) < 0 ||
-        (rc = eng_dev_reserve(e, SEL_PAGES, (size_t)s->geom.layers * kvh * k * 4)) < 0 ||
-        (rc = eng_host_reserve(e, SEL_OFF, (size_t)kvh + 1)) < 0)
-        return rc;
-    off = (int32_t *)e->hbuf[SEL_OFF];
-    for (int32_t l = 0; l <= kvh; l++)
-        off[l] = l * k;
-    return e->be->ops->h2d(e->be, e->dbuf[SEL_OFF], off, ((size_t)kvh + 1) * 4);
-}
-
-int eng_decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
-{
-    eng_decode_ctx *c = ctx;
-
-    a->score_op = c->score_op;
-    a->score_decay = c->decay;
-    if (c->select_k > 0)
-        return eng__select(c, layer, a);
-    return 0;
+    return eng__stat_all(e, s, -1, SINKD_STAT_OP_ZERO);
 }
 
 /* ---- eviction ----------------------------------------------------------- */
@@ -191,38 +210,13 @@ static int eng__scratch(eng_scratch *sc, size_t entries, size_t lanes)
     return 0;
 }
 
-/* KEY_NORM on the host: score = -||k|| of each stored (pre-RoPE) key. */
-static int eng__key_norms(sinkd_engine *e, eng_session *s, int32_t layer, int32_t h,
-                          int32_t len, float *score)
-{
-    size_t need = (size_t)len * (size_t)s->geom.head_dim;
-    int rc;
-
-    if (need > e->sc.kbuf_cap) {
-        float *p = realloc(e->sc.kbuf, need * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        e->sc.kbuf = p;
-        e->sc.kbuf_cap = need;
-    }
-    if ((rc = sinkd_kv_lane_read_kv(s->seq, layer, h, e->sc.kbuf, NULL)) < 0)
-        return rc;
-    for (int32_t t = 0; t < len; t++) {
-        const float *k = e->sc.kbuf + (size_t)t * s->geom.head_dim;
-        double sq = 0;
-        for (int32_t d = 0; d < s->geom.head_dim; d++)
-            sq += (double)k[d] * k[d];
-        score[t] = (float)-sqrt(sq);
-    }
-    return 0;
-}
-
-static void eng__tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j)
+void eng_tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j)
 {
     const char *why = sinkd_policy_inst_fallback_reason(s->inst);
     sinkd_fw w;
 
     snprintf(s->fallback, sizeof s->fallback, "%s", why ? why : "policy misbehaved");
+    s->inst_caps = 0; /* window has no callbacks */
     sinkd_log(SINKD_LOG_WARNING, "session %llu: policy fell back to window: %s",
               (unsigned long long)s->id, s->fallback);
     if (!j || eng_begin_event(&w, j, "policy_fallback", 2) < 0)
@@ -256,6 +250,10 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool
         return 0;
     if ((rc = eng__scratch(sc, total, (size_t)kvh)) < 0)
         return rc;
+    /* Key norms are computed here, on the device, for every kept key: the
+     * one place they are read, and right for raw appends and swaps alike. */
+    if (p->stat == SINKD_STAT_KEY_NORM && (rc = eng__stat_all(e, s, layer, SINKD_STAT_OP_KEY_NORM)) < 0)
+        return rc;
     size_t at = 0;
     for (int32_t h = 0; h < kvh; h++) {
         sinkd_policy_lane *l = &sc->lanes[h];
@@ -269,10 +267,7 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool
         l->score = p->stat == SINKD_STAT_NONE ? NULL : sc->score + at;
         l->out = sc->keep + at;
         rc = sinkd_kv_lane_read(s->seq, layer, h, sc->pos + at,
-                                p->stat == SINKD_STAT_NONE || p->stat == SINKD_STAT_KEY_NORM
-                                    ? NULL : sc->score + at);
-        if (rc == 0 && p->stat == SINKD_STAT_KEY_NORM)
-            rc = eng__key_norms(e, s, layer, h, len, sc->score + at);
+                                p->stat == SINKD_STAT_NONE ? NULL : sc->score + at);
         if (rc < 0)
             return rc;
         at += (size_t)len;
@@ -281,7 +276,7 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool
     if (rc < 0)
         return rc;
     if (rc == SINKD_POLICY_FELL_BACK)
-        eng__tell_fallback(e, s, j);
+        eng_tell_fallback(e, s, j);
     /* Compaction wants the keep lists back to back. */
     int64_t dropped = 0;
     size_t n = 0;

@@ -35,6 +35,8 @@ static eng_session *raw__session(sinkd_engine *e, const sinkd_job *j)
 static bool raw__ranges_ok(sinkd_engine *e, const sinkd_job *j, const sinkd_job_shm *const *r,
                            const char *const *names, const uint64_t *bytes, int n)
 {
+    if (eng_quota_shm(e, j, r, bytes, n) < 0)
+        return false;
     for (int i = 0; i < n; i++) {
         if (r[i]->r && !sinkd_shm_range_ok(r[i]->r, r[i]->off, bytes[i])) {
             eng_error(e, j, SINKD_ERR_BAD_SHM,

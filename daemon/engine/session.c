@@ -59,7 +59,7 @@ static void eng__secret(char out[33])
     out[32] = '\0';
 }
 
-static void eng__geometry(const sinkd_engine *e, const eng_session *s, sinkd_policy_geometry *g)
+void eng_policy_geometry(const sinkd_engine *e, const eng_session *s, sinkd_policy_geometry *g)
 {
     memset(g, 0, sizeof *g);
     g->struct_size = sizeof *g;
@@ -105,7 +105,7 @@ static int eng__inst_create(sinkd_engine *e, const sinkd_job *j, eng_session *s,
     char why[256] = "";
     int rc;
 
-    eng__geometry(e, s, &g);
+    eng_policy_geometry(e, s, &g);
     rc = sinkd_policy_inst_create(e->reg, name, &g, j->params, out, why, sizeof why);
     if (rc == -ENOENT)
         eng_error(e, j, SINKD_ERR_NOT_FOUND, "no policy '%s'", name);
@@ -149,6 +149,18 @@ static size_t eng__uid_sessions(const sinkd_engine *e, uint32_t uid)
     for (size_t i = 0; i < e->n_sess; i++)
         n += e->sess[i]->uid == uid;
     return n;
+}
+
+void eng_pack_session(sinkd_fw *w, const eng_session *s)
+{
+    sinkd_pack_kv_u64(&w->pk, "session", s->id);
+    sinkd_pack_kv_str(&w->pk, "secret", s->secret);
+    sinkd_pack_kv_str(&w->pk, "model", s->m ? s->m->name : "");
+    sinkd_pack_kv_str(&w->pk, "policy", sinkd_policy_inst_name(s->inst));
+    sinkd_pack_kv_u64(&w->pk, "n_layers", (uint64_t)s->geom.layers);
+    sinkd_pack_kv_u64(&w->pk, "n_kv_heads", (uint64_t)s->geom.kv_heads);
+    sinkd_pack_kv_u64(&w->pk, "head_dim", (uint64_t)s->geom.head_dim);
+    sinkd_pack_kv_u64(&w->pk, "n_vocab", s->m ? (uint64_t)s->m->hp->n_vocab : 0);
 }
 
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
@@ -208,6 +220,7 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
     }
     if (eng__inst_create(e, j, s, &s->inst) < 0)
         goto fail;
+    eng_policy_attach(e, s);
     memset(&sp, 0, sizeof sp);
     sp.uid = j->uid;
     sp.n_layers = s->geom.layers;
@@ -233,16 +246,9 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
     sinkd_log(SINKD_LOG_INFO, "session %llu opened by uid %u: %s, policy %s",
               (unsigned long long)s->id, s->uid, m ? m->name : "raw",
               sinkd_policy_inst_name(s->inst));
-    if (eng_begin_reply(&w, j, 8) < 0)
+    if (eng_begin_reply(&w, j, ENG_SESSION_REPLY_PAIRS) < 0)
         return;
-    sinkd_pack_kv_u64(&w.pk, "session", s->id);
-    sinkd_pack_kv_str(&w.pk, "secret", s->secret);
-    sinkd_pack_kv_str(&w.pk, "model", m ? m->name : "");
-    sinkd_pack_kv_str(&w.pk, "policy", sinkd_policy_inst_name(s->inst));
-    sinkd_pack_kv_u64(&w.pk, "n_layers", (uint64_t)s->geom.layers);
-    sinkd_pack_kv_u64(&w.pk, "n_kv_heads", (uint64_t)s->geom.kv_heads);
-    sinkd_pack_kv_u64(&w.pk, "head_dim", (uint64_t)s->geom.head_dim);
-    sinkd_pack_kv_u64(&w.pk, "n_vocab", m ? (uint64_t)m->hp->n_vocab : 0);
+    eng_pack_session(&w, s);
     eng_send(e, j, &w, true);
     return;
 fail:
@@ -366,13 +372,18 @@ void eng_job_session_policy(sinkd_engine *e, sinkd_job *j)
         eng_error_errno(e, j, rc, "session.policy");
         return;
     }
+    uint8_t old_stat = sinkd_policy_inst_plan(old)->stat;
     sinkd_policy_inst_destroy(old);
+    eng_policy_attach(e, s);
     s->fallback[0] = '\0';
     s->evicted_after_prefill = false;
     sinkd_log(SINKD_LOG_INFO, "session %llu: policy now %s", (unsigned long long)s->id,
               sinkd_policy_inst_name(inst));
-    /* The new plan may already want lanes shorter than they are. */
-    rc = eng_evict(e, s, -1, false, j);
+    /* Scores of another statistic start at zero; the new plan may already
+     * want lanes shorter than they are. */
+    rc = eng_policy_swapped(e, s, old_stat);
+    if (rc == 0)
+        rc = eng_evict(e, s, -1, false, j);
     if (rc < 0) {
         eng_error_errno(e, j, rc, "session.policy: eviction");
         return;

@@ -51,7 +51,9 @@ extern "C" {
 /* Configuration of a store (config keys in brackets). */
 typedef struct sinkd_kv_config {
     uint64_t pool_bytes;    /* [kv_pool_bytes] pool size, everything included;
-                               0 = pool_fraction of the backend's free memory */
+                               0 = pool_fraction of the backend's free memory
+                               (on the CPU backend at most
+                               SINKD_KV_CPU_POOL_DEFAULT_MAX) */
     double pool_fraction;   /* [kv_pool_fraction] used when pool_bytes == 0, (0, 1] */
     int32_t page_tokens;    /* [page_tokens] tokens per page, 1..4096 */
     int32_t head_dim_max;   /* largest head_dim served: the model's head_dim */
@@ -61,6 +63,10 @@ typedef struct sinkd_kv_config {
     int64_t session_pages;  /* default per-sequence budget in pages, 0 = none */
     int64_t uid_pages;      /* per-uid budget in pages (all its sequences), 0 = none */
 } sinkd_kv_config;
+
+/* Largest pool the CPU backend takes when only a fraction is configured:
+ * its memory is the machine's RAM. Set pool_bytes for more. */
+#define SINKD_KV_CPU_POOL_DEFAULT_MAX (1ull << 30)
 
 #define SINKD_KV_CONFIG_INIT { 0, 0.5, 16, 128, SINKD_F16, {0}, 0, 0 }
 
@@ -222,6 +228,21 @@ int sinkd_kv_lane_read(const sinkd_kv_seq *seq, int32_t layer, int32_t kv_head,
  * debugging. Errors: -EINVAL, -ENOMEM, or the backend's error. */
 int sinkd_kv_lane_read_kv(const sinkd_kv_seq *seq, int32_t layer, int32_t kv_head,
                           float *k, float *v);
+
+/* ---- restore ----------------------------------------------------------- */
+
+/* Load saved lanes into the EMPTY lanes of @layer of @seq (session
+ * restore): lane h gets len[h] tokens whose rows, positions and scores are
+ * the h-th run of the HOST arrays (runs concatenated in kv-head order):
+ *   k, v   [sum len][head_dim] f32 (converted to the pool dtype)
+ *   pos    [sum len] original positions; score [sum len]
+ * Key bounds are computed from the positions with the sequence's rope, so
+ * set the rope first. The sequence's own budget is not applied (the lanes
+ * were already admitted once); the uid budget is. Errors: -EINVAL (a lane
+ * not empty, arguments), -EDQUOT, -ENOMEM, or the backend's error; on error
+ * the layer's lanes are in an unspecified state: close the sequence. */
+int sinkd_kv_layer_load(sinkd_kv_seq *seq, int32_t layer, const int32_t *len, const float *k,
+                        const float *v, const int32_t *pos, const float *score);
 
 #ifdef __cplusplus
 }

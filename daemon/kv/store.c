@@ -83,6 +83,10 @@ int sinkd_kv_open(sinkd_backend *be, const sinkd_kv_config *cfg, sinkd_kv **out)
         if (rc)
             return rc;
         bytes = (uint64_t)((double)info.mem_free * cfg->pool_fraction);
+        /* On the CPU the "device" is the machine's RAM, shared with every
+         * other process: a fraction of it is not ours to take by default. */
+        if (strcmp(info.name, "cpu") == 0 && bytes > SINKD_KV_CPU_POOL_DEFAULT_MAX)
+            bytes = SINKD_KV_CPU_POOL_DEFAULT_MAX;
     }
     /* slots (page * page_tokens) must stay int32 for the kernels */
     uint64_t n_pages = bytes / page_cost;

@@ -141,6 +141,9 @@ const sinkd_policy_geometry *sinkd_policy_inst_geometry(const sinkd_policy_inst 
 const char *sinkd_policy_inst_name(const sinkd_policy_inst *inst);
 const char *sinkd_policy_inst_version(const sinkd_policy_inst *inst);
 uint32_t sinkd_policy_inst_generation(const sinkd_policy_inst *inst);
+/* The parameter string the instance runs with now ("" for none; after a
+ * fallback, window's), so that it can be re-created. Valid as the plan. */
+const char *sinkd_policy_inst_params(const sinkd_policy_inst *inst);
 
 /* Keep lists for the lanes of one layer at an eviction point (the engine
  * decides when, from sinkd_plan_evict_threshold). Lanes as in policy.h; out

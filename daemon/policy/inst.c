@@ -232,6 +232,11 @@ const char *sinkd_policy_inst_name(const sinkd_policy_inst *inst)
     return inst->lib->desc.name;
 }
 
+const char *sinkd_policy_inst_params(const sinkd_policy_inst *inst)
+{
+    return inst->params;
+}
+
 const char *sinkd_policy_inst_version(const sinkd_policy_inst *inst)
 {
     return inst->lib->desc.version;

@@ -131,6 +131,8 @@ static const sinkd_ops cpu_ops = {
     .add = cpu__add,
     .embed = cpu__embed,
     .argmax = cpu__argmax,
+    .stat = cpu__stat,
+    .topk_tokens = cpu__topk_tokens,
 };
 
 int cpu__scratch_reserve(cpu__backend *cb, size_t floats)

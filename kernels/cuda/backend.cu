@@ -192,12 +192,24 @@ static int cu_argmax(sinkd_backend *be, int32_t *ids, const float *x, int32_t m,
     return sinkd_cuda_argmax(cu(be), ids, x, m, n);
 }
 
+/* Policy statistics and token selection (stats.cu). */
+extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a);
+extern "C" int sinkd_cuda_topk_tokens(sinkd_cuda *c, const sinkd_topk_tokens_args *a);
+static int cu_stat(sinkd_backend *be, const sinkd_stat_args *a)
+{
+    return sinkd_cuda_stat(cu(be), a);
+}
+static int cu_topk_tokens(sinkd_backend *be, const sinkd_topk_tokens_args *a)
+{
+    return sinkd_cuda_topk_tokens(cu(be), a);
+}
+
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
     cu_d2d,         cu_sync,         cu_info,       cu_kv_append,
     cu_kv_compact,  cu_attn_decode,  cu_attn_prefill, cu_topk_pages,
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
-    cu_embed,       cu_argmax,
+    cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
 };
 
 static void cuda_state_free(sinkd_cuda *c)

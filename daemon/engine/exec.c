@@ -1,0 +1,357 @@
+/* Plan execution inside a forward: the model hooks that run before each
+ * attention op, and the work due after it.
+ *
+ * Statistics the attention op keeps itself (SUM, DECAY, LAST, the prefill
+ * observation window) are its score_op. A rule that needs the whole row of
+ * this step's probabilities (QUANTILE, GUMBEL) and token selection
+ * (SELECT_TOKENS) run around the op: the hook stashes the scores
+ * (ops->stat STASH), the op writes p, and the post step of that layer
+ * ranks and combines. The model calls no hook after attention, so a layer's
+ * post step runs in the next layer's hook (before its attention: what a
+ * reusing layer needs) or, for the last layer, in eng_fwd_end. Everything
+ * stays on the device: the post step rebuilds the layer's lane arrays and
+ * then the current layer's, which the store allows between ops.
+ *
+ * Selection: SELECT_PAGES ranks pages by the Quest bound (ops->topk_pages)
+ * before the selecting layer's attention, which attends them;
+ * SELECT_TOKENS lets the selecting layer attend densely and picks the pages
+ * of its top-k tokens afterwards (ops->topk_tokens). Later layers reuse the
+ * rows of their source layer. When k covers every lane of the group the
+ * step attends densely, which is the same computation.
+ *
+ * A plugin with a select callback ranks on the host instead: page bounds or
+ * scores are copied off the device and the callback runs per step and
+ * selecting layer (a group of one session). Correct and slow; documented
+ * as such in plugins/policy.h. */
+#include "engine_internal.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t exec__mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static const sinkd_policy_plan *exec__plan(const eng_fwd_ctx *c)
+{
+    return sinkd_policy_inst_plan(c->ss[0]->inst);
+}
+
+static int32_t *exec__row(const eng_fwd_ctx *c, int32_t layer)
+{
+    return (int32_t *)c->e->dbuf[ENG_SLOT_SEL_PAGES] + (size_t)layer * c->n_lanes * c->width;
+}
+
+/* The layer whose selection @layer attends with, -1 for dense. */
+static int32_t exec__source(const eng_fwd_ctx *c, int32_t layer)
+{
+    if (c->width == 0 || c->fell_back)
+        return -1;
+    return sinkd_plan_select_source(exec__plan(c), layer);
+}
+
+/* Lane arrays of @layer for the forward's sequences. */
+static int exec__lanes(eng_fwd_ctx *c, int32_t layer, sinkd_lanes *out)
+{
+    if (c->ss == &c->self)
+        return sinkd_kv_lanes_seq(c->self->seq, layer, out);
+    return sinkd_kv_lanes_batch(c->e->kv, c->e->seqs, c->n, layer, out);
+}
+
+static int exec__stat(eng_fwd_ctx *c, const sinkd_lanes *ln, int32_t op, int32_t layer)
+{
+    sinkd_engine *e = c->e;
+    sinkd_stat_args a = {
+        .pool = sinkd_kv_pool_get(e->kv), .lanes = *ln, .op = op,
+        .head_dim = c->ss[0]->geom.head_dim, .quantile = c->x.quantile,
+        .decay = op == SINKD_STAT_OP_QUANTILE ? c->x.keep : c->x.decay,
+        .temperature = c->x.temperature, .seed = c->seed ^ exec__mix((uint64_t)layer),
+        .prev = e->dbuf[ENG_SLOT_PREV],
+    };
+    return e->be->ops->stat(e->be, &a);
+}
+
+/* The plugin's select callback for the lanes of @layer of the forward's one
+ * session: page bounds from @pscore (device [kv_heads][width], PAGES) or
+ * this step's probabilities in the score slots (TOKENS). Writes the layer's
+ * selection row. */
+static int exec__host_select(eng_fwd_ctx *c, int32_t layer, const float *pscore)
+{
+    sinkd_engine *e = c->e;
+    eng_session *s = c->ss[0];
+    int32_t kvh = s->geom.kv_heads, w = c->width, pt = e->page_tokens;
+    size_t total = 0;
+    int rc;
+
+    for (int32_t h = 0; h < kvh; h++)
+        total += (size_t)sinkd_kv_lane_len(s->seq, layer, h);
+    sinkd_policy_lane *lanes = calloc((size_t)kvh, sizeof *lanes);
+    int32_t *pos = malloc((total + 1) * sizeof *pos);
+    float *score = malloc((total + 1) * sizeof *score);
+    float *ps = pscore ? malloc((size_t)kvh * w * sizeof *ps) : NULL;
+    int32_t *row = malloc((size_t)kvh * w * sizeof *row);
+    rc = -ENOMEM;
+    if (!lanes || !pos || !score || !row || (pscore && !ps))
+        goto out;
+    if (pscore && ((rc = e->be->ops->d2h(e->be, ps, pscore, (size_t)kvh * w * sizeof *ps)) < 0 ||
+                   (rc = e->be->ops->sync(e->be)) < 0))
+        goto out;
+    size_t at = 0;
+    for (int32_t h = 0; h < kvh; h++) {
+        sinkd_policy_lane *l = &lanes[h];
+        l->layer = layer;
+        l->kv_head = h;
+        l->len = sinkd_kv_lane_len(s->seq, layer, h);
+        l->n_pages = (l->len + pt - 1) / pt;
+        l->pos = pos + at;
+        l->score = pscore ? NULL : score + at;
+        l->page_score = pscore ? ps + (size_t)h * w : NULL;
+        l->out = row + (size_t)h * w;
+        if ((rc = sinkd_kv_lane_read(s->seq, layer, h, pos + at, pscore ? NULL : score + at)) < 0)
+            goto out;
+        at += (size_t)l->len;
+    }
+    rc = sinkd_policy_inst_select(s->inst, lanes, kvh);
+    if (rc < 0)
+        goto out;
+    if (rc == SINKD_POLICY_FELL_BACK) {
+        /* the lanes hold every page: dense for the rest of the step */
+        eng_tell_fallback(e, s, s->gen);
+        c->fell_back = true;
+    }
+    for (int32_t h = 0; h < kvh; h++)
+        for (int32_t i = lanes[h].n_out; i < w; i++)
+            row[(size_t)h * w + i] = -1;
+    rc = e->be->ops->h2d(e->be, exec__row(c, layer), row, (size_t)kvh * w * sizeof *row);
+out:
+    free(lanes);
+    free(pos);
+    free(score);
+    free(ps);
+    free(row);
+    return rc;
+}
+
+/* After @layer's attention: token selection, then the statistic's rule. */
+static int exec__post(eng_fwd_ctx *c, int32_t layer)
+{
+    sinkd_engine *e = c->e;
+    sinkd_lanes ln;
+    int rc;
+
+    if ((rc = exec__lanes(c, layer, &ln)) < 0)
+        return rc;
+    if (c->x.select == SINKD_SELECT_TOKENS && exec__source(c, layer) == layer) {
+        if (c->x.host_select) {
+            rc = exec__host_select(c, layer, NULL);
+        } else {
+            sinkd_topk_tokens_args t = {
+                .pool = sinkd_kv_pool_get(e->kv), .lanes = ln, .k = c->width,
+                .out_pages = exec__row(c, layer),
+            };
+            rc = e->be->ops->topk_tokens(e->be, &t);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    switch (c->x.stat) {
+    case SINKD_STAT_QUANTILE:
+        return exec__stat(c, &ln, SINKD_STAT_OP_QUANTILE, layer);
+    case SINKD_STAT_GUMBEL:
+        return exec__stat(c, &ln, SINKD_STAT_OP_GUMBEL, layer);
+    case SINKD_STAT_SUM:
+    case SINKD_STAT_DECAY:
+        return exec__stat(c, &ln, SINKD_STAT_OP_DECAY, layer);
+    case SINKD_STAT_LAST:
+        return 0; /* p is the statistic */
+    default:
+        return exec__stat(c, &ln, SINKD_STAT_OP_RESTORE, layer);
+    }
+}
+
+/* Run the post step still due before @layer's attention, then hand back
+ * @layer's lane arrays (the post step rebuilt the store's). */
+static int exec__catch_up(eng_fwd_ctx *c, int32_t layer, sinkd_lanes *lanes)
+{
+    int32_t due = c->pending;
+    int rc;
+
+    if (due < 0)
+        return 0;
+    c->pending = -1;
+    if ((rc = exec__post(c, due)) < 0)
+        return rc;
+    return exec__lanes(c, layer, lanes);
+}
+
+/* Quest: rank @layer's pages before its attention. */
+static int exec__pages(eng_fwd_ctx *c, int32_t layer, const sinkd_decode_args *a)
+{
+    sinkd_engine *e = c->e;
+    float *pscore = c->x.host_select ? e->dbuf[ENG_SLOT_PSCORE] : NULL;
+    sinkd_topk_pages_args t = {
+        .pool = a->pool, .lanes = a->lanes, .n_seqs = a->n_seqs, .n_q_heads = a->n_q_heads,
+        .n_kv_heads = a->n_kv_heads, .head_dim = a->head_dim, .rope = a->rope, .q = a->q,
+        .q_pos = a->q_pos, .k = c->width, .out_pages = exec__row(c, layer), .out_scores = pscore,
+    };
+    int rc = e->be->ops->topk_pages(e->be, &t);
+
+    if (rc < 0 || !pscore)
+        return rc;
+    /* width = the longest lane's pages: the row lists every page in order,
+     * so the scores are the bounds by page index */
+    return exec__host_select(c, layer, pscore);
+}
+
+static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
+{
+    eng_fwd_ctx *c = ctx;
+    int32_t src;
+    int rc;
+
+    if ((rc = exec__catch_up(c, layer, &a->lanes)) < 0)
+        return rc;
+    a->score_op = c->x.score_op;
+    a->score_decay = c->x.decay;
+    src = exec__source(c, layer);
+    if (src == layer && c->x.select == SINKD_SELECT_PAGES && (rc = exec__pages(c, layer, a)) < 0)
+        return rc;
+    src = exec__source(c, layer); /* a failed callback turns the step dense */
+    bool pick_tokens = src == layer && c->x.select == SINKD_SELECT_TOKENS;
+    if (src >= 0 && !pick_tokens) {
+        a->sel_off = c->e->dbuf[ENG_SLOT_SEL_OFF];
+        a->sel_pages = exec__row(c, src);
+    }
+    if (c->x.post || pick_tokens) {
+        if ((rc = exec__stat(c, &a->lanes, SINKD_STAT_OP_STASH, layer)) < 0)
+            return rc;
+        a->score_op = SINKD_SCORE_WRITE;
+        c->pending = layer;
+    }
+    return 0;
+}
+
+/* Prefill: the attention op's own statistics (eng_prefill_stat), except
+ * that the QUANTILE and GUMBEL rules take the prompt's last query as their
+ * one row (earlier queries are not scored). */
+static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
+{
+    eng_fwd_ctx *c = ctx;
+    int rc;
+
+    if ((rc = exec__catch_up(c, layer, &a->lanes)) < 0)
+        return rc;
+    if (!c->x.post)
+        return eng_prefill_stat(c->self, layer, a);
+    if (!c->self->prefill_final)
+        return 0;
+    if ((rc = exec__stat(c, &a->lanes, SINKD_STAT_OP_STASH, layer)) < 0)
+        return rc;
+    a->obs_w = 1;
+    a->score_op = SINKD_SCORE_WRITE;
+    c->pending = layer;
+    return 0;
+}
+
+/* The stash buffer: one float per pool slot. */
+static int exec__prev(sinkd_engine *e)
+{
+    const sinkd_kv_pool *pool = sinkd_kv_pool_get(e->kv);
+
+    return eng_dev_reserve(e, ENG_SLOT_PREV, (size_t)pool->n_pages * pool->page_tokens * 4);
+}
+
+int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session *s)
+{
+    memset(c, 0, sizeof *c);
+    c->e = e;
+    c->self = s;
+    c->ss = &c->self;
+    c->n = 1;
+    c->pending = -1;
+    eng_plan_exec(e, s, &c->x);
+    c->n_lanes = s->geom.kv_heads;
+    c->seed = exec__mix((uint64_t)s->id ^ exec__mix((uint64_t)s->tokens));
+    h->prefill = exec__prefill_hook;
+    h->decode = NULL;
+    h->ctx = c;
+    return c->x.post && s->prefill_final ? exec__prev(e) : 0;
+}
+
+/* Entries per lane of a selection row: 0 when the selection covers every
+ * lane of the group (dense), the longest lane's pages for a callback. */
+static int32_t exec__width(const eng_fwd_ctx *c)
+{
+    int32_t pt = c->e->page_tokens, longest = 0;
+
+    for (int32_t i = 0; i < c->n; i++) {
+        const eng_session *s = c->ss[i];
+        for (int32_t l = 0; l < s->geom.layers; l++)
+            for (int32_t h = 0; h < s->geom.kv_heads; h++) {
+                int32_t len = sinkd_kv_lane_len(s->seq, l, h) + 1; /* this step's token */
+                longest = len > longest ? len : longest;
+            }
+    }
+    int32_t pages = (longest + pt - 1) / pt;
+    if (c->x.host_select)
+        return pages;
+    if (c->x.select == SINKD_SELECT_PAGES)
+        return c->x.k < pages ? c->x.k : 0;
+    return c->x.k < longest ? c->x.k : 0;
+}
+
+int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session **ss,
+                     int32_t n)
+{
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    c->e = e;
+    c->ss = ss;
+    c->n = n;
+    c->pending = -1;
+    eng_plan_exec(e, ss[0], &c->x);
+    c->n_lanes = n * ss[0]->geom.kv_heads;
+    c->seed = exec__mix((uint64_t)ss[0]->id ^ exec__mix((uint64_t)ss[0]->tokens));
+    for (int32_t i = 0; i < n; i++)
+        e->seqs[i] = ss[i]->seq;
+    h->prefill = NULL;
+    h->decode = exec__decode_hook;
+    h->ctx = c;
+    if (c->x.select != SINKD_SELECT_DENSE && (c->width = exec__width(c)) > 0) {
+        size_t off_bytes = ((size_t)c->n_lanes + 1) * 4;
+        size_t row_bytes = (size_t)ss[0]->geom.layers * c->n_lanes * c->width * 4;
+        if ((rc = eng_dev_reserve(e, ENG_SLOT_SEL_OFF, off_bytes)) < 0 ||
+            (rc = eng_dev_reserve(e, ENG_SLOT_SEL_PAGES, row_bytes)) < 0 ||
+            (rc = eng_host_reserve(e, ENG_SLOT_SEL_OFF, (size_t)c->n_lanes + 1)) < 0 ||
+            (c->x.host_select &&
+             (rc = eng_dev_reserve(e, ENG_SLOT_PSCORE, (size_t)c->n_lanes * c->width * 4)) < 0))
+            return rc;
+        int32_t *off = (int32_t *)e->hbuf[ENG_SLOT_SEL_OFF];
+        for (int32_t l = 0; l <= c->n_lanes; l++)
+            off[l] = l * c->width;
+        if ((rc = e->be->ops->h2d(e->be, e->dbuf[ENG_SLOT_SEL_OFF], off, off_bytes)) < 0)
+            return rc;
+    }
+    if (c->x.post || (c->x.select == SINKD_SELECT_TOKENS && c->width > 0))
+        return exec__prev(e);
+    return 0;
+}
+
+int eng_fwd_end(eng_fwd_ctx *c, int rc)
+{
+    int32_t due = c->pending;
+    int prc;
+
+    if (due < 0)
+        return rc;
+    c->pending = -1;
+    prc = exec__post(c, due);
+    return rc ? rc : prc;
+}

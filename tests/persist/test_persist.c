@@ -1,0 +1,554 @@
+/*
+ * The real sinkd (CPU backend, the tiny reference model) restarted over one
+ * state directory: a greedy generation cut by a restart continues with
+ * exactly the tokens an uninterrupted run produces (compared with a fresh
+ * session on the restarted daemon), also when SIGTERM lands in the middle
+ * of a generation; attach needs the id, the secret and the owner's uid;
+ * truncated, garbage and stale-model snapshots are refused with a log line
+ * and set aside while the daemon keeps serving; session.save and
+ * session.restore roll a session back and reopen it after a restart.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "sinkd_testd.h"
+
+#define MODEL SINKD_TEST_DATA "/sinkd-ref-tiny-f32.gguf"
+#define PROMPT "Once upon a time"
+#define MAXTOK 4096
+
+static char state[64];
+static char model_copy[128];
+
+static int rm(const char *p, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st, (void)type, (void)ftw;
+    return remove(p);
+}
+
+static void setup(void)
+{
+    snprintf(state, sizeof state, "/tmp/sinkd-persist-XXXXXX");
+    cr_assert(mkdtemp(state) != NULL);
+    model_copy[0] = '\0';
+}
+
+static void teardown(void)
+{
+    nftw(state, rm, 8, FTW_DEPTH | FTW_PHYS);
+    if (model_copy[0])
+        remove(model_copy);
+}
+
+TestSuite(persist, .init = setup, .fini = teardown);
+
+/* Start sinkd with [server] state_dir = state and model tiny at @model. */
+static void start(sinkd_testd *d, const char *model)
+{
+    char conf[512], arg[256];
+    const char *args[] = { "--model", arg, NULL };
+
+    snprintf(conf, sizeof conf,
+             "[server]\nsocket_mode = 0666\nstate_dir = %s/state\n[engine]\nbackend = cpu\n"
+             "threads = 1\nkv_pool_bytes = 16M\nkv_dtype = f32\n", state);
+    snprintf(arg, sizeof arg, "tiny=%s", model);
+    *d = (sinkd_testd)SINKD_TESTD_INIT;
+    cr_assert(sinkd_testd_start(d, conf, args) == 0, "sinkd did not start");
+}
+
+/* Stop cleanly and keep the daemon's log (caller frees). */
+static char *stop(sinkd_testd *d)
+{
+    char *log;
+
+    cr_assert_eq(sinkd_testd_stop(d), 0, "sinkd did not exit cleanly");
+    log = sinkd_testd_log(d);
+    cr_assert(log);
+    sinkd_testd_free(d);
+    return log;
+}
+
+static sinkd_client *conn(const sinkd_testd *d)
+{
+    sinkd_client *c;
+
+    cr_assert(sinkd_client_connect(d->socket_path, 10000, &c) == 0);
+    return c;
+}
+
+/* ---- requests ---------------------------------------------------------------- */
+
+typedef struct req {
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+} req;
+
+static void req_init(req *q, uint32_t n)
+{
+    msgpack_sbuffer_init(&q->sb);
+    msgpack_packer_init(&q->pk, &q->sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&q->pk, n);
+}
+
+typedef struct tokens {
+    atomic_int n;
+    int32_t t[MAXTOK];
+} tokens;
+
+static void on_event(void *arg, const char *ev, size_t len, const msgpack_object *m)
+{
+    tokens *tk = arg;
+    int64_t t;
+
+    if (tk && len == 5 && !memcmp(ev, "token", 5) && sinkd_map_i64(m, "token", &t) == 0) {
+        int i = atomic_load(&tk->n);
+        if (i < MAXTOK)
+            tk->t[i] = (int32_t)t;
+        atomic_store(&tk->n, i + 1);
+    }
+}
+
+static int call(sinkd_client *c, const char *op, req *q, sinkd_client_reply *rep, tokens *tk)
+{
+    sinkd_client_req r = SINKD_CLIENT_REQ_INIT;
+    int rc;
+
+    r.op = op;
+    r.fields = q->sb.data;
+    r.fields_len = q->sb.size;
+    r.on_event = on_event;
+    r.event_arg = tk;
+    r.timeout_ms = 120000;
+    rc = sinkd_client_request(c, &r, rep);
+    msgpack_sbuffer_destroy(&q->sb);
+    return rc;
+}
+
+static uint64_t rep_u64(const sinkd_client_reply *rep, const char *k)
+{
+    uint64_t v = 0;
+
+    cr_assert(sinkd_map_u64(rep->map, k, &v) == 0, "reply lacks %s", k);
+    return v;
+}
+
+typedef struct sess {
+    uint64_t id;
+    char secret[64];
+    uint64_t n_past;              /* after the prompt */
+} sess;
+
+/* Open a session of tiny (persist as asked, window policy so that long
+ * generations stay in a small pool) and append PROMPT. */
+static sess open_session(sinkd_client *c, bool persist)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    const char *s;
+    size_t n;
+    sess out;
+    req q;
+
+    req_init(&q, 4);
+    sinkd_pack_kv_str(&q.pk, "model", "tiny");
+    sinkd_pack_kv_bool(&q.pk, "persist", persist);
+    sinkd_pack_kv_str(&q.pk, "policy", "window");
+    sinkd_pack_kv_str(&q.pk, "params", "window=8");
+    cr_assert_eq(call(c, "session.open", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    out.id = rep_u64(&rep, "session");
+    cr_assert(sinkd_map_str(rep.map, "secret", &s, &n) == 0 && n == 32);
+    memcpy(out.secret, s, n);
+    out.secret[n] = '\0';
+    sinkd_client_reply_free(&rep);
+    req_init(&q, 2);
+    sinkd_pack_kv_u64(&q.pk, "session", out.id);
+    sinkd_pack_kv_str(&q.pk, "text", PROMPT);
+    cr_assert_eq(call(c, "session.append", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    out.n_past = rep_u64(&rep, "n_past");
+    sinkd_client_reply_free(&rep);
+    return out;
+}
+
+/* Greedy generation of @n tokens (no EOS stop) into @tk; returns the rc. */
+static int generate(sinkd_client *c, uint64_t s, int n, tokens *tk)
+{
+    req q;
+
+    atomic_store(&tk->n, 0);
+    req_init(&q, 3);
+    sinkd_pack_kv_u64(&q.pk, "session", s);
+    sinkd_pack_kv_u64(&q.pk, "max_tokens", (uint64_t)n);
+    sinkd_pack_kv_bool(&q.pk, "ignore_eos", true);
+    return call(c, "session.generate", &q, NULL, tk);
+}
+
+/* session.attach; the reply's n_past in *@n_past (may be NULL). */
+static int attach(sinkd_client *c, uint64_t s, const char *secret, uint64_t *n_past)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    req q;
+    int rc;
+
+    req_init(&q, 2);
+    sinkd_pack_kv_u64(&q.pk, "session", s);
+    sinkd_pack_kv_str(&q.pk, "secret", secret);
+    rc = call(c, "session.attach", &q, &rep, NULL);
+    if (rc == 0) {
+        cr_assert_eq(rep_u64(&rep, "session"), s);
+        cr_assert_eq(rep_u64(&rep, "n_vocab"), 260);
+        if (n_past)
+            *n_past = rep_u64(&rep, "n_past");
+    }
+    sinkd_client_reply_free(&rep);
+    return rc;
+}
+
+/* An uninterrupted run of @n tokens after PROMPT in a fresh session. */
+static void reference(sinkd_client *c, int n, tokens *ref)
+{
+    sess r = open_session(c, false);
+
+    cr_assert_eq(generate(c, r.id, n, ref), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(atomic_load(&ref->n), n);
+}
+
+/* As another uid (root only): attach with the right secret is not_found. */
+static void other_uid_cannot_attach(const sinkd_testd *d, const sess *s)
+{
+    pid_t pid;
+    int status;
+
+    if (geteuid() != 0)
+        return;
+    pid = fork();
+    if (pid == 0) {
+        sinkd_client *o;
+        if (setgid(65534) || setuid(65534) || sinkd_client_connect(d->socket_path, 5000, &o))
+            _exit(2);
+        _exit(attach(o, s->id, s->secret, NULL) == SINKD_ERR_NOT_FOUND ? 0 : 1);
+    }
+    cr_assert(waitpid(pid, &status, 0) == pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "other uid: child status %d",
+              status);
+}
+
+static bool exists(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static bool exists(const char *fmt, ...)
+{
+    char p[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(p, sizeof p, fmt, ap);
+    va_end(ap);
+    return access(p, F_OK) == 0;
+}
+
+/* ---- tests -------------------------------------------------------------------- */
+
+#define N1 12
+#define N2 12
+
+Test(persist, restart_continues_greedy_generation, .timeout = 200)
+{
+    static tokens t1, t2, ref;
+    sinkd_testd d;
+    sinkd_client *c;
+    uint64_t n_past;
+    char *log;
+    sess s;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    s = open_session(c, true);
+    cr_assert_eq(generate(c, s.id, N1, &t1), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(atomic_load(&t1.n), N1);
+    /* a persistent session outlives its connection */
+    sinkd_client_close(c);
+    log = stop(&d);
+    cr_assert(strstr(log, "1 session(s) saved"), "no save logged:\n%s", log);
+    free(log);
+    cr_assert(exists("%s/state/sessions/%llu.snap", state, (unsigned long long)s.id));
+
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, "00000000000000000000000000000000", NULL), SINKD_ERR_NOT_FOUND);
+    cr_assert_eq(attach(c, s.id + 1, s.secret, NULL), SINKD_ERR_NOT_FOUND);
+    other_uid_cannot_attach(&d, &s);
+    cr_assert_eq(attach(c, s.id, s.secret, &n_past), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(n_past, s.n_past + N1, "the conversation is prompt + %d tokens", N1);
+    /* the lanes were evicted before the save: positions with holes came back */
+    {
+        sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+        req q;
+        req_init(&q, 1);
+        sinkd_pack_kv_u64(&q.pk, "session", s.id);
+        cr_assert_eq(call(c, "session.stats", &q, &rep, NULL), 0);
+        cr_assert_gt(rep_u64(&rep, "evictions"), 0);
+        sinkd_client_reply_free(&rep);
+    }
+    cr_assert_eq(generate(c, s.id, N2, &t2), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(atomic_load(&t2.n), N2);
+    reference(c, N1 + N2, &ref);
+    for (int i = 0; i < N1 + N2; i++) {
+        int32_t got = i < N1 ? t1.t[i] : t2.t[i - N1];
+        cr_assert_eq(got, ref.t[i], "token %d: %d after the restart, %d uninterrupted", i, got,
+                     ref.t[i]);
+    }
+    sinkd_client_close(c);
+    log = stop(&d);
+    free(log);
+}
+
+/* The generating thread of the interrupted test. */
+typedef struct gen_arg {
+    sinkd_client *c;
+    uint64_t s;
+    tokens *tk;
+} gen_arg;
+
+static void *gen_thread(void *p)
+{
+    gen_arg *a = p;
+
+    generate(a->c, a->s, 1 << 20, a->tk);
+    return NULL;
+}
+
+Test(persist, sigterm_mid_generation_continues_exactly, .timeout = 200)
+{
+    static tokens got, t2, ref;
+    sinkd_testd d;
+    sinkd_client *c;
+    pthread_t thr;
+    uint64_t n_past;
+    int k, k_all;
+    char *log;
+    sess s;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    s = open_session(c, true);
+    gen_arg a = { c, s.id, &got };
+    cr_assert_eq(pthread_create(&thr, NULL, gen_thread, &a), 0);
+    while (atomic_load(&got.n) < 8)
+        usleep(1000);
+    /* SIGTERM while tokens stream; our hang-up lets the stop go at once */
+    kill(d.pid, SIGTERM);
+    shutdown(sinkd_client_fd(c), SHUT_RDWR);
+    pthread_join(thr, NULL);
+    sinkd_client_close(c);
+    k = atomic_load(&got.n);
+    /* one SIGTERM only: the stop is under way */
+    cr_assert_eq(sinkd_testd_wait(&d, 60000), 0, "sinkd did not exit cleanly");
+    log = sinkd_testd_log(&d);
+    cr_assert(log);
+    sinkd_testd_free(&d);
+    cr_assert(strstr(log, "1 session(s) saved"), "no save logged:\n%s", log);
+    free(log);
+
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, s.secret, &n_past), 0, "%s", sinkd_client_errmsg(c));
+    /* every token sent is in the conversation, received or not */
+    k_all = (int)(n_past - s.n_past);
+    cr_assert(k_all >= k && k_all + N2 <= MAXTOK, "%d tokens generated, %d received", k_all, k);
+    cr_assert_eq(generate(c, s.id, N2, &t2), 0, "%s", sinkd_client_errmsg(c));
+    reference(c, k_all + N2, &ref);
+    for (int i = 0; i < k; i++)
+        cr_assert_eq(got.t[i], ref.t[i], "token %d before the stop", i);
+    for (int i = 0; i < N2; i++)
+        cr_assert_eq(t2.t[i], ref.t[k_all + i], "token %d after the restart (%d before)", i,
+                     k_all);
+    sinkd_client_close(c);
+    free(stop(&d));
+}
+
+/* Generate 3 tokens in a persistent session and stop: its snapshot is left
+ * in state/sessions. */
+static sess saved_session(const char *model)
+{
+    static tokens tk;
+    sinkd_testd d;
+    sinkd_client *c;
+    sess s;
+
+    start(&d, model);
+    c = conn(&d);
+    s = open_session(c, true);
+    cr_assert_eq(generate(c, s.id, 3, &tk), 0);
+    sinkd_client_close(c);
+    free(stop(&d));
+    return s;
+}
+
+/* The daemon answers and generates. */
+static void serves(const sinkd_testd *d)
+{
+    static tokens tk;
+    sinkd_client *c = conn(d);
+    sess s = open_session(c, false);
+
+    cr_assert_eq(generate(c, s.id, 2, &tk), 0, "%s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+}
+
+Test(persist, corrupt_snapshots_refused_daemon_serves, .timeout = 200)
+{
+    sinkd_testd d;
+    sinkd_client *c;
+    char p[256];
+    struct stat st;
+    char *log;
+    FILE *f;
+    sess s = saved_session(MODEL);
+
+    /* cut the real snapshot in half; plant garbage beside it */
+    snprintf(p, sizeof p, "%s/state/sessions/%llu.snap", state, (unsigned long long)s.id);
+    cr_assert(stat(p, &st) == 0);
+    cr_assert(truncate(p, st.st_size / 2) == 0);
+    snprintf(p, sizeof p, "%s/state/sessions/999.snap", state);
+    cr_assert((f = fopen(p, "w")) != NULL);
+    fputs("not a snapshot", f);
+    fclose(f);
+    chmod(p, 0600);
+
+    start(&d, MODEL);
+    serves(&d);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, s.secret, NULL), SINKD_ERR_NOT_FOUND);
+    sinkd_client_close(c);
+    log = stop(&d);
+    cr_assert(strstr(log, "<4>persist:") && strstr(log, "truncated"), "%s", log);
+    cr_assert(strstr(log, "bad magic"), "%s", log);
+    free(log);
+    /* set aside, never deleted */
+    cr_assert(exists("%s/state/sessions/%llu.snap.bad", state, (unsigned long long)s.id));
+    cr_assert(exists("%s/state/sessions/999.snap.bad", state));
+    cr_assert(!exists("%s/state/sessions/%llu.snap", state, (unsigned long long)s.id));
+}
+
+Test(persist, changed_model_refused, .timeout = 200)
+{
+    sinkd_testd d;
+    char *log;
+    FILE *in, *out;
+    char buf[65536];
+    size_t n;
+    long size;
+
+    snprintf(model_copy, sizeof model_copy, "%s/tiny.gguf", state);
+    cr_assert((in = fopen(MODEL, "rb")) && (out = fopen(model_copy, "wb")));
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        cr_assert(fwrite(buf, 1, n, out) == n);
+    fclose(in);
+    fclose(out);
+    sess s = saved_session(model_copy);
+    /* the low byte of a weight near the end: the model still loads */
+    cr_assert((out = fopen(model_copy, "r+b")));
+    fseek(out, 0, SEEK_END);
+    size = ftell(out);
+    fseek(out, size - 64, SEEK_SET);
+    int ch = fgetc(out);
+    fseek(out, size - 64, SEEK_SET);
+    fputc(ch ^ 1, out);
+    fclose(out);
+
+    start(&d, model_copy);
+    serves(&d);
+    log = stop(&d);
+    cr_assert(strstr(log, "model 'tiny' changed"), "%s", log);
+    free(log);
+    cr_assert(exists("%s/state/sessions/%llu.snap.bad", state, (unsigned long long)s.id));
+}
+
+static int restore(sinkd_client *c, const char *key, uint64_t s, const char *path,
+                   uint64_t *n_past)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    req q;
+    int rc;
+
+    req_init(&q, 1);
+    if (path)
+        sinkd_pack_kv_str(&q.pk, key, path);
+    else
+        sinkd_pack_kv_u64(&q.pk, key, s);
+    rc = call(c, "session.restore", &q, &rep, NULL);
+    if (rc == 0 && n_past)
+        *n_past = rep_u64(&rep, "n_past");
+    sinkd_client_reply_free(&rep);
+    return rc;
+}
+
+static void same_tokens(const tokens *a, const tokens *b, const char *what)
+{
+    cr_assert_eq(atomic_load(&a->n), atomic_load(&b->n), "%s: counts", what);
+    for (int i = 0; i < atomic_load(&a->n); i++)
+        cr_assert_eq(a->t[i], b->t[i], "%s: token %d", what, i);
+}
+
+Test(persist, save_and_restore_roll_back, .timeout = 200)
+{
+    static tokens t, a, b, r;
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    char path[512], want[512];
+    sinkd_testd d;
+    sinkd_client *c;
+    uint64_t n_past;
+    const char *p;
+    size_t pl;
+    req q;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    sess s = open_session(c, false);
+    cr_assert_eq(generate(c, s.id, 4, &t), 0);
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", s.id);
+    cr_assert_eq(call(c, "session.save", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert(sinkd_map_str(rep.map, "path", &p, &pl) == 0 && pl < sizeof path);
+    memcpy(path, p, pl);
+    path[pl] = '\0';
+    sinkd_client_reply_free(&rep);
+    snprintf(want, sizeof want, "%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id);
+    cr_assert_str_eq(path, want);
+    cr_assert_eq(generate(c, s.id, 5, &a), 0);
+    /* roll back to the snapshot: the same 5 tokens come again */
+    cr_assert_eq(restore(c, "session", s.id, NULL, &n_past), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(n_past, s.n_past + 4);
+    cr_assert_eq(generate(c, s.id, 5, &b), 0);
+    same_tokens(&a, &b, "after a rollback");
+    cr_assert_eq(restore(c, "path", 0, path, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(restore(c, "path", 0, "/etc/passwd", NULL), SINKD_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(restore(c, "session", s.id + 100, NULL, NULL), SINKD_ERR_NOT_FOUND);
+    sinkd_client_close(c);
+    free(stop(&d));
+
+    /* a restart: the snapshot reopens the (non-persistent) session */
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, s.secret, NULL), SINKD_ERR_NOT_FOUND);
+    cr_assert_eq(restore(c, "session", s.id, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(generate(c, s.id, 5, &r), 0, "%s", sinkd_client_errmsg(c));
+    same_tokens(&a, &r, "after a restart");
+    /* a new session does not take the saved id */
+    sess n = open_session(c, false);
+    cr_assert_gt(n.id, s.id);
+    sinkd_client_close(c);
+    free(stop(&d));
+}
