@@ -180,6 +180,15 @@ def gguf_tensors(model, arch, heads, kv_heads, tied):
     return out
 
 
+def rope_theta(cfg):
+    """The RoPE base of a config: newer transformers keep it in
+    rope_parameters instead of a rope_theta attribute."""
+    theta = getattr(cfg, "rope_theta", None)
+    if theta is None:
+        theta = cfg.rope_parameters["rope_theta"]
+    return float(theta)
+
+
 def gguf_meta(name, arch, cfg):
     p = arch + "."
     return [("general.architecture", GGUF_STRING, arch),
@@ -192,7 +201,7 @@ def gguf_meta(name, arch, cfg):
             (p + "attention.head_count", GGUF_UINT32, cfg.num_attention_heads),
             (p + "attention.head_count_kv", GGUF_UINT32, cfg.num_key_value_heads),
             (p + "rope.dimension_count", GGUF_UINT32, cfg.hidden_size // cfg.num_attention_heads),
-            (p + "rope.freq_base", GGUF_FLOAT32, float(cfg.rope_theta)),
+            (p + "rope.freq_base", GGUF_FLOAT32, rope_theta(cfg)),
             (p + "attention.layer_norm_rms_epsilon", GGUF_FLOAT32, float(cfg.rms_norm_eps))]
 
 

@@ -1,0 +1,43 @@
+#!/bin/bash
+# On a machine with an NVIDIA GPU and the CUDA toolkit: build with the CUDA
+# backend, run the GPU tests (every CUDA op against its CPU twin; the model
+# forward against Hugging Face transformers when PyTorch and transformers are
+# installed), then the GPU benchmarks. Each part runs even if an earlier one
+# failed; the exit status says whether all passed.
+#   scripts/gpu-check.sh [BUILD_DIR] [PART...]   parts: tests hf e2e attention policy quality
+# Logs and JSON go to $OUT if set, else /tmp/sinkd-gpu.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-gpu}
+shift || true
+parts=${*:-tests hf e2e}
+out=${OUT:-/tmp/sinkd-gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSINKD_CUDA=ON >"$out/cmake.log" 2>&1 &&
+    cmake --build "$build" -j "$(nproc)" >>"$out/cmake.log" 2>&1 ||
+    { tail -40 "$out/cmake.log"; echo "gpu-check: build failed"; exit 1; }
+
+status=()
+part() { # NAME COMMAND...: run one part, keep its log, record the outcome
+    local name=$1; shift
+    echo "=== $name: $*"
+    if "$@" 2>&1 | tee "$out/$name.log"; then status+=("$name ok"); else status+=("$name FAILED"); fi
+}
+for p in $parts; do
+    case $p in
+    tests) part tests ctest --test-dir "$build" -L gpu --output-on-failure ;;
+    hf) part hf tests/gpu/model_hf_run.sh "$build" ;;
+    e2e) part e2e env OUT="$out" bash bench/e2e/run.sh "$build" ;;
+    attention) part attention bash bench/attention/run.sh "$build" "$out" ;;
+    policy) part policy bash bench/policy/run.sh "$build" "$out" ;;
+    quality) part quality bash bench/quality/run.sh --build "$build" --out "$out" ;;
+    *) echo "gpu-check: unknown part $p"; status+=("$p unknown") ;;
+    esac
+done
+echo "=== gpu-check summary"
+printf '  %s\n' "${status[@]}"
+case "${status[*]}" in *FAILED*|*unknown*) exit 1 ;; esac
