@@ -36,6 +36,11 @@ $ctl status
 $ctl ping -c 3
 if $ctl help run >/dev/null 2>&1; then
     $ctl run --model tiny -n 120 "${1:-In the beginning God created}"
+    echo
+    # the same prompt with a bounded cache: StreamingLLM's sinks + window
+    $ctl run --model tiny --policy streaming sinks=4 window=60 -n 120 \
+        "${1:-In the beginning God created}"
+    echo
 fi
 echo "--- sinkd log ---"
 cat "$dir/sinkd.log"

@@ -147,6 +147,11 @@ static int gguf__value(cur *c, uint32_t t, sinkd_gguf_value *v, int depth, const
         v->count = n;
         v->data = c->p;
         if (et != SINKD_GGUF_STRING && et != SINKD_GGUF_ARRAY) {
+            /* bool elements are held to what a bool scalar is held to */
+            for (uint64_t i = 0; et == SINKD_GGUF_BOOL && i < n; i++)
+                if (c->p[i] > 1)
+                    return gguf__fail(c, -EINVAL, "gguf: key '%s': bool element %llu is %u",
+                                      key, (unsigned long long)i, c->p[i]);
             c->p += n * min; /* bounded just above */
         } else {
             for (uint64_t i = 0; i < n; i++) {
