@@ -4,7 +4,9 @@
 # forward against Hugging Face transformers when PyTorch and transformers are
 # installed), then the GPU benchmarks. Each part runs even if an earlier one
 # failed; the exit status says whether all passed.
-#   scripts/gpu-check.sh [BUILD_DIR] [PART...]   parts: tests hf e2e attention policy quality
+#   scripts/gpu-check.sh [BUILD_DIR] [PART...]
+# parts: tests hf e2e attention policy quality (tests also checks the small
+# reference model against its golden file when SINKD_REF_SMALL names it)
 # Logs and JSON go to $OUT if set, else /tmp/sinkd-gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,9 @@ part() { # NAME COMMAND...: run one part, keep its log, record the outcome
 }
 for p in $parts; do
     case $p in
-    tests) part tests ctest --test-dir "$build" -L gpu --output-on-failure ;;
+    tests) part tests ctest --test-dir "$build" -L gpu --output-on-failure
+        [ -n "${SINKD_REF_SMALL:-}" ] &&
+            part golden-small "$build/tests/model/test_model" --filter 'model/golden_small*' --verbose ;;
     hf) part hf tests/gpu/model_hf_run.sh "$build" ;;
     e2e) part e2e env OUT="$out" bash bench/e2e/run.sh "$build" ;;
     attention) part attention bash bench/attention/run.sh "$build" "$out" ;;

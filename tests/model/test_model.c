@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "golden.h"
@@ -30,12 +31,13 @@ typedef struct rig {
     int32_t V;
 } rig;
 
-static void rig_open(rig *r, int32_t max_tokens, int32_t weight_dtype, uint8_t kv_dtype)
+static void rig_open_file(rig *r, const char *path, int32_t max_tokens, int32_t weight_dtype,
+                          uint8_t kv_dtype)
 {
     char err[256] = "";
     memset(r, 0, sizeof *r);
     cr_assert_eq(sinkd_backend_open("cpu", 2, &r->be), 0);
-    cr_assert_eq(sinkd_gguf_open(TINY, &r->g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_gguf_open(path, &r->g, err, sizeof err), 0, "%s", err);
     sinkd_model_config mc = SINKD_MODEL_CONFIG_INIT;
     mc.max_tokens = max_tokens;
     mc.weight_dtype = weight_dtype;
@@ -43,10 +45,15 @@ static void rig_open(rig *r, int32_t max_tokens, int32_t weight_dtype, uint8_t k
     sinkd_kv_config kc = SINKD_KV_CONFIG_INIT;
     kc.pool_bytes = 32u << 20;
     kc.page_tokens = 16;
-    kc.head_dim_max = 32;
+    kc.head_dim_max = sinkd_model_hparams_get(r->m)->head_dim;
     kc.dtype = kv_dtype;
     cr_assert_eq(sinkd_kv_open(r->be, &kc, &r->kv), 0);
     r->V = sinkd_model_hparams_get(r->m)->n_vocab;
+}
+
+static void rig_open(rig *r, int32_t max_tokens, int32_t weight_dtype, uint8_t kv_dtype)
+{
+    rig_open_file(r, TINY, max_tokens, weight_dtype, kv_dtype);
 }
 
 static void rig_close(rig *r)
@@ -152,6 +159,29 @@ Test(model, golden_tiny_f32)
     /* the margins allow most of the 3 x 48 steps; make sure we did compare */
     cr_assert_geq(compared, 60, "only %zu greedy steps compared", compared);
     cr_log_info("golden-tiny: max |dlogit| %g, %zu greedy steps equal", worst, compared);
+    golden_free(&gd);
+    rig_close(&r);
+}
+
+/* The small reference model (F16 weights, 25 MB) is not kept in the
+ * repository: point SINKD_REF_SMALL at sinkd-ref-small-f16.gguf to run this.
+ * Its golden logits come from a float64 forward over the f16 weights as
+ * stored, so an f32 forward over the same weights meets the same tolerance. */
+Test(model, golden_small_f16_weights)
+{
+    const char *path = getenv("SINKD_REF_SMALL");
+    if (path == NULL || access(path, R_OK) != 0)
+        cr_skip_test("SINKD_REF_SMALL does not name a readable sinkd-ref-small-f16.gguf");
+    rig r;
+    rig_open_file(&r, path, 64, -1, SINKD_F32);
+    golden gd;
+    cr_assert_eq(golden_load(SINKD_TEST_DATA "/golden-small.txt", &gd), 0);
+    float worst = 0;
+    size_t compared = 0;
+    for (size_t c = 0; c < gd.n_cases; c++)
+        compared += check_case(&r, &gd.cases[c], LOGIT_TOL, &worst);
+    cr_assert_geq(compared, 60, "only %zu greedy steps compared", compared);
+    cr_log_info("golden-small: max |dlogit| %g, %zu greedy steps equal", worst, compared);
     golden_free(&gd);
     rig_close(&r);
 }
