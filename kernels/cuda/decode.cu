@@ -9,12 +9,14 @@
  * FINAL log-sum-exp, written into pool->score (WRITE, ADD or DECAY).
  *
  * Shapes: q, out [n_seqs][n_q][D] f32; K, V rows of D in F16/BF16 in pages.
- * Bytes: 2*D*esize per key (+ 8*G per key with scores: logits stored in
- * pass 1 by pool slot, read in pass 3), FLOPs ~4*G*D per key: memory bound at any G<=16.
+ * Bytes: 2*D*esize per key (+ 8*G per key with scores: logits stored by
+ * pool slot and read back once the lse is known), FLOPs ~4*G*D per key:
+ * memory bound at any G<=16.
  *
  * v2 (decode_mma_kernel, head_dim 64/128, pages of a multiple of 16 tokens,
- * 16-byte aligned pool): tensor cores, cp.async rings; described below, and
- * measured in bench/attention/NOTES.md. Everything else runs v1.
+ * 16-byte aligned pool): tensor cores, cp.async rings, splits merged
+ * inside the one launch; described below, and measured in
+ * bench/attention/NOTES.md. Everything else runs v1.
  *
  * v1: split-KV. Grid (S splits, lanes, head chunks of <= 4).
  * A warp owns chunks of keys; P2 threads read one key row with 16-byte loads
@@ -33,6 +35,7 @@
 #define DEC_HG 4        /* query heads per block */
 #define DEC_NP 4        /* keys per thread loaded before use */
 #define DEC_LOG2E 1.4426950408889634f
+#define DEC_CNT_BYTES (65536 * 4) /* split counters: one int per lane (<= 65535) */
 
 struct dec_params {
     sinkd_kv_pool pool;
@@ -47,9 +50,13 @@ struct dec_params {
     float *part_acc;         /* [lane][S][G][D] */
     float *part_ml;          /* [lane][S][G][2] */
     float *lse;              /* [lane][G] log2 domain */
-    float *logits;           /* [pool slot][G] or NULL */
+    float *logits;           /* [pool slot][G] (v1) or logit_tiled (v2), or NULL */
     int64_t logits_cap;      /* keys the logits buffer holds */
+    int logits_tiled;
     int n_split;
+    int *split_cnt;          /* [lane] blocks done, zero between calls (v2) */
+    int score_op;
+    float score_decay;
 };
 
 /* The lane's attended list: n list pages, list base (for the logits index),
@@ -301,19 +308,88 @@ decode_kernel(dec_params P)
 
 /* ---- v2: tensor cores ---------------------------------------------------- */
 
+/* Index of the logit of key @slot, head @h in the tiled layout of v2: per
+ * tile of 16 slots (slot & ~15) 16 rows of 16 floats, row h holding the
+ * keys in the order thread t4 = (k % 8) / 2 of the mma C fragment keeps
+ * them: (2t4, 2t4 + 1, 8 + 2t4, 9 + 2t4). One 16-byte store per thread. */
+static __device__ __forceinline__ int64_t logit_tiled(int64_t slot, int h, int G)
+{
+    int k = (int)(slot & 15);
+    return (slot & ~(int64_t)15) * G + h * 16 + (k % 8 / 2) * 4 + (k / 8) * 2 + (k & 1);
+}
+
+/* v2's split merge, by the last block of lane @l to finish: the splits'
+ * weights exp2(m_s - M) per head first go to shared memory @sw
+ * (2 * S * G + 16 floats; one round of parallel loads), then each thread
+ * sums 4 consecutive elements of a head over the splits with 16-byte
+ * loads, 8 splits in flight. Loads bypass L1: other blocks of this launch
+ * wrote the partials. */
+static __device__ void merge_lane(const dec_params &P, int l, float *sw)
+{
+    const int G = P.group, S = P.n_split, D = P.d, seq = l / P.n_kv;
+    float *sl = sw + 2 * S * G; /* per head: the total L */
+    const float2 *ml = reinterpret_cast<const float2 *>(P.part_ml) + (size_t)l * S * G;
+    for (int i = threadIdx.x; i < S * G; i += blockDim.x) {
+        float2 v = __ldcg(ml + i);
+        sw[i] = v.x;
+        sw[S * G + i] = v.y;
+    }
+    __syncthreads();
+    if (threadIdx.x < G) {
+        int h = threadIdx.x;
+        float m = -INFINITY, lsum = 0.0f;
+        for (int s = 0; s < S; s++)
+            m = fmaxf(m, sw[s * G + h]);
+        for (int s = 0; s < S; s++) {
+            float f = m == -INFINITY ? 0.0f : exp2f(sw[s * G + h] - m);
+            lsum += sw[S * G + s * G + h] * f;
+            sw[s * G + h] = f;
+        }
+        sl[h] = lsum;
+        if (P.lse)
+            P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+    }
+    __syncthreads();
+    const float4 *acc = reinterpret_cast<const float4 *>(P.part_acc) + (size_t)l * S * G * (D / 4);
+    for (int it = threadIdx.x; it < G * D / 4; it += blockDim.x) {
+        int h = it / (D / 4);
+        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
+        for (int s = 0; s < S; s++) {
+            float4 v = __ldcg(acc + (size_t)s * G * (D / 4) + it);
+            float f = sw[s * G + h];
+            a[0] += v.x * f;
+            a[1] += v.y * f;
+            a[2] += v.z * f;
+            a[3] += v.w * f;
+        }
+        float lsum = sl[h];
+        float *o = P.out + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G) * D + (size_t)it * 4;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            o[i] = lsum > 0.0f ? a[i] / lsum : 0.0f;
+    }
+}
+
 /*
  * One block per (split, lane) holds all G <= 16 query heads of the lane as
  * the 16 rows of an m16n8k16 A operand (rows >= G are zero). Work comes in
  * tiles of 16 keys (page_tokens a multiple of 16); warp w of the block takes
  * the split's tiles w, w + W, ... and streams each tile's K, V (and stored
  * positions) with cp.async into its own DV2_STAGES-deep shared-memory ring,
- * rows the lane does not hold zero filled. Per tile a warp:
+ * rows the lane does not hold zero filled. The first
+ * tiles are requested before the query is staged, so their latency overlaps
+ * the query's rotation (one exact sin/cos per pair, shared by the heads).
+ * Per tile a warp:
  *   ldmatrix K, rotate it in registers (f32, fast sincos), round, and
  *   S[16 x 16] = Q K^T in 2 * D/16 mma; mask; online softmax per row;
  *   O[16 x D] += P V with P straight from the S accumulators and V by
  *   ldmatrix.trans, D/8 mma.
- * Warps merge through shared memory, splits through decode_merge_kernel, as
- * in v1 (same workspace layout, same score pass).
+ * Warps merge through shared memory. With splits, each block writes its
+ * partial (acc, m, l) and the last block of the lane to finish (a counter
+ * per lane, left at zero again) merges them: no second launch.
+ * Scores: the logits go out as one 16-byte store per thread and tile
+ * (logit_tiled), read by decode_score_kernel once the lse is known.
  */
 #define DV2_WARPS 4
 #define DV2_STAGES 3
@@ -325,9 +401,10 @@ struct dv2_shape {
     static constexpr int STAGE = 2 * KV + 64;           /* K, V, 16 positions */
     static constexpr int Q = 16 * RS * (int)sizeof(T);
     static constexpr int META = DV2_WARPS * DV2_STAGES * 16;
+    static constexpr int ANG = D / 2 * 8;               /* query (cos, sin) per pair */
     static constexpr int RING = DV2_WARPS * DV2_STAGES * STAGE;
     static constexpr int MERGE = DV2_WARPS * 16 * (D + 2) * 4;
-    static constexpr int SMEM = Q + META + (RING > MERGE ? RING : MERGE);
+    static constexpr int SMEM = Q + META + ANG + (RING > MERGE ? RING : MERGE);
 };
 
 /* Rotate two adjacent elements (one rotary pair) packed in @r. */
@@ -361,7 +438,8 @@ decode_mma_kernel(dec_params P)
     extern __shared__ __align__(16) unsigned char dv2_smem[];
     T *sQ = reinterpret_cast<T *>(dv2_smem);
     int4 *smeta = reinterpret_cast<int4 *>(dv2_smem + SH::Q);
-    unsigned char *ring = dv2_smem + SH::Q + SH::META;
+    float2 *sang = reinterpret_cast<float2 *>(dv2_smem + SH::Q + SH::META);
+    unsigned char *ring = dv2_smem + SH::Q + SH::META + SH::ANG;
 
     const int split = blockIdx.x, l = blockIdx.y;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -380,33 +458,6 @@ decode_mma_kernel(dec_params P)
     const int tps = (ntile + P.n_split - 1) / P.n_split;
     const int ub = min(ntile, split * tps), ue = min(ntile, ub + tps);
     const int nk = ue - ub > warp ? (ue - ub - warp + W - 1) / W : 0;
-
-    /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
-    const int qp = cache ? len - 1 : P.q_pos[seq];
-    for (int it = threadIdx.x; it < 16 * D / 2; it += blockDim.x) {
-        int h = it / (D / 2), i = it % (D / 2);
-        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
-        float y0 = 0.0f, y1 = 0.0f;
-        if (h < G) {
-            const float *qr = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D;
-            float s, c;
-            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
-            y0 = (qr[e0] * c - qr[e1] * s) * P.qscale;
-            y1 = (qr[e0] * s + qr[e1] * c) * P.qscale;
-        }
-        sQ[h * RS + e0] = kv_traits<T>::from_f(y0);
-        sQ[h * RS + e1] = kv_traits<T>::from_f(y1);
-    }
-
-    /* Inverse frequencies of the pairs this thread rotates (see the tile
-     * loop): ADJACENT f = 2*kstep + half, NEOX f = 4*kstep + 2*half + b. */
-    float inv[D / 8];
-#pragma unroll
-    for (int f = 0; f < D / 8; f++) {
-        int pair = neox ? 16 * (f / 4) + 8 * ((f / 2) % 2) + 2 * t4 + f % 2
-                        : 8 * (f / 2) + 4 * (f % 2) + t4;
-        inv[f] = rope_inv_freq(P.rope.theta, P.rope.scale, pair, D);
-    }
 
     /* Tile metadata, 32 tiles at a time: lane r holds ordinal kb + r's page,
      * first lane token and valid rows (0: nothing to read). */
@@ -459,6 +510,38 @@ decode_mma_kernel(dec_params P)
 #pragma unroll
     for (int k = 0; k < NST - 1; k++)
         issue(k);
+
+    /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
+    const int qp = cache ? len - 1 : P.q_pos[seq];
+    for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
+        float s, c;
+        rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
+        sang[i] = make_float2(c, s);
+    }
+    __syncthreads();
+    for (int it = threadIdx.x; it < 16 * D / 2; it += blockDim.x) {
+        int h = it / (D / 2), i = it % (D / 2);
+        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
+        float y0 = 0.0f, y1 = 0.0f;
+        if (h < G) {
+            const float *qr = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D;
+            float2 cs = sang[i];
+            y0 = (qr[e0] * cs.x - qr[e1] * cs.y) * P.qscale;
+            y1 = (qr[e0] * cs.y + qr[e1] * cs.x) * P.qscale;
+        }
+        sQ[h * RS + e0] = kv_traits<T>::from_f(y0);
+        sQ[h * RS + e1] = kv_traits<T>::from_f(y1);
+    }
+
+    /* Inverse frequencies of the pairs this thread rotates (see the tile
+     * loop): ADJACENT f = 2*kstep + half, NEOX f = 4*kstep + 2*half + b. */
+    float inv[D / 8];
+#pragma unroll
+    for (int f = 0; f < D / 8; f++) {
+        int pair = neox ? 16 * (f / 4) + 8 * ((f / 2) % 2) + 2 * t4 + f % 2
+                        : 8 * (f / 2) + 4 * (f % 2) + t4;
+        inv[f] = rope_inv_freq(P.rope.theta, P.rope.scale, pair, D);
+    }
 
     __syncthreads(); /* sQ complete */
     uint32_t qa[D / 16][4];
@@ -515,18 +598,22 @@ decode_mma_kernel(dec_params P)
                 mma_op<T>::run(s[1], qa[kh + KH], hi[2], hi[3]);
             }
 
-            /* Mask rows past the lane; store logits for the score pass. */
-            const int64_t idx0 = (int64_t)mt.z * pt + mt.x % pt; /* slot of row 0 */
+            /* Mask rows past the lane; logits of rows < G for the scores. */
 #pragma unroll
             for (int j = 0; j < 2; j++)
 #pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    int kt = j * 8 + 2 * t4 + (c & 1), row = g + (c >> 1) * 8;
-                    if (kt >= mt.y)
+                for (int c = 0; c < 4; c++)
+                    if (j * 8 + 2 * t4 + (c & 1) >= mt.y)
                         s[j][c] = -INFINITY;
-                    else if (P.logits && row < G && idx0 + kt < P.logits_cap)
-                        P.logits[(idx0 + kt) * G + row] = s[j][c];
-                }
+            if (P.logits) {
+                float *lt = P.logits + ((int64_t)mt.z * pt + mt.x % pt) * G; /* the tile's block */
+                if (g < G)
+                    *reinterpret_cast<float4 *>(lt + g * 16 + t4 * 4) =
+                        make_float4(s[0][0], s[0][1], s[1][0], s[1][1]);
+                if (g + 8 < G)
+                    *reinterpret_cast<float4 *>(lt + (g + 8) * 16 + t4 * 4) =
+                        make_float4(s[0][2], s[0][3], s[1][2], s[1][3]);
+            }
 
             online_softmax(s, o, mrow, lrow);
             uint32_t pa[4];
@@ -600,9 +687,27 @@ decode_mma_kernel(dec_params P)
             }
         }
     }
+
+    if (P.n_split > 1) {
+        /* Publish the partial; the lane's last block merges. */
+        int *s_last = reinterpret_cast<int *>(smeta);
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int last = atomicAdd(P.split_cnt + l, 1) == P.n_split - 1;
+            if (last)
+                P.split_cnt[l] = 0; /* every block of the lane has counted */
+            *s_last = last;
+        }
+        __syncthreads();
+        if (*s_last) { /* block-uniform */
+            __threadfence();
+            merge_lane(P, l, s_o);
+        }
+    }
 }
 
-/* One block per (lane, head of the group), one thread per element. */
+/* One block per (lane, head of the group), one thread per element (v1). */
 __global__ void decode_merge_kernel(dec_params P)
 {
     int l = blockIdx.x, gh = blockIdx.y, G = P.group, S = P.n_split;
@@ -631,7 +736,7 @@ __global__ void decode_merge_kernel(dec_params P)
 }
 
 /* Grid-stride over the lane's attended keys: p = sum_h exp2(s - lse). */
-__global__ void decode_score_kernel(dec_params P, int op, float decay)
+__global__ void decode_score_kernel(dec_params P)
 {
     int l = blockIdx.y, pt = P.pool.page_tokens, G = P.group;
     int len = P.ln.len[l];
@@ -647,16 +752,18 @@ __global__ void decode_score_kernel(dec_params P, int op, float decay)
         int64_t idx = (int64_t)pg * pt + i;
         if (pg < 0 || pg >= P.pool.n_pages || idx >= P.logits_cap)
             continue;
+        const float *lg = P.logits + (P.logits_tiled ? logit_tiled(idx, 0, G) : idx * G);
+        const int hs = P.logits_tiled ? 16 : 1;
         float p = 0.0f;
         for (int h = 0; h < G; h++)
-            p += exp2f(P.logits[idx * G + h] - P.lse[(size_t)l * G + h]);
-        float *sc = P.pool.score + (int64_t)pg * pt + i;
-        if (op == SINKD_SCORE_WRITE)
+            p += exp2f(lg[h * hs] - P.lse[(size_t)l * G + h]);
+        float *sc = P.pool.score + idx;
+        if (P.score_op == SINKD_SCORE_WRITE)
             *sc = p;
-        else if (op == SINKD_SCORE_ADD)
+        else if (P.score_op == SINKD_SCORE_ADD)
             *sc += p;
         else
-            *sc = decay * *sc + p;
+            *sc = P.score_decay * *sc + p;
     }
 }
 
@@ -708,6 +815,28 @@ static int decode_mma_dispatch(sinkd_cuda *c, const dec_params &P, dim3 grid, ui
                      : decode_mma_launch<__nv_bfloat16, 128>(c, P, grid);
 }
 
+/* Splits per lane for @units blocks of work (lanes x head chunks) on a
+ * machine that runs @slots blocks at once. Blocks of equal work run in
+ * waves of @slots, so a call takes ceil(units * S / slots) block times for
+ * units * S blocks' worth of work: take the fewest splits whose wave
+ * efficiency is within 4% of the best S <= 64 reaches (8 x 16K: 64 lanes x 4
+ * = 256 blocks in one wave of 264, where rounding up to fill the machine
+ * gave 5 splits = 320 blocks and a second wave of 56). */
+static int decode_splits(int units, int slots)
+{
+    double eff[65], best = 0.0;
+    for (int s = 1; s <= 64; s++) {
+        long blocks = (long)units * s, waves = (blocks + slots - 1) / slots;
+        eff[s] = (double)blocks / ((double)waves * slots);
+        if (eff[s] > best)
+            best = eff[s];
+    }
+    for (int s = 1; s <= 64; s++)
+        if (eff[s] >= best - 0.04)
+            return s;
+    return 1;
+}
+
 int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
 {
     if (!a)
@@ -749,28 +878,33 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     P.sel_off = a->sel_off;
     P.sel_pages = a->sel_pages;
 
-    /* Enough blocks to fill the machine; a lane's keys are split only when
-     * the lanes alone do not. v1: 3 blocks of 168 registers an SM, heads in
-     * chunks of 4; v2: 2 blocks (shared memory), all heads in one block. */
+    /* v1: 3 blocks of 168 registers an SM, heads in chunks of 4; v2: 2
+     * blocks (shared memory), all heads in one block. */
     const bool mma = decode_mma_fits(a);
     const int hblocks = mma ? 1 : nhc;
-    int target = c->n_sm * (mma ? 2 : 3);
-    int S = (target + nl * hblocks - 1) / (nl * hblocks);
-    if (S > 64)
-        S = 64;
+    int S = decode_splits(nl * hblocks, c->n_sm * (mma ? 2 : 3));
     if (S > a->pool->n_pages)
         S = a->pool->n_pages;
     if (S < 1)
         S = 1;
     P.n_split = S;
+    P.logits_tiled = mma;
+    P.score_op = a->score_op;
+    P.score_decay = a->score_decay;
 
     size_t need_lse = a->score_op != SINKD_SCORE_NONE ? (size_t)nl * G * sizeof(float) : 0;
-    size_t need_part = S > 1 ? (size_t)nl * S * G * (a->head_dim + 2) * sizeof(float) : 0;
+    /* part: the per-lane split counters (a fixed prefix, zeroed whenever
+     * the buffer is new; each call leaves them at zero), then the partials. */
+    size_t need_part = S > 1 ? DEC_CNT_BYTES + (size_t)nl * S * G * (a->head_dim + 2) * sizeof(float) : 0;
     if (need_part) {
+        size_t had = c->part.bytes; /* reserve only ever grows: a new size is a new buffer */
         rc = sinkd_cuda_buf_reserve(c, &c->part, need_part);
         if (rc)
             return rc;
-        P.part_acc = (float *)c->part.p;
+        if (c->part.bytes != had)
+            SINKD_CUDA_TRY(cudaMemsetAsync(c->part.p, 0, DEC_CNT_BYTES, c->stream));
+        P.split_cnt = (int *)c->part.p;
+        P.part_acc = (float *)((char *)c->part.p + DEC_CNT_BYTES);
         P.part_ml = P.part_acc + (size_t)nl * S * G * a->head_dim;
     }
     if (need_lse) {
@@ -794,14 +928,15 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
                                          : decode_launch<__nv_bfloat16>(c, P, grid);
     if (rc)
         return rc;
-    if (S > 1) {
+    if (S > 1 && !mma) {
         decode_merge_kernel<<<dim3(nl, G), a->head_dim, 0, c->stream>>>(P);
         SINKD_CUDA_CHECK_LAUNCH();
     }
     if (a->score_op != SINKD_SCORE_NONE) {
-        int sx = (c->n_sm * 8 + nl - 1) / nl;
-        decode_score_kernel<<<dim3(sx < 1 ? 1 : sx > 64 ? 64 : sx, nl), 256, 0, c->stream>>>(
-            P, a->score_op, a->score_decay);
+        /* a thread per key up to 16 * 256 threads an SM in all (one pass
+         * at 1 x 64K): each thread's loads form a dependent chain */
+        int sx = (c->n_sm * 16 + nl - 1) / nl;
+        decode_score_kernel<<<dim3(sx < 1 ? 1 : sx > 512 ? 512 : sx, nl), 256, 0, c->stream>>>(P);
         SINKD_CUDA_CHECK_LAUNCH();
     }
     return 0;

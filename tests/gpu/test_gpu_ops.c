@@ -524,7 +524,7 @@ Test(gpu_ops, decode_dense)
     TWIN_OR_SKIP(t);
     static const int groups[] = {1, 2, 4, 8, 16, 3};
     for (int rep = 0; rep < 12; rep++) {
-        int many = rep % 3 == 0; /* many short lanes (no split) vs few long (split) */
+        int many = rep % 3 == 0; /* many short lanes (few splits) vs few long (many) */
         decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 4 ? 128 : rand_head_dim(&t), 16,
                     many ? twin_range(&t, 40, 90) : twin_range(&t, 1, 3), twin_range(&t, 1, 4),
                     groups[twin_range(&t, 0, 5)], many ? 0 : 1, many ? 200 : 3000, 0, rep % 4);
@@ -553,6 +553,21 @@ Test(gpu_ops, decode_page_sizes)
         decode_case(&t, rep & 2 ? SINKD_BF16 : SINKD_F16, rep % 3 ? 128 : 64, pts[rep % 3],
                     twin_range(&t, 1, 4), twin_range(&t, 1, 4), twin_range(&t, 1, 16), 1,
                     sparse ? 1500 : 2500, sparse, rep % 4);
+    }
+    twin_close(&t);
+}
+
+/* One lane per block slot of the tensor-core path (2 per SM): every lane
+ * runs unsplit (the other decode tests mostly split lanes, whose blocks
+ * merge in the last one to finish); scores read the tiled logits. */
+Test(gpu_ops, decode_full_wave)
+{
+    TWIN_OR_SKIP(t);
+    int slots = 2 * t.gpu->info.threads;
+    for (int rep = 0; rep < 6; rep++) {
+        int n_kv = 1 + rep % 2, G = rep < 2 ? 4 : twin_range(&t, 1, 16);
+        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep % 3 ? 128 : 64, rep % 4 == 3 ? 32 : 16,
+                    slots / n_kv, n_kv, G, 1, 700, rep == 5, rep % 4);
     }
     twin_close(&t);
 }
