@@ -91,13 +91,13 @@ static const sinkd_cfg_key config__keys[] = {
     { "model", "path", SINKD_CFG_PATH, 0, "", 1, PATH_MAX - 1, NULL, 0,
       "[model \"NAME\"] section: GGUF file of the model NAME" },
 
-    { "quota", "sessions_per_uid", SINKD_CFG_UINT, OFF(sessions_per_uid), "64", 0, 1u << 20, NULL, RT,
+    { "quota", "sessions_per_uid", SINKD_CFG_UINT, OFF(sessions_per_uid), "64", 0, 1u << 20, NULL, 0,
       "open sessions per user; 0: unlimited" },
-    { "quota", "pages_per_uid", SINKD_CFG_UINT, OFF(pages_per_uid), "0", 0, 1ull << 40, NULL, RT,
+    { "quota", "pages_per_uid", SINKD_CFG_UINT, OFF(pages_per_uid), "0", 0, 1ull << 40, NULL, 0,
       "KV pages held per user; 0: unlimited" },
-    { "quota", "generations_per_uid", SINKD_CFG_UINT, OFF(generations_per_uid), "8", 0, 1u << 20, NULL, RT,
+    { "quota", "generations_per_uid", SINKD_CFG_UINT, OFF(generations_per_uid), "8", 0, 1u << 20, NULL, 0,
       "generations running at once per user; 0: unlimited" },
-    { "quota", "request_bytes", SINKD_CFG_SIZE, OFF(request_bytes), "256M", 0, 1024 * TiB, NULL, RT,
+    { "quota", "request_bytes", SINKD_CFG_SIZE, OFF(request_bytes), "256M", 0, 1024 * TiB, NULL, 0,
       "bytes of shared memory one request may reference; 0: unlimited" },
 };
 

@@ -426,17 +426,19 @@ Test(config, reload_swaps_runtime_keys_only)
              "request_bytes = 4K\n[engine]\nbackend = cpu\n[model \"b\"]\npath = /b\n", g);
     cr_assert_eq(sinkd_config_init(&fresh), 0);
     cr_assert_eq(sinkd_config_load_string(&fresh, text, "new", err, ERRLEN), 0, "%s", err);
-    cr_assert_eq(sinkd_config_apply_runtime(&cfg, &fresh, note, &ch), 7);
+    cr_assert_eq(sinkd_config_apply_runtime(&cfg, &fresh, note, &ch), 3);
     sinkd_config_free(&fresh);
     /* swapped in */
     cr_assert_eq(cfg.log_level, SINKD_LOG_DEBUG);
     cr_assert_eq(cfg.max_output, 1u << 20);
     cr_assert_str_eq(cfg.admin_group.name, g);
-    cr_assert_eq(cfg.sessions_per_uid, 1);
-    cr_assert_eq(cfg.pages_per_uid, 2);
-    cr_assert_eq(cfg.generations_per_uid, 3);
-    cr_assert_eq(cfg.request_bytes, 4096);
-    /* kept until a restart, and reported */
+    /* kept until a restart, and reported: the engine copies the quotas and
+     * the KV store's per-uid budget when it starts */
+    cr_assert_eq(cfg.sessions_per_uid, 64);
+    cr_assert_eq(cfg.pages_per_uid, 0);
+    cr_assert_eq(cfg.generations_per_uid, 8);
+    cr_assert_eq(cfg.request_bytes, 256u << 20);
+    cr_assert(noted(&ch, "quota.sessions_per_uid", false));
     cr_assert_eq(cfg.max_frame, 16u << 20);
     cr_assert_eq(cfg.max_connections, 256);
     cr_assert_eq(cfg.backend, SINKD_BACKEND_AUTO);
