@@ -96,10 +96,16 @@ enum sinkd_policy_stat {
     SINKD_STAT_SUM = 1,       /* score += p every step (H2O) */
     SINKD_STAT_DECAY = 2,     /* score = decay * score + p (A2SF) */
     SINKD_STAT_LAST = 3,      /* score = p of the last query (TOVA) */
-    SINKD_STAT_OBS_WINDOW = 4,/* prefill: sum of p over the last obs_window queries (SnapKV) */
+    SINKD_STAT_OBS_WINDOW = 4,/* SnapKV's vote: when an append's chunk holds the whole
+                                 window, score = sum of p over its last obs_window
+                                 queries; otherwise (short appends, decode steps) a
+                                 running sum decayed by 1 - 1/obs_window per query */
     SINKD_STAT_KEY_NORM = 5,  /* score = -||k||_2 of the pre-RoPE key (low norm = important) */
-    SINKD_STAT_QUANTILE = 6,  /* score += 1 when p beats the quantile of its row;
-                                 counts cover the last `history` steps (Scissorhands) */
+    SINKD_STAT_QUANTILE = 6,  /* score = (1 - 1/history) * score + (p beats the
+                                 quantile of its row ? 1 : 0): how often a token was
+                                 heavy, each step's hit fading by (1 - 1/history) per
+                                 step after it (to ~1/e after `history` steps), not an
+                                 exact window of the last `history` steps (Scissorhands) */
     SINKD_STAT_GUMBEL = 7,    /* score += softmax((logit + g) / temperature), g ~ Gumbel(0,1)
                                  drawn by the engine (Keyformer) */
 };
@@ -125,7 +131,9 @@ enum sinkd_policy_scope {
 enum sinkd_policy_evict_at {
     SINKD_EVICT_NEVER = 0,    /* keep everything (full attention, selection-only policies) */
     SINKD_EVICT_BUDGET = 1,   /* when a lane exceeds budget + slack, cut it to budget */
-    SINKD_EVICT_PREFILL = 2,  /* once, at the end of the prompt, cut to budget; never after */
+    SINKD_EVICT_PREFILL = 2,  /* at the end of every append (a prompt, a chat turn, a
+                                 streamed token), lanes over budget + slack are cut to
+                                 budget; never during a generation */
 };
 
 /* Kind of a (layer, kv head), DuoAttention/RazorAttention style. */

@@ -62,7 +62,6 @@ typedef struct eng_session {
     bool cancel;
     uint64_t gen_start_ns, decode_ns;
     double prefill_ms;            /* of the last append */
-    bool prefill_final;           /* the prefill chunk running is the prompt's last */
     uint64_t sched_stamp;         /* sched.c: the step that last served it */
 } eng_session;
 
@@ -236,10 +235,12 @@ int eng_policy_swapped(sinkd_engine *e, eng_session *s, uint8_t old_stat);
 /* Record and announce (policy_fallback event on @j, may be NULL) that @s's
  * instance fell back to window. */
 void eng_tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j);
-/* Evict every lane of @layer (-1: all layers) of @s over its threshold
- * (@after_prefill: the end of a prompt). @j is the request in flight, told
- * when the policy falls back. Returns 0 or a negative errno. */
-int eng_evict(sinkd_engine *e, eng_session *s, int32_t layer, bool after_prefill,
+/* Evict every lane of @layer (-1: all layers) of @s over its threshold:
+ * budget + slack, for SINKD_EVICT_PREFILL only at @append_end (the end of
+ * a session.append: in a conversation every append is a prompt). @j is the
+ * request in flight, told when the policy falls back. Returns 0 or a
+ * negative errno. */
+int eng_evict(sinkd_engine *e, eng_session *s, int32_t layer, bool append_end,
               const sinkd_job *j);
 /* Apply the instance's rope mode to @s's lanes. */
 int eng_apply_rope(sinkd_engine *e, eng_session *s);
@@ -256,6 +257,7 @@ typedef struct eng_fwd_ctx {
     int32_t width;                /* entries per lane of a selection row */
     int32_t pending;              /* layer whose post-attention work is due, -1 none */
     bool fell_back;               /* a select callback failed: dense from here */
+    const sinkd_job *req;         /* told of a fallback: the generation or the append */
     uint64_t seed;                /* Gumbel noise of this forward */
 } eng_fwd_ctx;
 
@@ -263,8 +265,8 @@ typedef struct eng_fwd_ctx {
  * offsets). Returns 0 or a negative errno. */
 int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session **ss,
                      int32_t n);
-/* Prepare @c and @h for a prefill chunk of @s (s->prefill_final says
- * whether it is the prompt's last). Returns 0 or a negative errno. */
+/* Prepare @c and @h for a prefill chunk of @s. Returns 0 or a negative
+ * errno. */
 int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session *s);
 /* After the forward returned @rc: run the work still due after the last
  * attention op, whatever rc is (so that scores are whole again). Returns rc,

@@ -122,7 +122,7 @@ static int exec__host_select(eng_fwd_ctx *c, int32_t layer, const float *pscore)
         goto out;
     if (rc == SINKD_POLICY_FELL_BACK) {
         /* the lanes hold every page: dense for the rest of the step */
-        eng_tell_fallback(e, s, s->gen);
+        eng_tell_fallback(e, s, c->req);
         c->fell_back = true;
     }
     for (int32_t h = 0; h < kvh; h++)
@@ -238,8 +238,8 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
 }
 
 /* Prefill: the attention op's own statistics (eng_prefill_stat), except
- * that the QUANTILE and GUMBEL rules take the prompt's last query as their
- * one row (earlier queries are not scored). */
+ * that the QUANTILE and GUMBEL rules take each chunk's last query as their
+ * one row, a step of their rule (the other queries are not scored). */
 static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
 {
     eng_fwd_ctx *c = ctx;
@@ -249,8 +249,6 @@ static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
         return rc;
     if (!c->x.post)
         return eng_prefill_stat(c->self, layer, a);
-    if (!c->self->prefill_final)
-        return 0;
     if ((rc = exec__stat(c, &a->lanes, SINKD_STAT_OP_STASH, layer)) < 0)
         return rc;
     a->obs_w = 1;
@@ -281,7 +279,7 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
     h->prefill = exec__prefill_hook;
     h->decode = NULL;
     h->ctx = c;
-    return c->x.post && s->prefill_final ? exec__prev(e) : 0;
+    return c->x.post ? exec__prev(e) : 0;
 }
 
 /* Entries per lane of a selection row: 0 when the selection covers every
@@ -319,6 +317,7 @@ int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_s
     eng_plan_exec(e, ss[0], &c->x);
     c->n_lanes = n * ss[0]->geom.kv_heads;
     c->seed = exec__mix((uint64_t)ss[0]->id ^ exec__mix((uint64_t)ss[0]->tokens));
+    c->req = ss[0]->gen; /* a callback's group is of one session */
     for (int32_t i = 0; i < n; i++)
         e->seqs[i] = ss[i]->seq;
     h->prefill = NULL;

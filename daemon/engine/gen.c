@@ -70,20 +70,42 @@ out:
     return rc;
 }
 
-/* Run @n tokens through the model in chunks of prefill_chunk, evicting
- * between chunks; the last chunk's logits land in s->logits. On failure the
- * lanes are cut back to where they were. */
+static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n, const sinkd_job *j);
+
+/* One token of append @j as a decode step of a batch of one, its logits to
+ * s->logits: the path a generated token takes, so that a conversation
+ * streamed a token at a time gets the plan's selection and per-step
+ * statistics exactly as generate would give them. */
+static int gen__decode_one(sinkd_engine *e, eng_session *s, int32_t id, const sinkd_job *j)
+{
+    int rc;
+
+    s->feed = id;
+    rc = gen__decode_group(e, &s, 1, j);
+    s->feed = -1;
+    if (rc == 0)
+        memcpy(s->logits, e->logits, (size_t)s->m->hp->n_vocab * sizeof *s->logits);
+    return rc;
+}
+
+/* Run @n tokens through the model (one token as a decode step, more in
+ * chunks of prefill_chunk), evicting between chunks and at the end (an
+ * eviction point of every plan); the last logits land in s->logits. On
+ * failure the lanes are cut back to where they were. */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
                         const sinkd_job *j)
 {
-    int32_t *pos = malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) * sizeof *pos);
+    /* no positions needed for one token: streaming allocates nothing here */
+    int32_t *pos = n > 1 ? malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) *
+                                  sizeof *pos)
+                         : NULL;
     int32_t p0 = (int32_t)s->tokens;
     sinkd_model_hook hook;
     sinkd_model_opts o = { 0 };
     eng_fwd_ctx fc;
     int rc = 0;
 
-    if (!pos)
+    if (n > 1 && !pos)
         return -ENOMEM;
     if (s->tokens > INT32_MAX - n) {
         free(pos);
@@ -92,15 +114,18 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     o.hook = &hook;
     for (int32_t done = 0; done < n && rc == 0;) {
         int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
-        for (int32_t i = 0; i < k; i++)
-            pos[i] = (int32_t)s->tokens + i;
-        s->prefill_final = done + k == n;
-        o.rope_mode = s->rope_mode;
-        rc = eng_prefill_begin(&fc, &hook, e, s);
-        if (rc == 0)
-            rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done,
-                                                      pos, k, &o,
-                                                      s->prefill_final ? s->logits : NULL));
+        if (n == 1) {
+            rc = gen__decode_one(e, s, ids[0], j);
+        } else {
+            for (int32_t i = 0; i < k; i++)
+                pos[i] = (int32_t)s->tokens + i;
+            o.rope_mode = s->rope_mode;
+            rc = eng_prefill_begin(&fc, &hook, e, s);
+            if (rc == 0)
+                rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq,
+                                                          ids + done, pos, k, &o,
+                                                          done + k == n ? s->logits : NULL));
+        }
         eng_beat(e, true);
         if (rc == 0) {
             s->tokens += k;
@@ -446,8 +471,10 @@ void eng_job_cancel(sinkd_engine *e, sinkd_job *j)
 
 /* ---- the decode step ----------------------------------------------------- */
 
-/* One decode call for the @n sessions @ss (one group: eng_plan_compatible). */
-static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n)
+/* One decode call for the @n sessions @ss (one group: eng_plan_compatible).
+ * @j: the append running it, told of a policy fallback; NULL in a step,
+ * where each session's generation is. */
+static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n, const sinkd_job *j)
 {
     const sinkd_engine_model *m = ss[0]->m;
     sinkd_model_hook hook;
@@ -457,6 +484,8 @@ static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n)
 
     if ((rc = eng_decode_begin(&c, &hook, e, ss, n)) < 0)
         return rc;
+    if (j)
+        c.req = j;
     for (int32_t i = 0; i < n; i++) {
         e->seqs[i] = ss[i]->seq;
         e->ids[i] = ss[i]->feed;
@@ -515,7 +544,7 @@ bool eng_step(sinkd_engine *e)
             }
         }
         uint64_t t0 = eng_now_ns();
-        int rc = gen__decode_group(e, &e->batch[first], end - first);
+        int rc = gen__decode_group(e, &e->batch[first], end - first, NULL);
         uint64_t dt = eng_now_ns() - t0;
         if (rc < 0 && end - first > 1) {
             /* Find out whose: undo, then run each session alone. */
@@ -523,7 +552,7 @@ bool eng_step(sinkd_engine *e)
                 gen__truncate_from(e, e->batch[i], (int32_t)e->batch[i]->tokens);
             for (int32_t i = first; i < end; i++) {
                 t0 = eng_now_ns();
-                rc = gen__decode_group(e, &e->batch[i], 1);
+                rc = gen__decode_group(e, &e->batch[i], 1, NULL);
                 if (rc < 0)
                     gen__fail(e, e->batch[i], rc);
                 else

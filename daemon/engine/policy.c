@@ -30,15 +30,28 @@ void eng_plan_score_op(const eng_session *s, int32_t *op, float *decay)
     case SINKD_STAT_LAST:
         *op = SINKD_SCORE_WRITE;
         break;
+    case SINKD_STAT_OBS_WINDOW:
+        /* Step by step, the sum over the last w queries is kept as a decayed
+         * sum of the same mass (a constant p sums to w p either way): a
+         * conversation streamed a token at a time has a window at every
+         * append's end, not only after a bulk prompt. */
+        *op = SINKD_SCORE_DECAY;
+        *decay = 1.0f - 1.0f / (float)p->obs_window;
+        break;
     default:
         *op = SINKD_SCORE_NONE;
         break;
     }
 }
 
-/* Prefill: a statistic that sums over queries sums over every query of the
- * prompt; OBS_WINDOW and LAST look at the last queries of the final chunk
- * only (earlier chunks are not the end of the prompt). */
+/* Prefill: a chunk of n queries does what n decode steps would do to the
+ * statistic, as far as one score_op over the chunk can: SUM adds every
+ * query's p (exact), LAST writes the last query's (exact), DECAY scales by
+ * decay^n and adds the chunk's p (exact for n = 1; the chunk's queries weigh
+ * alike). OBS_WINDOW's window is exact whenever the chunk holds it: the last
+ * w queries' sum replaces the score (SnapKV at the end of a prompt). Every
+ * chunk keeps it, since any chunk may end an append and be followed by an
+ * eviction. */
 int eng_prefill_stat(void *ctx, int32_t layer, sinkd_prefill_args *a)
 {
     const eng_session *s = ctx;
@@ -48,24 +61,24 @@ int eng_prefill_stat(void *ctx, int32_t layer, sinkd_prefill_args *a)
 
     (void)layer;
     eng_plan_score_op(s, &op, &decay);
-    switch (p->stat) {
-    case SINKD_STAT_OBS_WINDOW:
-        if (s->prefill_final) {
-            a->obs_w = p->obs_window;
-            a->score_op = SINKD_SCORE_ADD;
-        }
+    a->score_op = op;
+    switch (op) {
+    case SINKD_SCORE_NONE:
         break;
-    case SINKD_STAT_LAST:
-        if (s->prefill_final) {
-            a->obs_w = 1;
+    case SINKD_SCORE_WRITE:
+        a->obs_w = 1;
+        break;
+    case SINKD_SCORE_DECAY:
+        if (p->stat == SINKD_STAT_OBS_WINDOW && a->n >= p->obs_window) {
+            a->obs_w = p->obs_window;
             a->score_op = SINKD_SCORE_WRITE;
+            break;
         }
+        a->obs_w = a->n;
+        a->score_decay = powf(decay, (float)a->n);
         break;
     default:
-        if (op != SINKD_SCORE_NONE) {
-            a->obs_w = a->n;
-            a->score_op = SINKD_SCORE_ADD;
-        }
+        a->obs_w = a->n;
         break;
     }
     return 0;
@@ -93,7 +106,7 @@ void eng_plan_exec(const sinkd_engine *e, const eng_session *s, eng_exec *x)
         x->keep = p->stat == SINKD_STAT_QUANTILE ? 1.0f - 1.0f / (float)p->history : 1.0f;
         x->temperature = p->temperature;
     }
-    if (p->stat == SINKD_STAT_KEY_NORM || p->stat == SINKD_STAT_OBS_WINDOW)
+    if (p->stat == SINKD_STAT_KEY_NORM)
         x->score_op = SINKD_SCORE_NONE;
     x->select = p->select;
     x->host_select = p->select != SINKD_SELECT_DENSE && (s->inst_caps & SINKD_POLICY_CAP_SELECT);
@@ -226,9 +239,9 @@ void eng_tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j)
     eng_send(e, j, &w, false);
 }
 
-/* Evict the lanes of one layer when one of them is over its limit. */
-static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool after_prefill,
-                            const sinkd_job *j)
+/* Evict the lanes of one layer when one of them is over budget + slack
+ * (the caller decides whether this is an eviction point of the plan). */
+static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, const sinkd_job *j)
 {
     const sinkd_policy_plan *p = sinkd_policy_inst_plan(s->inst);
     const sinkd_policy_geometry *g = sinkd_policy_inst_geometry(s->inst);
@@ -240,8 +253,9 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool
 
     for (int32_t h = 0; h < kvh; h++) {
         int32_t len = sinkd_kv_lane_len(s->seq, layer, h);
+        int32_t budget = sinkd_plan_lane_budget(p, g, layer, h);
         int32_t lim = p->evict_at == SINKD_EVICT_PREFILL
-                          ? (after_prefill ? sinkd_plan_lane_budget(p, g, layer, h) : 0)
+                          ? (budget > 0 ? budget + p->slack : 0)
                           : sinkd_plan_evict_threshold(p, g, layer, h);
         over |= lim > 0 && len > lim;
         total += (size_t)len;
@@ -297,20 +311,21 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, bool
     return 0;
 }
 
-int eng_evict(sinkd_engine *e, eng_session *s, int32_t layer, bool after_prefill,
+int eng_evict(sinkd_engine *e, eng_session *s, int32_t layer, bool append_end,
               const sinkd_job *j)
 {
     const sinkd_policy_plan *p = sinkd_policy_inst_plan(s->inst);
     int32_t first = layer < 0 ? 0 : layer, last = layer < 0 ? s->geom.layers - 1 : layer;
     int rc = 0;
 
-    if (p->evict_at == SINKD_EVICT_NEVER ||
-        (p->evict_at == SINKD_EVICT_PREFILL && (!after_prefill || s->evicted_after_prefill)))
+    /* SnapKV's "once, at the end of the prompt" is, in a conversation, at
+     * the end of every append: each one is the prompt of what follows. */
+    if (p->evict_at == SINKD_EVICT_NEVER || (p->evict_at == SINKD_EVICT_PREFILL && !append_end))
         return 0;
     for (int32_t l = first; l <= last && rc == 0; l++)
-        rc = eng__evict_layer(e, s, l, after_prefill, j);
+        rc = eng__evict_layer(e, s, l, j);
     /* After a fallback the plan is window's: p is stale. */
-    if (rc == 0 && after_prefill)
+    if (rc == 0 && append_end)
         s->evicted_after_prefill = true;
     /* A fallback replaced the plan: the new rope mode applies from here. */
     if (rc == 0)

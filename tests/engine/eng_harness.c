@@ -4,11 +4,14 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MODEL_PATH SINKD_TEST_DATA "/sinkd-ref-tiny-f32.gguf"
 
@@ -43,6 +46,11 @@ static int collect(void *ud, uint64_t conn_id, uint8_t *buf, size_t len)
 
 sinkd_engine *eng_h_open(const char *const *dirs, size_t n_dirs)
 {
+    return eng_h_open_state(dirs, n_dirs, NULL);
+}
+
+sinkd_engine *eng_h_open_state(const char *const *dirs, size_t n_dirs, const char *state_dir)
+{
     const char *names[] = {"tiny"}, *paths[] = {MODEL_PATH};
     sinkd_engine_config c = {0};
     char err[512] = "";
@@ -59,6 +67,7 @@ sinkd_engine *eng_h_open(const char *const *dirs, size_t n_dirs)
     c.n_models = 1;
     c.plugin_dirs = dirs;
     c.n_plugin_dirs = n_dirs;
+    c.state_dir = state_dir;
     cr_assert(sinkd_engine_open(&c, &cur, err, sizeof err) == 0, "%s", err);
     cr_assert(sinkd_engine_start(cur, collect, NULL) == 0);
     return cur;
@@ -256,4 +265,31 @@ size_t eng_h_tokens(uint64_t id, int32_t *out, size_t cap, char reason[16], char
     cr_assert_eq(eng_h_u64(f, "n_tokens"), n);
     eng_h_frame_free(f);
     return n;
+}
+
+void eng_h_layer_lens(const eng_h_frame *f, uint32_t l, uint64_t *mn, uint64_t *mx)
+{
+    const msgpack_object *layers = sinkd_map_get(&f->msg.root, "layers");
+
+    cr_assert(layers && layers->type == MSGPACK_OBJECT_ARRAY && l < layers->via.array.size);
+    cr_assert(sinkd_map_u64(&layers->via.array.ptr[l], "len_min", mn) == 0);
+    cr_assert(sinkd_map_u64(&layers->via.array.ptr[l], "len_max", mx) == 0);
+}
+
+void eng_h_logits(uint64_t s, float *out, size_t n_vocab)
+{
+    size_t bytes = n_vocab * sizeof *out;
+    int fd = memfd_create("logits", MFD_CLOEXEC);
+    sinkd_shm_region *r;
+    char err[128];
+
+    cr_assert(fd >= 0 && ftruncate(fd, (off_t)bytes) == 0);
+    cr_assert(sinkd_shm_map(dup(fd), bytes, &r, err, sizeof err) == 0, "%s", err);
+    sinkd_job *j = eng_h_job(SINKD_JOB_SESSION_LOGITS, s);
+    j->out.r = r; /* the job takes our reference */
+    eng_h_frame *f = eng_h_reply_ok(eng_h_submit(j));
+    cr_assert_eq(eng_h_u64(f, "n_vocab"), n_vocab);
+    eng_h_frame_free(f);
+    cr_assert(pread(fd, out, bytes, 0) == (ssize_t)bytes);
+    close(fd);
 }

@@ -23,6 +23,9 @@ typedef struct eng_h_frame {
 /* Open and start an engine on the CPU backend with the tiny model and the
  * plugin directories @dirs[0..n_dirs). Asserts on failure. */
 sinkd_engine *eng_h_open(const char *const *dirs, size_t n_dirs);
+/* The same with [server] state_dir = @state_dir (session.save writes its
+ * snapshots/ there). */
+sinkd_engine *eng_h_open_state(const char *const *dirs, size_t n_dirs, const char *state_dir);
 /* Close the engine and drop every frame not taken. */
 void eng_h_close(sinkd_engine *e);
 
@@ -51,5 +54,11 @@ uint64_t eng_h_generate(uint64_t s, int32_t max_tokens);
  * @reason gets the reply's. */
 size_t eng_h_tokens(uint64_t id, int32_t *out, size_t cap, char reason[16], char *events,
                     size_t events_cap);
+
+/* len_min/len_max of layer @l of a session.stats reply. */
+void eng_h_layer_lens(const eng_h_frame *f, uint32_t l, uint64_t *mn, uint64_t *mx);
+/* The last position's logits of session @s ([n_vocab]), through
+ * session.logits and a memfd. */
+void eng_h_logits(uint64_t s, float *out, size_t n_vocab);
 
 #endif /* SINKD_ENG_HARNESS_H */
