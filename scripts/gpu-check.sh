@@ -6,7 +6,8 @@
 # failed; the exit status says whether all passed.
 #   scripts/gpu-check.sh [BUILD_DIR] [PART...]
 # parts: tests hf e2e attention policy quality (tests also checks the small
-# reference model against its golden file when SINKD_REF_SMALL names it)
+# reference model against its golden file when SINKD_REF_SMALL names it;
+# quality streams QUALITY_TEXT through QUALITY_MODEL, QUALITY_TOKENS tokens)
 # Logs and JSON go to $OUT if set, else /tmp/sinkd-gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,10 @@ for p in $parts; do
     e2e) part e2e env OUT="$out" bash bench/e2e/run.sh "$build" ;;
     attention) part attention bash bench/attention/run.sh "$build" "$out" ;;
     policy) part policy bash bench/policy/run.sh "$build" "$out" ;;
-    quality) part quality bash bench/quality/run.sh --build "$build" --out "$out" ;;
+    quality) part quality bash bench/quality/run.sh --build "$build" --out "$out/quality" \
+        --model "${QUALITY_MODEL:?QUALITY_MODEL: the GGUF to stream}" \
+        --text "${QUALITY_TEXT:?QUALITY_TEXT: the text to stream}" \
+        --tokens "${QUALITY_TOKENS:-65536}" --backend cuda ;;
     *) echo "gpu-check: unknown part $p"; status+=("$p unknown") ;;
     esac
 done

@@ -13,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,9 @@ def gnuplot(out, runs, budgets, meta):
     path = os.path.join(out, "plots.gp")
     with open(path, "w") as f:
         f.write("\n".join(gp) + "\n")
+    if shutil.which("gnuplot") is None:
+        sys.exit("report.py: gnuplot not found (Debian: gnuplot-nox): %s is written, "
+                 "run `gnuplot %s` where it is installed" % (os.path.join(out, "results.md"), path))
     subprocess.run(["gnuplot", path], check=True)
 
 
