@@ -1,6 +1,7 @@
 #!/bin/bash
-# One full device call: build, GPU tests, sanitizers, benchmark. Logs go to
-# $OUT (the device tool's result folder) or ./device-out, in at most eight
+# One full GPU check of the attention kernels: build, GPU tests, sanitizers,
+# benchmark (the build dependencies must be installed and visible to CMake).
+# Logs go to $OUT if set, else ./device-out, in at most eight
 # files: build.log test.log sanitizer.log bench.log bench-attention.json
 # sdpa-ref.json sass.txt and, with BASE, base.json.
 #   SAN="memcheck racecheck"  compute-sanitizer tools to run (default both)
@@ -12,13 +13,12 @@
 set -o pipefail
 out=${OUT:-device-out}
 mkdir -p "$out"
-bash .devkit/setup.sh >/dev/null && source /opt/devkit/env.sh || exit 1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$out/bench.log"
 if [ -n "$BASE" ]; then
   # The base tree builds on the CPUs while the tests use the GPU.
   rm -rf /tmp/sinkd-base && mkdir -p /tmp/sinkd-base &&
-    tar --exclude='./build*' --exclude='./.devkit' -cf - . | tar -C /tmp/sinkd-base -xf - &&
-    cp "$BASE"/* /tmp/sinkd-base/kernels/cuda/ && cp -r .devkit /tmp/sinkd-base/
+    tar --exclude='./build*' -cf - . | tar -C /tmp/sinkd-base -xf - &&
+    cp "$BASE"/* /tmp/sinkd-base/kernels/cuda/
   (cd /tmp/sinkd-base && cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSINKD_WERROR=ON &&
      cmake --build build --target sinkd-bench-attention -j8) > /tmp/sinkd-base.log 2>&1 &
   base_pid=$!
