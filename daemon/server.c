@@ -44,6 +44,8 @@ void sinkd_server__conn_removed(sinkd_server *s, sinkd_conn *c)
         return;
     *pp = c->hnext;
     s->n_conns--;
+    if (s->conn_closed)
+        s->conn_closed(s->conn_closed_ud, c->id);
     if (s->stopping && s->n_conns == 0)
         server__finish(s);
 }
@@ -87,6 +89,12 @@ int sinkd_server_post(sinkd_server *s, uint64_t conn_id, uint8_t *frame, size_t 
     if (!s)
         return -EINVAL;
     return sinkd_post_frame(&s->post, conn_id, frame, len);
+}
+
+void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void *ud)
+{
+    s->conn_closed = fn;
+    s->conn_closed_ud = ud;
 }
 
 void sinkd_server_set_liveness(sinkd_server *s, sinkd_liveness_fn fn, void *ud)

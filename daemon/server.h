@@ -28,6 +28,10 @@ typedef struct sinkd_conn sinkd_conn;
  * is stuck, which withholds WATCHDOG=1 so that systemd restarts sinkd. */
 typedef bool (*sinkd_liveness_fn)(void *ud);
 
+/* Called on the loop thread when connection @conn_id goes away (after it left
+ * the connection table, before its memory is released). */
+typedef void (*sinkd_conn_closed_fn)(void *ud, uint64_t conn_id);
+
 typedef struct sinkd_server {
     uv_loop_t *loop;
     sinkd_config cfg;                        /* live configuration (owned) */
@@ -42,6 +46,8 @@ typedef struct sinkd_server {
     sinkd_notify notify;
     sinkd_liveness_fn liveness;
     void *liveness_ud;
+    sinkd_conn_closed_fn conn_closed;
+    void *conn_closed_ud;
     sinkd_conn **buckets;                    /* connections by id (chained) */
     size_t n_buckets;                        /* power of two */
     size_t n_conns;
@@ -86,6 +92,10 @@ sinkd_conn *sinkd_server_conn(sinkd_server *s, uint64_t id);
 /* Add the engine's liveness condition to the watchdog (one; a later call
  * replaces it). */
 void sinkd_server_set_liveness(sinkd_server *s, sinkd_liveness_fn fn, void *ud);
+
+/* Be told of every connection that closes (one listener; a later call
+ * replaces it, NULL removes it). Loop thread. */
+void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void *ud);
 
 /* Call @fn for every live connection (loop thread; @fn must not close any). */
 void sinkd_server_foreach_conn(sinkd_server *s, void (*fn)(sinkd_conn *c, void *ud), void *ud);

@@ -101,7 +101,6 @@ struct sinkd_engine {
     eng_session **sess;
     size_t n_sess, cap_sess;
     uint64_t next_sess;
-    size_t rr;                    /* round-robin start of the next batch */
     eng_sched sched;              /* sched.c: fair batch selection */
 
     /* decode step scratch, sized for max_batch */

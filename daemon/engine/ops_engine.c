@@ -10,7 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define OPS_SWEEP_MS 100
 #define OPS_STOP_MAX 16
 
 /* A thread stuck this long inside one job or step withholds the watchdog;
@@ -22,8 +21,6 @@ static struct {
     sinkd_engine *eng;
     sinkd_engine *owned;        /* opened by sinkd_engine_ops_start */
     sinkd_shm_table *shm;
-    uv_timer_t sweep;
-    bool timer_live;
     uint64_t *conns;            /* connections that opened sessions */
     size_t n_conns, cap_conns;
 } ops_eng;
@@ -42,32 +39,26 @@ int sinkd_engine_ops_post(void *ud, uint64_t conn_id, uint8_t *frame, size_t len
     return rc;
 }
 
-/* ---- connection sweep ------------------------------------------------------ */
+/* ---- connections that go away --------------------------------------------- */
 
-static void ops__conn_gone(void *ud, uint64_t conn_id)
+/* A closed connection's regions are unmapped (jobs still running keep their
+ * reference) and, if it opened sessions, the engine closes the
+ * non-persistent ones. */
+static void ops__conn_closed(void *ud, uint64_t conn_id)
 {
     (void)ud;
-    if (sinkd_server_conn(ops_eng.srv, conn_id))
-        return;
     sinkd_shm_table_drop_conn(ops_eng.shm, conn_id);
-}
-
-static void ops__on_sweep(uv_timer_t *t)
-{
-    (void)t;
-    sinkd_shm_table_foreach_conn(ops_eng.shm, ops__conn_gone, NULL);
-    for (size_t i = ops_eng.n_conns; i-- > 0;) {
-        uint64_t id = ops_eng.conns[i];
-        sinkd_job *j;
-        if (sinkd_server_conn(ops_eng.srv, id))
+    for (size_t i = 0; i < ops_eng.n_conns; i++) {
+        if (ops_eng.conns[i] != conn_id)
             continue;
         ops_eng.conns[i] = ops_eng.conns[--ops_eng.n_conns];
-        j = sinkd_job_new(SINKD_JOB_CONN_CLOSED, id, 0, 0, false);
+        sinkd_job *j = sinkd_job_new(SINKD_JOB_CONN_CLOSED, conn_id, 0, 0, false);
         if (j)
             sinkd_engine_submit(ops_eng.eng, j);
         else
             sinkd_log(SINKD_LOG_ERR, "conn %llu: out of memory closing its sessions",
-                      (unsigned long long)id);
+                      (unsigned long long)conn_id);
+        return;
     }
 }
 
@@ -101,19 +92,14 @@ int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e)
         return -ENOMEM;
     ops_eng.srv = s;
     ops_eng.eng = e;
-    uv_timer_init(s->loop, &ops_eng.sweep);
-    uv_timer_start(&ops_eng.sweep, ops__on_sweep, OPS_SWEEP_MS, OPS_SWEEP_MS);
-    uv_unref((uv_handle_t *)&ops_eng.sweep);
-    ops_eng.timer_live = true;
+    sinkd_server_set_conn_closed(s, ops__conn_closed, NULL);
     return 0;
 }
 
 void sinkd_engine_ops_detach(void)
 {
-    if (ops_eng.timer_live) {
-        uv_close((uv_handle_t *)&ops_eng.sweep, NULL);
-        ops_eng.timer_live = false;
-    }
+    if (ops_eng.srv)
+        sinkd_server_set_conn_closed(ops_eng.srv, NULL, NULL);
     sinkd_shm_table_free(ops_eng.shm);
     ops_eng.shm = NULL;
     free(ops_eng.conns);

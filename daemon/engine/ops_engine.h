@@ -10,10 +10,8 @@
  * shm.register/unregister and model.list are answered on the loop thread
  * (they touch nothing the engine owns).
  *
- * Connections have no close callback in the server, so a sweep timer (every
- * 100 ms, unreferenced so it never keeps the loop alive) looks for
- * connections that own regions or sessions and are gone: their regions are
- * dropped and the engine closes their non-persistent sessions.
+ * When a connection closes (the server's conn_closed hook) its regions are
+ * dropped and the engine closes the non-persistent sessions it opened.
  */
 #ifndef SINKD_OPS_ENGINE_H
 #define SINKD_OPS_ENGINE_H
@@ -29,8 +27,7 @@
 int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen);
 
 /* Shut-down counterpart, after uv_run returned and before
- * sinkd_server_free: stop the engine thread, detach (closing the sweep
- * timer: run the loop once more afterwards) and keep the engine for
+ * sinkd_server_free: stop the engine thread, detach and keep the engine for
  * sinkd_engine_ops_free. */
 void sinkd_engine_ops_stop(void);
 
@@ -38,12 +35,12 @@ void sinkd_engine_ops_stop(void);
 void sinkd_engine_ops_free(void);
 
 /* Loop thread: route the ops to @e (borrowed:
- * it must outlive the attachment) and start the sweep timer on @s's loop.
+ * it must outlive the attachment) and listen for connections closing on @s.
  * Returns 0 or -ENOMEM. */
 int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e);
 
-/* Loop thread: stop the sweep timer and drop every region. Call before the
- * loop's last uv_run (the timer's close needs one loop turn). Idempotent. */
+/* Loop thread: stop listening for closing connections and drop every
+ * region. Idempotent. */
 void sinkd_engine_ops_detach(void);
 
 /* Loop thread: remember that @conn_id now owns sessions (opened or

@@ -272,10 +272,3 @@ int sinkd_shm_table_remove(sinkd_shm_table *t, uint64_t conn_id, uint64_t handle
     return -ENOENT;
 }
 
-void sinkd_shm_table_foreach_conn(sinkd_shm_table *t, void (*fn)(void *ud, uint64_t conn_id),
-                                  void *ud)
-{
-    /* Backwards: fn may drop the entry it is given (swap-remove from the end). */
-    for (size_t i = t->n; i-- > 0;)
-        fn(ud, t->v[i]->conn_id);
-}

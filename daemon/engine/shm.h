@@ -86,9 +86,4 @@ int sinkd_shm_table_remove(sinkd_shm_table *t, uint64_t conn_id, uint64_t handle
 /* Drop every region of @conn_id (its connection closed). */
 void sinkd_shm_table_drop_conn(sinkd_shm_table *t, uint64_t conn_id);
 
-/* Connection ids that hold regions: calls @fn for each (which may call
- * sinkd_shm_table_drop_conn on the id it is given). */
-void sinkd_shm_table_foreach_conn(sinkd_shm_table *t, void (*fn)(void *ud, uint64_t conn_id),
-                                  void *ud);
-
 #endif /* SINKD_SHM_H */

@@ -68,6 +68,7 @@ static struct {
     uv_loop_t loop;
     sinkd_server srv;
     sinkd_engine *eng;
+    uv_timer_t tick;    /* bounds each loop turn's sleep (fuzz__turn) */
 } fz;
 
 static uint64_t fuzz__now_ms(void)
@@ -84,12 +85,18 @@ static void fuzz__teardown(void)
         return;
     sinkd_engine_stop(fz.eng);
     sinkd_engine_ops_detach();
+    uv_close((uv_handle_t *)&fz.tick, NULL);
     sinkd_server_stop(&fz.srv);
     uv_run(&fz.loop, UV_RUN_DEFAULT);
     sinkd_server_free(&fz.srv);
     sinkd_engine_close(fz.eng);
     uv_loop_close(&fz.loop);
     fz.ready = false;
+}
+
+static void fuzz__tick(uv_timer_t *t)
+{
+    (void)t;
 }
 
 static void fuzz__setup(void)
@@ -123,6 +130,9 @@ static void fuzz__setup(void)
     ec.n_models = 1;
     ec.max_frame = (size_t)cfg.max_frame;
     CHECK(uv_loop_init(&fz.loop) == 0);
+    CHECK(uv_timer_init(&fz.loop, &fz.tick) == 0);
+    CHECK(uv_timer_start(&fz.tick, fuzz__tick, 100, 100) == 0);
+    uv_unref((uv_handle_t *)&fz.tick);
     CHECK(sinkd_server_init(&fz.srv, &fz.loop, &cfg, NULL, NULL) == 0);
     if (sinkd_engine_open(&ec, &fz.eng, err, sizeof err) < 0) {
         fprintf(stderr, "fuzz_request: engine: %s\n", err);
@@ -160,8 +170,8 @@ static int fuzz__connect(uint64_t *id, bool admin)
 static void fuzz__turn(uint64_t deadline)
 {
     CHECK(fuzz__now_ms() < deadline);
-    /* ONCE sleeps until an event; the engine's unreferenced 100 ms sweep
-     * timer bounds the sleep */
+    /* ONCE sleeps until an event; the unreferenced 100 ms tick bounds the
+     * sleep */
     uv_run(&fz.loop, UV_RUN_ONCE);
 }
 
@@ -271,7 +281,7 @@ static void fuzz__reset_sessions(uint64_t deadline)
     free(kept);
     for (uint32_t i = 0; i < n; i++) {
         fuzz__admin(fd, &rd, "session.close", true, ids[i], &kept, &r, deadline);
-        /* not_found: the sweep closed it with its connection meanwhile */
+        /* not_found: closed with its connection meanwhile */
         CHECK(sinkd_map_get(&r.root, "ok") != NULL || fuzz__code(&r) == SINKD_ERR_NOT_FOUND);
         sinkd_msg_free(&r);
         free(kept);
@@ -342,10 +352,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (sinkd_server_conn(&fz.srv, id))
         fuzz__turn(deadline);
     sinkd_frame_reader_free(&rd);
-    /* Drop the connection's regions: detach frees the table; the sweep
-     * timer's close needs one loop turn before attach re-initialises it. */
+    /* Drop every region: detach frees the table, attach makes a new one. */
     sinkd_engine_ops_detach();
-    uv_run(&fz.loop, UV_RUN_NOWAIT);
     CHECK(sinkd_engine_ops_attach(&fz.srv, fz.eng) == 0);
     return 0;
 }
