@@ -14,6 +14,8 @@
 #   --budgets LIST    tokens kept per lane, comma-separated    [128,256,512]
 #   --ref R           recompute or full                        [recompute]
 #   --window N        positions per perplexity window          [1024]
+#   --jobs N          runs streamed side by side: sinkd batches  [1]
+#                     their one-token appends into shared decode calls
 #   --build DIR       build tree with daemon/sinkd, client/sinkctl, plugins/
 #                                                              [./build]
 #   --backend B       auto, cpu or cuda                        [auto]
@@ -23,7 +25,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto
+model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto jobs=1
 out="$here/out" socket= model_name=bench
 policies=full,window,streaming,h2o,tova,a2sf,scissorhands,keyformer,snapkv,pyramidkv,quest,tidal
 budgets=128,256,512
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --budgets) budgets=$2 ;;
     --ref) ref=$2 ;;
     --window) window=$2 ;;
+    --jobs) jobs=$2 ;;
     --build) build=$2 ;;
     --backend) backend=$2 ;;
     --out) out=$2 ;;
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$text" ] && [ -r "$text" ] || die "--text FILE is required and must be readable"
 [ -n "$socket" ] || [ -r "$model" ] || die "--model PATH is required (or --socket)"
+case "$jobs" in ''|*[!0-9]*|0) die "--jobs takes a positive integer" ;; esac
 sinkctl=$build/client/sinkctl
 [ -x "$sinkctl" ] || die "$sinkctl not found: build it or pass --build"
 
@@ -109,25 +113,53 @@ ctl status --json > "$out/status.json"
         "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$out/meta.json"
 
+# One run: policy $1 at budget $2 into json/$3.json (or $3.failed).
+run_one() {
+    local p=$1 b=$2 name=$3
+    # shellcheck disable=SC2046  # the parameters are separate words
+    if ! ctl eval fidelity --model "$model_name" --policy "$p" $(params_for "$p" "$b") \
+            --text "$text" --tokens "$tokens" --window "$window" --ref "$ref" \
+            --ref-logits "$out/ref-$ref.f32" --json-out "$out/json/$name.json" \
+            > "$out/json/$name.txt" 2> "$out/json/$name.err"; then
+        echo "$p $(params_for "$p" "$b")" > "$out/json/$name.failed"
+        echo "   $name failed: $(tail -1 "$out/json/$name.err")" >&2
+    fi
+}
+
 IFS=, read -r -a plist <<< "$policies"
 IFS=, read -r -a blist <<< "$budgets"
+todo=()
 for p in "${plist[@]}"; do
     for b in "${blist[@]}"; do
         name=$p-$b
         [ "$p" = full ] && name=full   # no budget: one run serves every row
         [ -e "$out/json/$name.json" ] && continue   # kept from an earlier run
+        case " ${todo[*]} " in *":$name "*) continue ;; esac
         rm -f "$out/json/$name.failed"
-        # shellcheck disable=SC2046  # the parameters are separate words
-        echo "== $p budget $b: $(params_for "$p" "$b")" >&2
-        if ! ctl eval fidelity --model "$model_name" --policy "$p" $(params_for "$p" "$b") \
-                --text "$text" --tokens "$tokens" --window "$window" --ref "$ref" \
-                --ref-logits "$out/ref-$ref.f32" --json-out "$out/json/$name.json" \
-                > "$out/json/$name.txt"; then
-            echo "$p $(params_for "$p" "$b")" > "$out/json/$name.failed"
-            echo "   failed: see the error above" >&2
-        fi
+        todo+=("$p:$b:$name")
     done
 done
+# The first run writes the reference's logits (--ref-logits) that every
+# later run reads, so it runs alone; the rest run up to $jobs at a time.
+# (The daemon is a child too: only the runs' pids are waited for.)
+running=()
+for t in "${todo[@]}"; do
+    IFS=: read -r p b name <<< "$t"
+    echo "== $name: $(params_for "$p" "$b")" >&2
+    if [ ! -e "$out/ref-$ref.f32" ]; then
+        run_one "$p" "$b" "$name"
+        continue
+    fi
+    while [ "${#running[@]}" -ge "$jobs" ]; do
+        sleep 0.2
+        alive=()
+        for pid in "${running[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        running=("${alive[@]}")
+    done
+    run_one "$p" "$b" "$name" &
+    running+=("$!")
+done
+[ "${#running[@]}" -eq 0 ] || wait "${running[@]}" || true
 
 python3 "$here/report.py" "$out" --budgets "$budgets"
 echo "results: $out/results.md and $out/*.png" >&2

@@ -248,6 +248,74 @@ void eng_beat(sinkd_engine *e, bool busy)
     atomic_store_explicit(&e->ctr.busy, busy, memory_order_relaxed);
 }
 
+/* Whether @j must run after the appends waiting in the batch: anything but
+ * a job independent of their sessions (one naming another session, or one
+ * that names none and reads no session's state). */
+static bool eng__after_batch(const sinkd_engine *e, const sinkd_job *j, int32_t nb)
+{
+    switch (j->kind) {
+    case SINKD_JOB_TOKENIZE:
+    case SINKD_JOB_DETOKENIZE:
+    case SINKD_JOB_SESSION_OPEN:
+        return false;
+    case SINKD_JOB_SESSION_CLOSE:
+    case SINKD_JOB_SESSION_STATS:
+    case SINKD_JOB_SESSION_POLICY:
+    case SINKD_JOB_SESSION_APPEND:
+    case SINKD_JOB_SESSION_GENERATE:
+    case SINKD_JOB_SESSION_CANCEL:
+    case SINKD_JOB_SESSION_LOGITS:
+    case SINKD_JOB_KV_APPEND:
+    case SINKD_JOB_ATTEND:
+        for (int32_t i = 0; i < nb; i++)
+            if (e->ab_jobs[i]->session == j->session)
+                return true;
+        return false;
+    default:
+        return true;
+    }
+}
+
+static void eng__run_batch(sinkd_engine *e, int32_t nb)
+{
+    eng_append_batch(e, e->ab_sess, e->ab_jobs, nb);
+    for (int32_t i = 0; i < nb; i++)
+        sinkd_job_free(e->ab_jobs[i]);
+}
+
+/* Run the jobs of @list in order, except that one-token appends of
+ * distinct sessions wait to run together (one decode call per compatible
+ * group: clients streaming a token at a time share the GPU as generations
+ * do) until a job that depends on them, or the end of the list. */
+static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
+{
+    int32_t nb = 0;
+
+    while (list) {
+        sinkd_job *j = list;
+        list = j->next;
+        j->next = NULL;
+        if (stop && j->kind != SINKD_JOB_CONN_CLOSED) {
+            eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
+            sinkd_job_free(j);
+            continue;
+        }
+        if (nb > 0 && (nb == e->max_batch || eng__after_batch(e, j, nb))) {
+            eng__run_batch(e, nb);
+            nb = 0;
+        }
+        eng_session *s = eng_append_single(e, j);
+        if (s) {
+            e->ab_sess[nb] = s;
+            e->ab_jobs[nb++] = j;
+        } else {
+            eng__run_job(e, j);
+        }
+    }
+    if (nb > 0)
+        eng__run_batch(e, nb);
+}
+
 static void *eng__main(void *arg)
 {
     sinkd_engine *e = arg;
@@ -266,17 +334,7 @@ static void *eng__main(void *arg)
         pthread_mutex_unlock(&e->mu);
 
         eng_beat(e, true);
-        while (list) {
-            sinkd_job *j = list;
-            list = j->next;
-            j->next = NULL;
-            if (stop && j->kind != SINKD_JOB_CONN_CLOSED) {
-                eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
-                sinkd_job_free(j);
-                continue;
-            }
-            eng__run_job(e, j);
-        }
+        eng__run_jobs(e, list, stop);
         if (!stop)
             eng_step(e);
         eng_update_memory(e);
@@ -461,12 +519,14 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     }
     e->page_tokens = kc.page_tokens;
     e->batch = calloc((size_t)e->max_batch, sizeof *e->batch);
+    e->ab_sess = calloc((size_t)e->max_batch, sizeof *e->ab_sess);
+    e->ab_jobs = calloc((size_t)e->max_batch, sizeof *e->ab_jobs);
     e->seqs = calloc((size_t)e->max_batch, sizeof *e->seqs);
     e->ids = calloc((size_t)e->max_batch, sizeof *e->ids);
     e->pos = calloc((size_t)e->max_batch, sizeof *e->pos);
     e->logits = calloc((size_t)e->max_batch * (size_t)(e->n_vocab_max ? e->n_vocab_max : 1),
                        sizeof *e->logits);
-    if (!e->batch || !e->seqs || !e->ids || !e->pos || !e->logits) {
+    if (!e->batch || !e->ab_sess || !e->ab_jobs || !e->seqs || !e->ids || !e->pos || !e->logits) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -518,6 +578,8 @@ void sinkd_engine_close(sinkd_engine *e)
     free(e->sc.lanes);
     eng_sched_free(e);
     free(e->batch);
+    free(e->ab_sess);
+    free(e->ab_jobs);
     free(e->seqs);
     free(e->ids);
     free(e->pos);

@@ -108,6 +108,8 @@ struct sinkd_engine {
     sinkd_kv_seq **seqs;
     int32_t *ids, *pos;
     float *logits;                /* [max_batch][n_vocab_max] */
+    eng_session **ab_sess;        /* one-token appends waiting to run as */
+    sinkd_job **ab_jobs;          /* one batch, [max_batch] each */
     int32_t n_vocab_max;
 
     /* device buffers for raw sessions and selection, grown on demand */
@@ -163,6 +165,16 @@ void eng_job_attend(sinkd_engine *e, sinkd_job *j);
 
 /* gen.c */
 void eng_job_append(sinkd_engine *e, sinkd_job *j);
+/* The session @j appends exactly one token to, when that append may run in
+ * one decode call with others (ids not text, one valid id, no BOS or
+ * pending token to feed first, a model session that is not generating);
+ * NULL otherwise. Answers nothing: such a job runs alone and answers then. */
+eng_session *eng_append_single(sinkd_engine *e, const sinkd_job *j);
+/* Run the @n one-token appends @jobs (their sessions @ss, from
+ * eng_append_single, pairwise distinct) as decode calls of compatible
+ * groups and answer each. Reorders both arrays; the caller keeps and frees
+ * the jobs. */
+void eng_append_batch(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n);
 void eng_job_generate(sinkd_engine *e, sinkd_job *j);
 void eng_job_cancel(sinkd_engine *e, sinkd_job *j);
 void eng_job_logits(sinkd_engine *e, sinkd_job *j);

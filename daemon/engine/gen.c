@@ -237,6 +237,111 @@ void eng_job_append(sinkd_engine *e, sinkd_job *j)
     eng_send(e, j, &w, true);
 }
 
+/* ---- single-token appends, batched ------------------------------------- */
+
+eng_session *eng_append_single(sinkd_engine *e, const sinkd_job *j)
+{
+    eng_session *s = NULL;
+
+    if (j->kind != SINKD_JOB_SESSION_APPEND || j->has_text || j->n_ids != 1)
+        return NULL;
+    for (size_t i = 0; i < e->n_sess && !s; i++)
+        if (e->sess[i]->id == j->session && (e->sess[i]->uid == j->uid || j->admin))
+            s = e->sess[i];
+    if (!s || !s->m || s->gen || s->pending >= 0 || s->tokens >= INT32_MAX ||
+        j->ids[0] < 0 || j->ids[0] >= s->m->hp->n_vocab)
+        return NULL;
+    if (j->bos_set ? j->bos : (s->tokens == 0 && s->m->add_bos))
+        return NULL;
+    return s;
+}
+
+/* The reply of a one-token append that ran in @ms. */
+static void gen__append_done(sinkd_engine *e, eng_session *s, const sinkd_job *j, double ms)
+{
+    sinkd_fw w;
+
+    s->pending = -1;
+    s->prefill_ms = ms;
+    if (eng_begin_reply(&w, j, 3) < 0)
+        return;
+    sinkd_pack_kv_u64(&w.pk, "n_tokens", 1);
+    sinkd_pack_kv_u64(&w.pk, "n_past", (uint64_t)s->tokens);
+    sinkd_pack_kv_f64(&w.pk, "prefill_ms", ms);
+    eng_send(e, j, &w, true);
+}
+
+/* One group of compatible sessions: one decode call, then each session's
+ * bookkeeping exactly as gen__prefill does it for one token. A failed
+ * group is undone and its appends run alone, so that only the session at
+ * fault sees the error. */
+static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n)
+{
+    uint64_t t0 = eng_now_ns();
+    size_t nv = (size_t)ss[0]->m->hp->n_vocab;
+    int rc;
+
+    for (int32_t i = 0; i < n; i++)
+        ss[i]->feed = jobs[i]->ids[0];
+    rc = gen__decode_group(e, ss, n, n == 1 ? jobs[0] : NULL);
+    for (int32_t i = 0; i < n; i++)
+        ss[i]->feed = -1;
+    if (rc < 0) {
+        for (int32_t i = 0; i < n; i++)
+            gen__truncate_from(e, ss[i], (int32_t)ss[i]->tokens);
+        if (n == 1) {
+            ss[0]->has_logits = false;
+            eng_error_errno(e, jobs[0], rc, "session.append");
+            return;
+        }
+        for (int32_t i = 0; i < n; i++)
+            eng_job_append(e, jobs[i]);
+        return;
+    }
+    double ms = (double)(eng_now_ns() - t0) / 1e6;
+    eng_beat(e, true);
+    for (int32_t i = 0; i < n; i++) {
+        eng_session *s = ss[i];
+        int32_t p0 = (int32_t)s->tokens;
+        memcpy(s->logits, e->logits + (size_t)i * nv, nv * sizeof *s->logits);
+        s->tokens++;
+        if ((rc = eng_evict(e, s, -1, true, jobs[i])) < 0) {
+            /* as a failed append alone: the token is taken back out */
+            s->has_logits = false;
+            if (gen__truncate_from(e, s, p0) < 0)
+                sinkd_log(SINKD_LOG_ERR, "session %llu: could not undo a failed append",
+                          (unsigned long long)s->id);
+            s->tokens = p0;
+            eng_error_errno(e, jobs[i], rc, "session.append");
+            continue;
+        }
+        gen__hist_push(s, jobs[i]->ids[0]);
+        s->has_logits = true;
+        gen__append_done(e, s, jobs[i], ms);
+    }
+}
+
+void eng_append_batch(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n)
+{
+    /* Stable partition into groups that can share a decode call, as a
+     * decode step does. */
+    for (int32_t first = 0; first < n;) {
+        int32_t end = first + 1;
+        for (int32_t i = first + 1; i < n; i++) {
+            if (eng_plan_compatible(e, ss[first], ss[i])) {
+                eng_session *t = ss[i];
+                sinkd_job *tj = jobs[i];
+                memmove(&ss[end + 1], &ss[end], (size_t)(i - end) * sizeof t);
+                memmove(&jobs[end + 1], &jobs[end], (size_t)(i - end) * sizeof tj);
+                ss[end] = t;
+                jobs[end++] = tj;
+            }
+        }
+        gen__append_group(e, ss + first, jobs + first, end - first);
+        first = end;
+    }
+}
+
 /* ---- generation -------------------------------------------------------- */
 
 void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool silent)
