@@ -19,13 +19,14 @@
 #   --build DIR       build tree with daemon/sinkd, client/sinkctl, plugins/
 #                                                              [./build]
 #   --backend B       auto, cpu or cuda                        [auto]
+#   --pool BYTES      KV pool size (0: sinkd's default share)  [0]
 #   --out DIR         results                                  [bench/quality/out]
 #   --socket PATH     use a running sinkd (its model named as --model-name)
 #   --model-name N    model name in that daemon                [bench]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto jobs=1
+model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto jobs=1 pool=0
 out="$here/out" socket= model_name=bench
 policies=full,window,streaming,h2o,tova,a2sf,scissorhands,keyformer,snapkv,pyramidkv,quest,tidal
 budgets=128,256,512
@@ -44,6 +45,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2 ;;
     --build) build=$2 ;;
     --backend) backend=$2 ;;
+    --pool) pool=$2 ;;
     --out) out=$2 ;;
     --socket) socket=$2 ;;
     --model-name) model_name=$2 ;;
@@ -74,6 +76,7 @@ if [ -z "$socket" ]; then
     cat > "$out/sinkd.conf" <<CONF
 [engine]
 backend = $backend
+kv_pool_bytes = $pool
 [plugins]
 dirs = $(cd "$build/plugins" && pwd)
 [model "$model_name"]
