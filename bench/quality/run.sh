@@ -20,13 +20,17 @@
 #                                                              [./build]
 #   --backend B       auto, cpu or cuda                        [auto]
 #   --pool BYTES      KV pool size (0: sinkd's default share)  [0]
+#   --daemons N       daemons to spread the policies over        [1]
+#                     (each policy's runs share one daemon; on one GPU
+#                     their kernels overlap only under CUDA MPS:
+#                     start nvidia-cuda-mps-control -d first)
 #   --out DIR         results                                  [bench/quality/out]
 #   --socket PATH     use a running sinkd (its model named as --model-name)
 #   --model-name N    model name in that daemon                [bench]
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto jobs=1 pool=0
+model= text= tokens=65536 ref=recompute window=1024 build=./build backend=auto jobs=1 pool=0 daemons=1
 out="$here/out" socket= model_name=bench
 policies=full,window,streaming,h2o,tova,a2sf,scissorhands,keyformer,snapkv,pyramidkv,quest,tidal
 budgets=128,256,512
@@ -46,6 +50,7 @@ while [ $# -gt 0 ]; do
     --build) build=$2 ;;
     --backend) backend=$2 ;;
     --pool) pool=$2 ;;
+    --daemons) daemons=$2 ;;
     --out) out=$2 ;;
     --socket) socket=$2 ;;
     --model-name) model_name=$2 ;;
@@ -56,23 +61,23 @@ done
 [ -n "$text" ] && [ -r "$text" ] || die "--text FILE is required and must be readable"
 [ -n "$socket" ] || [ -r "$model" ] || die "--model PATH is required (or --socket)"
 case "$jobs" in ''|*[!0-9]*|0) die "--jobs takes a positive integer" ;; esac
+case "$daemons" in ''|*[!0-9]*|0) die "--daemons takes a positive integer" ;; esac
+[ -z "$socket" ] || [ "$daemons" -eq 1 ] || die "--socket names one daemon: --daemons 1"
 sinkctl=$build/client/sinkctl
 [ -x "$sinkctl" ] || die "$sinkctl not found: build it or pass --build"
 
 mkdir -p "$out/json"
 out=$(cd "$out" && pwd)
-daemon_pid=
+daemon_pids=()
 cleanup() {
-    if [ -n "$daemon_pid" ]; then
-        kill "$daemon_pid" 2>/dev/null || true
-        wait "$daemon_pid" 2>/dev/null || true
-    fi
+    for pid in "${daemon_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${daemon_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
+sockets=()
 if [ -z "$socket" ]; then
     [ -x "$build/daemon/sinkd" ] || die "$build/daemon/sinkd not found"
-    socket=$out/sinkd.sock
     cat > "$out/sinkd.conf" <<CONF
 [engine]
 backend = $backend
@@ -82,15 +87,25 @@ dirs = $(cd "$build/plugins" && pwd)
 [model "$model_name"]
 path = $(cd "$(dirname "$model")" && pwd)/$(basename "$model")
 CONF
-    rm -f "$socket"
-    "$build/daemon/sinkd" --socket "$socket" --config "$out/sinkd.conf" > "$out/sinkd.log" 2>&1 &
-    daemon_pid=$!
-    for _ in $(seq 300); do
-        "$sinkctl" --socket "$socket" ping > /dev/null 2>&1 && break
-        kill -0 "$daemon_pid" 2>/dev/null || { cat "$out/sinkd.log" >&2; die "sinkd exited"; }
-        sleep 0.1
+    for d in $(seq "$daemons"); do
+        sock=$out/sinkd-$d.sock
+        rm -f "$sock"
+        "$build/daemon/sinkd" --socket "$sock" --config "$out/sinkd.conf" > "$out/sinkd-$d.log" 2>&1 &
+        daemon_pids+=("$!")
+        sockets+=("$sock")
     done
+    for d in $(seq "$daemons"); do
+        for _ in $(seq 300); do
+            "$sinkctl" --socket "${sockets[d - 1]}" ping > /dev/null 2>&1 && break
+            kill -0 "${daemon_pids[d - 1]}" 2>/dev/null ||
+                { cat "$out/sinkd-$d.log" >&2; die "sinkd exited"; }
+            sleep 0.1
+        done
+    done
+else
+    sockets=("$socket")
 fi
+socket=${sockets[0]}
 ctl() { "$sinkctl" --socket "$socket" "$@"; }
 
 # The parameters that give policy $1 a budget of $2 tokens per lane. Every
@@ -116,11 +131,12 @@ ctl status --json > "$out/status.json"
         "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$out/meta.json"
 
-# One run: policy $1 at budget $2 into json/$3.json (or $3.failed).
+# One run: policy $1 at budget $2 into json/$3.json (or $3.failed), on the
+# daemon at socket $4.
 run_one() {
-    local p=$1 b=$2 name=$3
+    local p=$1 b=$2 name=$3 sock=$4
     # shellcheck disable=SC2046  # the parameters are separate words
-    if ! ctl eval fidelity --model "$model_name" --policy "$p" $(params_for "$p" "$b") \
+    if ! "$sinkctl" --socket "$sock" eval fidelity --model "$model_name" --policy "$p" $(params_for "$p" "$b") \
             --text "$text" --tokens "$tokens" --window "$window" --ref "$ref" \
             --ref-logits "$out/ref-$ref.f32" --json-out "$out/json/$name.json" \
             > "$out/json/$name.txt" 2> "$out/json/$name.err"; then
@@ -148,9 +164,11 @@ done
 running=()
 for t in "${todo[@]}"; do
     IFS=: read -r p b name <<< "$t"
-    echo "== $name: $(params_for "$p" "$b")" >&2
+    # a policy's runs share a daemon: their appends batch together
+    for i in "${!plist[@]}"; do [ "${plist[i]}" = "$p" ] && d=$((i % daemons)); done
+    echo "== $name: $(params_for "$p" "$b") (daemon $((d + 1)))" >&2
     if [ ! -e "$out/ref-$ref.f32" ]; then
-        run_one "$p" "$b" "$name"
+        run_one "$p" "$b" "$name" "${sockets[d]}"
         continue
     fi
     while [ "${#running[@]}" -ge "$jobs" ]; do
@@ -159,7 +177,7 @@ for t in "${todo[@]}"; do
         for pid in "${running[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
         running=("${alive[@]}")
     done
-    run_one "$p" "$b" "$name" &
+    run_one "$p" "$b" "$name" "${sockets[d]}" &
     running+=("$!")
 done
 [ "${#running[@]}" -eq 0 ] || wait "${running[@]}" || true
