@@ -7,7 +7,8 @@
 #   scripts/gpu-check.sh [BUILD_DIR] [PART...]
 # parts: tests hf e2e attention policy quality (tests also checks the small
 # reference model against its golden file when SINKD_REF_SMALL names it;
-# quality streams QUALITY_TEXT through QUALITY_MODEL, QUALITY_TOKENS tokens)
+# quality streams QUALITY_TEXT through QUALITY_MODEL, QUALITY_TOKENS tokens,
+# over QUALITY_DAEMONS daemons: more than one only pays under CUDA MPS)
 # Logs and JSON go to $OUT if set, else /tmp/sinkd-gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,8 @@ for p in $parts; do
     quality) part quality bash bench/quality/run.sh --build "$build" --out "$out/quality" \
         --model "${QUALITY_MODEL:?QUALITY_MODEL: the GGUF to stream}" \
         --text "${QUALITY_TEXT:?QUALITY_TEXT: the text to stream}" \
-        --tokens "${QUALITY_TOKENS:-65536}" --backend cuda ;;
+        --tokens "${QUALITY_TOKENS:-65536}" --backend cuda --jobs 40 \
+        --daemons "${QUALITY_DAEMONS:-1}" --pool 2147483648 ;;
     *) echo "gpu-check: unknown part $p"; status+=("$p unknown") ;;
     esac
 done
