@@ -174,8 +174,9 @@ static void print_table(const pol_opts *o, const pol_result *r)
         if (!strcmp(r->rows[p].name, "full") && r->rows[p].decoded)
             full = &r->rows[p];
     if (full && r->full_again_ms > 0)
-        printf("\nfull measured again after the others: %.3f ms/step (%+.1f%%: the drift of the "
-               "machine meanwhile)\n", r->full_again_ms,
+        printf("\nfull measured again after the others: %.3f ms/step (%+.1f%%: lanes longer by every "
+               "run since and the machine's drift; each row is compared with full interpolated "
+               "to its lane length)\n", r->full_again_ms,
                (r->full_again_ms / full->step_ms_med - 1) * 100);
     int over = 0, n = 0;
     for (int p = 0; p < r->n_rows; p++) {

@@ -50,7 +50,7 @@ typedef struct pol_row {
     double fwd_ms;              /* the engine's own decode time per step (generate's timings) */
     double kept_mean;           /* mean lane length after the run */
     uint64_t decode_evictions;  /* must stay 0: nothing is evicted at this budget */
-    double overhead;            /* step_ms_med / full's - 1 */
+    double overhead;            /* step_ms_med / full's at the same lane length - 1 */
     /* one forced eviction */
     bool evicted;
     char evict_params[1024];

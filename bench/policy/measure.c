@@ -6,19 +6,24 @@
  *
  *   fill      `batch` sessions (policy full) each get `context` random
  *             token ids in one session.append (prefill in chunks)
- *   decode    for each policy: every session's lanes are cut back to
- *             exactly `context` tokens (a swap to `window window=context
- *             slack=0`, untimed), then swapped to the policy with a budget
- *             above anything the run reaches (equal kept tokens: nothing is
- *             evicted, and the run checks that), then all sessions generate
- *             warmup + steps + 1 greedy tokens in the same engine steps. A
+ *   decode    for each policy in turn: every session is swapped to the
+ *             policy with a budget above anything the whole run reaches
+ *             (equal kept tokens: nothing is evicted, and the run checks
+ *             that), then all sessions generate warmup + steps + 1 greedy
+ *             tokens in the same engine steps. The lanes are not cut back
+ *             between policies (an eviction of every session per policy
+ *             costs more than the decoding on a 1B model): policy i runs
+ *             on lanes i * (warmup + steps + 1) tokens longer than the
+ *             first, and is compared with full interpolated to that length
+ *             between its first run and its run again last. A
  *             step's time is the gap between consecutive token events of a
  *             session, stamped on the engine thread (the whole eng_step:
  *             forward, statistics, selection, sampling, eviction checks),
  *             averaged over the sessions; the table shows the median over
  *             the timed steps. fwd is the engine's own timing of the
  *             forward (generate's timings.decode_ms per step). full runs
- *             once more after the others: the drift of the machine.
+ *             once more after the others: the growth of the lanes and the
+ *             drift of the machine together.
  *   evict     for each policy, one session at `context` tokens: swap to the
  *             policy (equal budget), `stat_steps` steps so the statistic
  *             holds something, then to the policy with budget
@@ -175,7 +180,7 @@ static void decode_policy(meas *m, pol_row *row)
 
     params_for(row->name, m->r->equal_budget, &m->r->hp, row->params, sizeof row->params);
     for (int i = 0; rc == 0 && i < o->batch; i++)
-        rc = reset_to(m, m->sess[i], row->name, row->params, row->error);
+        rc = pol_session_policy(m->d, m->sess[i], row->name, row->params, NULL, row->error);
     if (rc == 0 && (rc = pol_session_stats(m->d, m->sess[0], &before)) < 0)
         snprintf(row->error, sizeof row->error, "session.stats failed");
     if (rc == 0)
@@ -346,9 +351,11 @@ int pol_run(const pol_opts *o, pol_result *r)
     if ((rc = read_hparams(o, hp)) < 0 ||
         (rc = resolve_backend(o, r->backend, sizeof r->backend)) < 0)
         return rc;
-    /* lanes reach context + the longest run; budgets above that evict nothing */
+    /* lanes reach context + every decode run (each policy's and full's
+     * again) or + an eviction's steps; budgets above that evict nothing */
     int32_t evict_grow = o->stat_steps + BASE_RUNS + 3;
-    int32_t grow = (n > evict_grow ? n : evict_grow) + 16;
+    int32_t decode_grow = n * (o->n_policies + 1);
+    int32_t grow = (decode_grow > evict_grow ? decode_grow : evict_grow) + 16;
     r->page_tokens = 16;
     r->equal_budget = (o->context + grow + r->page_tokens - 1) / r->page_tokens * r->page_tokens;
     bool cpu = !strcmp(r->backend, "cpu");
@@ -402,9 +409,19 @@ int pol_run(const pol_opts *o, pol_result *r)
         decode_policy(&m, &again);
         r->full_again_ms = again.decoded ? again.step_ms_med : 0;
     }
-    for (int p = 0; p < r->n_rows; p++)
-        if (full_ms > 0 && r->rows[p].decoded)
-            r->rows[p].overhead = r->rows[p].step_ms_med / full_ms - 1;
+    /* full at the length of row p: linear between its two runs (attention
+     * is linear in the lane length; the drift is spread alike) */
+    int full_at = 0;
+    while (full_at < r->n_rows && strcmp(r->rows[full_at].name, "full") != 0)
+        full_at++;
+    for (int p = 0; p < r->n_rows; p++) {
+        if (!(full_ms > 0) || !r->rows[p].decoded)
+            continue;
+        double ref = full_ms;
+        if (r->full_again_ms > 0)
+            ref += (r->full_again_ms - full_ms) * (double)(p - full_at) / (double)(r->n_rows - full_at);
+        r->rows[p].overhead = r->rows[p].step_ms_med / ref - 1;
+    }
     uint64_t extra = 0;
     for (int p = 0, idx = 0; p < r->n_rows; p++)
         if (strcmp(r->rows[p].name, "full") != 0 && !r->rows[p].error[0])

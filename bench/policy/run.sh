@@ -39,9 +39,12 @@ if [ "$backend" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw \
       --format=csv | tee "$out/gpu.txt" || true
   fi
-  args=(--backend cuda --context 32768 --batch 16 --steps 32 --warmup 4 --evict-budget 4096)
-  limit=300       # seconds per geometry; both together stay well under 8 minutes
-  make_limit=240
+  # prefill in chunks of 4096: a 1B model fills 16 x 32K tokens in seconds,
+  # not the minutes of 512-token chunks
+  args=(--backend cuda --context 32768 --batch 16 --steps 32 --warmup 4 --evict-budget 4096
+        --chunk 4096)
+  limit=150       # seconds per geometry; with the random 1B file, under 4 minutes in all
+  make_limit=120
   big_make=()
 else
   args=(--backend cpu --context 512 --batch 2 --steps 8 --warmup 2 --evict-budget 128)
@@ -55,6 +58,7 @@ failed=()
 make_gguf() { # PATH NAME ARGS...: a random-weight GGUF through make_llama1b_gguf.py
   local path=$1 name=$2; shift 2
   echo "run.sh: making $path"
+  local t0=$SECONDS
   mkdir -p "$(dirname "$path")"
   if ! timeout "$make_limit" python3 "$here/../e2e/make_llama1b_gguf.py" "$path" "$@" \
       > "$out/make-$name.log" 2>&1; then
@@ -63,10 +67,12 @@ make_gguf() { # PATH NAME ARGS...: a random-weight GGUF through make_llama1b_ggu
     failed+=("make-$name")
     return 1
   fi
+  echo "run.sh: made $path in $((SECONDS - t0)) s"
 }
 run() { # NAME MODEL: the bench's table to stdout, its messages to NAME.log
   local name=$1 model=$2
   echo "run.sh: $name: $bench --model $model ${args[*]}"
+  local t0=$SECONDS
   if ! timeout "$limit" "$bench" --model "$model" --plugin-dir "$plugins" "${args[@]}" \
       --json-out "$out/$name.json" 2> "$out/$name.log"; then
     grep -v 'policy now\|opened by\| closed$' "$out/$name.log" | tail -40 >&2 || true
@@ -77,6 +83,7 @@ run() { # NAME MODEL: the bench's table to stdout, its messages to NAME.log
     fi
     failed+=("$name")
   fi
+  echo "run.sh: $name took $((SECONDS - t0)) s"
 }
 
 # One failing part does not stop the other: each keeps what it measured.
@@ -106,7 +113,7 @@ for name, r in runs:
     f0 = next((p["decode"]["step_ms_med"] for p in r["policies"] if p["name"] == "full" and "decode" in p), 0)
     if f0 and r["full_again_step_ms"]:
         print(f"  full {f0:.3f} ms/step first, {r['full_again_step_ms']:.3f} measured again last "
-              f"({(r['full_again_step_ms'] / f0 - 1) * 100:+.1f}%: the machine's drift)")
+              f"({(r['full_again_step_ms'] / f0 - 1) * 100:+.1f}%: longer lanes and the machine's drift; each policy is compared with full interpolated to its lane length)")
 head = f"{'policy':<13}"
 for name, _ in runs:
     head += f" | {name + ' step ms':>15} {'vs full':>8} {'us/page':>9} {'mem/full':>8}"
@@ -131,7 +138,7 @@ for pol in names:
         if p and p["error"]:
             line += f"  ! {p['error']}"
     print(line)
-print("\nvs full: decode step against full with every lane equally long (the policy's budget above the"
+print("\nvs full: decode step against full at the same lane length (the policy's budget above the"
       " context: nothing evicted);\nus/page: one eviction to the evict budget per page freed (* = a"
       " prompt-end policy, timed as an append minus the same append without it);\nmem/full: KV bytes"
       " per session after that eviction against full at the same context.")

@@ -17,7 +17,7 @@
 /* Longest stop string accepted, bytes. */
 #define ENG_STOP_MAX 256
 /* Device (and host staging) buffer slots of the engine. */
-#define ENG_DBUF 8
+#define ENG_DBUF 9
 
 /* Decode batch selection (sched.c): scratch grown on demand and a step
  * counter that stamps the sessions each step serves. */
@@ -209,7 +209,13 @@ int eng_quota_shm(sinkd_engine *e, const sinkd_job *j, const sinkd_job_shm *cons
  * execution (statistics around attention, page and token selection) */
 
 /* Device and host staging slots of e->dbuf / e->hbuf: raw.c uses 0..3. */
-enum { ENG_SLOT_SEL_OFF = 4, ENG_SLOT_SEL_PAGES = 5, ENG_SLOT_PREV = 6, ENG_SLOT_PSCORE = 7 };
+enum {
+    ENG_SLOT_SEL_OFF = 4,
+    ENG_SLOT_SEL_PAGES = 5,
+    ENG_SLOT_PREV = 6,
+    ENG_SLOT_PSCORE = 7,
+    ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
+};
 
 /* What a plan asks of a forward; sessions whose exec compare equal (and
  * whose plans select from the same layers) share one decode call. */
@@ -267,6 +273,7 @@ typedef struct eng_fwd_ctx {
     int32_t n_lanes;              /* n * kv_heads */
     int32_t width;                /* entries per lane of a selection row */
     int32_t pending;              /* layer whose post-attention work is due, -1 none */
+    sinkd_lanes post_lanes;       /* its lane arrays, kept in ENG_SLOT_POST_LANES */
     bool fell_back;               /* a select callback failed: dense from here */
     const sinkd_job *req;         /* told of a fallback: the generation or the append */
     uint64_t seed;                /* Gumbel noise of this forward */

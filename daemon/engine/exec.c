@@ -9,8 +9,13 @@
  * ranks and combines. The model calls no hook after attention, so a layer's
  * post step runs in the next layer's hook (before its attention: what a
  * reusing layer needs) or, for the last layer, in eng_fwd_end. Everything
- * stays on the device: the post step rebuilds the layer's lane arrays and
- * then the current layer's, which the store allows between ops.
+ * stays on the device: the hook copies the layer's lane arrays aside on the
+ * stream (the store rebuilds its own for the next layer), so the post step
+ * costs no upload and no host wait.
+ *
+ * Scores that no rule reads (statistic NONE or KEY_NORM, which is computed
+ * afresh at each eviction point) are not stashed around a token selection:
+ * the selecting layer's probabilities simply overwrite them.
  *
  * Selection: SELECT_PAGES ranks pages by the Quest bound (ops->topk_pages)
  * before the selecting layer's attention, which attends them;
@@ -54,14 +59,6 @@ static int32_t exec__source(const eng_fwd_ctx *c, int32_t layer)
     if (c->width == 0 || c->fell_back)
         return -1;
     return sinkd_plan_select_source(exec__plan(c), layer);
-}
-
-/* Lane arrays of @layer for the forward's sequences. */
-static int exec__lanes(eng_fwd_ctx *c, int32_t layer, sinkd_lanes *out)
-{
-    if (c->ss == &c->self)
-        return sinkd_kv_lanes_seq(c->self->seq, layer, out);
-    return sinkd_kv_lanes_batch(c->e->kv, c->e->seqs, c->n, layer, out);
 }
 
 static int exec__stat(eng_fwd_ctx *c, const sinkd_lanes *ln, int32_t op, int32_t layer)
@@ -138,15 +135,51 @@ out:
     return rc;
 }
 
+/* Whether the score slots hold a statistic that must survive this step's
+ * probabilities. */
+static bool exec__keeps_scores(const eng_exec *x)
+{
+    return x->stat != SINKD_STAT_NONE && x->stat != SINKD_STAT_KEY_NORM;
+}
+
+/* Copy @ln (the lanes of the layer whose post step becomes due) into
+ * ENG_SLOT_POST_LANES, device to device, and describe the copy in
+ * c->post_lanes. */
+static int exec__keep_lanes(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln)
+{
+    sinkd_engine *e = c->e;
+    int64_t pages = 0;
+    int rc;
+
+    for (int32_t i = 0; i < c->n; i++) {
+        sinkd_kv_lane_stats st;
+        if ((rc = sinkd_kv_lane_stats_get(c->ss[i]->seq, layer, &st)) < 0)
+            return rc;
+        pages += st.pages;
+    }
+    size_t nl = (size_t)ln->n_lanes;
+    size_t ints = 2 * nl + 1 + (size_t)pages;
+    if ((rc = eng_dev_reserve(e, ENG_SLOT_POST_LANES, ints * sizeof(int32_t))) < 0)
+        return rc;
+    int32_t *d = e->dbuf[ENG_SLOT_POST_LANES];
+    if ((rc = e->be->ops->d2d(e->be, d, ln->len, nl * sizeof *d)) < 0 ||
+        (rc = e->be->ops->d2d(e->be, d + nl, ln->page_off, (nl + 1) * sizeof *d)) < 0 ||
+        (pages > 0 &&
+         (rc = e->be->ops->d2d(e->be, d + 2 * nl + 1, ln->page_ids, (size_t)pages * sizeof *d)) < 0))
+        return rc;
+    c->post_lanes = (sinkd_lanes){
+        .n_lanes = ln->n_lanes, .len = d, .page_off = d + nl, .page_ids = d + 2 * nl + 1,
+    };
+    return 0;
+}
+
 /* After @layer's attention: token selection, then the statistic's rule. */
 static int exec__post(eng_fwd_ctx *c, int32_t layer)
 {
     sinkd_engine *e = c->e;
-    sinkd_lanes ln;
+    const sinkd_lanes ln = c->post_lanes;
     int rc;
 
-    if ((rc = exec__lanes(c, layer, &ln)) < 0)
-        return rc;
     if (c->x.select == SINKD_SELECT_TOKENS && exec__source(c, layer) == layer) {
         if (c->x.host_select) {
             rc = exec__host_select(c, layer, NULL);
@@ -171,23 +204,36 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
     case SINKD_STAT_LAST:
         return 0; /* p is the statistic */
     default:
-        return exec__stat(c, &ln, SINKD_STAT_OP_RESTORE, layer);
+        return exec__keeps_scores(&c->x) ? exec__stat(c, &ln, SINKD_STAT_OP_RESTORE, layer) : 0;
     }
 }
 
-/* Run the post step still due before @layer's attention, then hand back
- * @layer's lane arrays (the post step rebuilt the store's). */
-static int exec__catch_up(eng_fwd_ctx *c, int32_t layer, sinkd_lanes *lanes)
+/* Run the post step still due before the next layer's attention. */
+static int exec__catch_up(eng_fwd_ctx *c)
 {
     int32_t due = c->pending;
-    int rc;
 
     if (due < 0)
         return 0;
     c->pending = -1;
-    if ((rc = exec__post(c, due)) < 0)
+    return exec__post(c, due);
+}
+
+/* Before @layer's attention, whose probabilities a post step will read:
+ * move the statistic aside where one is kept, have the op write p, and
+ * keep the lane arrays for that step. */
+static int exec__defer(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln, int32_t *score_op)
+{
+    int rc;
+
+    if ((c->x.post || exec__keeps_scores(&c->x)) &&
+        (rc = exec__stat(c, ln, SINKD_STAT_OP_STASH, layer)) < 0)
         return rc;
-    return exec__lanes(c, layer, lanes);
+    if ((rc = exec__keep_lanes(c, layer, ln)) < 0)
+        return rc;
+    *score_op = SINKD_SCORE_WRITE;
+    c->pending = layer;
+    return 0;
 }
 
 /* Quest: rank @layer's pages before its attention. */
@@ -215,7 +261,7 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
     int32_t src;
     int rc;
 
-    if ((rc = exec__catch_up(c, layer, &a->lanes)) < 0)
+    if ((rc = exec__catch_up(c)) < 0)
         return rc;
     a->score_op = c->x.score_op;
     a->score_decay = c->x.decay;
@@ -228,12 +274,8 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
         a->sel_off = c->e->dbuf[ENG_SLOT_SEL_OFF];
         a->sel_pages = exec__row(c, src);
     }
-    if (c->x.post || pick_tokens) {
-        if ((rc = exec__stat(c, &a->lanes, SINKD_STAT_OP_STASH, layer)) < 0)
-            return rc;
-        a->score_op = SINKD_SCORE_WRITE;
-        c->pending = layer;
-    }
+    if (c->x.post || pick_tokens)
+        return exec__defer(c, layer, &a->lanes, &a->score_op);
     return 0;
 }
 
@@ -245,16 +287,12 @@ static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
     eng_fwd_ctx *c = ctx;
     int rc;
 
-    if ((rc = exec__catch_up(c, layer, &a->lanes)) < 0)
+    if ((rc = exec__catch_up(c)) < 0)
         return rc;
     if (!c->x.post)
         return eng_prefill_stat(c->self, layer, a);
-    if ((rc = exec__stat(c, &a->lanes, SINKD_STAT_OP_STASH, layer)) < 0)
-        return rc;
     a->obs_w = 1;
-    a->score_op = SINKD_SCORE_WRITE;
-    c->pending = layer;
-    return 0;
+    return exec__defer(c, layer, &a->lanes, &a->score_op);
 }
 
 /* The stash buffer: one float per pool slot. */

@@ -3,25 +3,37 @@
  * the GPU; the CPU twin is kernels/cpu/stats.c and the semantics are
  * kernels/backend.h's (sinkd_stat_args, sinkd_topk_tokens_args).
  *
- * One block of STAT_THREADS threads per lane; tokens are strided over the
- * block. Shapes: lanes.len [n_lanes], page table as everywhere, prev and
- * score by pool slot.
- *   ZERO/STASH/RESTORE/DECAY  4-12 bytes per token, no FLOPs to speak of
- *   KEY_NORM                  n * head_dim key elements per lane, 2 FLOP each
- *   QUANTILE                  4 radix passes of 8 bits over the lane's keys
- *                             (exact selection: the same threshold as the CPU's
- *                             quickselect), then one update pass
- *   GUMBEL                    3 passes (max, sum, write), a log and exps per
- *                             token in double, as the CPU does
- *   topk_tokens               4 radix passes for the k-th largest key, then
- *                             one ordered pass in chunks of the block (two
- *                             block scans per chunk) writing ascending pages
+ * Two shapes of kernel:
+ *   ZERO/STASH/RESTORE/DECAY/KEY_NORM  elementwise: a grid of (lane, chunk)
+ *                             blocks, so a batch of a few long lanes still
+ *                             fills the GPU (a lane per block leaves most
+ *                             SMs idle and every thread waiting on loads)
+ *   QUANTILE, GUMBEL, topk_tokens  whole-lane rules: one block of
+ *                             LANE_THREADS per lane. The lane's values are
+ *                             read from the pool once into shared memory
+ *                             (when the lane fits: up to STAT_CACHE_MAX
+ *                             bytes), and the passes of the rule run there:
+ *       QUANTILE     4 radix passes of 8 bits for the exact threshold (the
+ *                    CPU's quickselect picks the same element), one update
+ *       GUMBEL       z = (log p + g) / temperature once (double, rounded to
+ *                    f32 as the CPU stores it), then max, sum and write
+ *       topk_tokens  4 radix passes for the k-th largest, then one ordered
+ *                    pass in chunks of the block writing ascending pages
+ *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
+ *   in every pass instead: the same results, more traffic.
  *
  * Compile: part of sinkd_cuda (kernels/cuda/CMakeLists.txt), sm_90.
  */
 #include "common.cuh"
 
-#define STAT_THREADS 256
+#include <stdlib.h>
+#include <string.h>
+
+#define EW_THREADS 256
+#define LANE_THREADS 1024
+#define LANE_WARPS (LANE_THREADS / 32)
+#define STAT_CACHE_MAX (160 * 1024) /* bytes of dynamic shared memory per lane */
+#define FULL_MASK 0xffffffffu
 
 /* Order-preserving key of a float: larger float, larger key; NaN lowest. */
 static __device__ __forceinline__ uint32_t stat_key(float f)
@@ -38,163 +50,36 @@ static __device__ __forceinline__ int64_t stat_slot(const sinkd_lanes &ln, int32
     return (int64_t)ln.page_ids[ln.page_off[l] + t / pt] * pt + t % pt;
 }
 
-/* Block-wide sum (every thread gets it). @sh: STAT_THREADS doubles. */
-static __device__ double block_sum(double v, double *sh)
+/* ---- elementwise ops -------------------------------------------------------- */
+
+static __device__ float stat_key_norm(const sinkd_kv_pool &pool, int32_t hd, int64_t slot)
 {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = STAT_THREADS / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s)
-            sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
+    int32_t pt = pool.page_tokens;
+    size_t es = pool.dtype == SINKD_F16 || pool.dtype == SINKD_BF16 ? 2 : 4;
+    const char *row = (const char *)pool.pages + (size_t)(slot / pt) * pool.page_bytes +
+                      (size_t)(slot % pt) * hd * es;
+    double sq = 0;
+    for (int32_t d = 0; d < hd; d++) {
+        float k = pool.dtype == SINKD_F16
+                      ? kv_traits<__half>::to_f(((const __half *)row)[d])
+                  : pool.dtype == SINKD_BF16
+                      ? kv_traits<__nv_bfloat16>::to_f(((const __nv_bfloat16 *)row)[d])
+                      : ((const float *)row)[d];
+        sq += (double)k * k;
     }
-    double r = sh[0];
-    __syncthreads();
-    return r;
+    return (float)-sqrt(sq);
 }
 
-static __device__ double block_max(double v, double *sh)
+/* Block (l, y) covers tokens y * EW_THREADS + i * gridDim.y * EW_THREADS of
+ * lane l. */
+__global__ void __launch_bounds__(EW_THREADS) stat_ew_kernel(sinkd_kv_pool pool, sinkd_stat_args a)
 {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = STAT_THREADS / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s)
-            sh[threadIdx.x] = fmax(sh[threadIdx.x], sh[threadIdx.x + s]);
-        __syncthreads();
-    }
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
-
-/* Inclusive scan over the block (Hillis-Steele); @max: max instead of sum. */
-static __device__ int block_scan(int v, int *sh, bool max)
-{
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = 1; s < STAT_THREADS; s <<= 1) {
-        int o = (int)threadIdx.x >= s ? sh[threadIdx.x - s] : (max ? -1 : 0);
-        __syncthreads();
-        sh[threadIdx.x] = max ? (o > sh[threadIdx.x] ? o : sh[threadIdx.x]) : sh[threadIdx.x] + o;
-        __syncthreads();
-    }
-    int r = sh[threadIdx.x];
-    __syncthreads();
-    return r;
-}
-
-/* The key of rank @r (0 = smallest) of the lane's scores: 4 passes of an
- * 8-bit radix select. Every thread gets it. @hist: 256 ints. */
-static __device__ uint32_t lane_select(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
-                                       int32_t r, int *hist)
-{
-    int32_t len = ln.len[l], pt = pool.page_tokens;
-    __shared__ uint32_t s_prefix;
-    __shared__ int s_rank;
-    if (threadIdx.x == 0) {
-        s_prefix = 0;
-        s_rank = r;
-    }
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        hist[threadIdx.x] = 0;
-        __syncthreads();
-        uint32_t prefix = s_prefix;
-        uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
-        for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
-            uint32_t k = stat_key(pool.score[stat_slot(ln, pt, l, t)]);
-            if ((k & hi_mask) == (prefix & hi_mask))
-                atomicAdd(&hist[(k >> shift) & 255], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int rank = s_rank, d = 0;
-            while (rank >= hist[d])
-                rank -= hist[d++];
-            s_rank = rank;
-            s_prefix = prefix | ((uint32_t)d << shift);
-        }
-        __syncthreads();
-    }
-    return s_prefix;
-}
-
-__global__ void stat_kernel(sinkd_kv_pool pool, sinkd_stat_args a)
-{
-    __shared__ double sh[STAT_THREADS];
-    __shared__ int hist[256];
     const sinkd_lanes &ln = a.lanes;
     int32_t l = blockIdx.x, len = ln.len[l], pt = pool.page_tokens;
+    int32_t t0 = a.op == SINKD_STAT_OP_KEY_NORM && a.n < len ? len - a.n : 0;
 
-    switch (a.op) {
-    case SINKD_STAT_OP_KEY_NORM: {
-        int32_t hd = a.head_dim, t0 = a.n < len ? len - a.n : 0;
-        size_t es = pool.dtype == SINKD_F16 || pool.dtype == SINKD_BF16 ? 2 : 4;
-        for (int32_t t = t0 + threadIdx.x; t < len; t += STAT_THREADS) {
-            int64_t slot = stat_slot(ln, pt, l, t);
-            const char *row = (const char *)pool.pages + (size_t)(slot / pt) * pool.page_bytes +
-                              (size_t)(slot % pt) * hd * es;
-            double sq = 0;
-            for (int32_t d = 0; d < hd; d++) {
-                float k = pool.dtype == SINKD_F16
-                              ? kv_traits<__half>::to_f(((const __half *)row)[d])
-                          : pool.dtype == SINKD_BF16
-                              ? kv_traits<__nv_bfloat16>::to_f(((const __nv_bfloat16 *)row)[d])
-                              : ((const float *)row)[d];
-                sq += (double)k * k;
-            }
-            pool.score[slot] = (float)-sqrt(sq);
-        }
-        return;
-    }
-    case SINKD_STAT_OP_QUANTILE: {
-        if (len == 0)
-            return;
-        uint32_t thr = lane_select(pool, ln, l, (int32_t)floor((double)a.quantile * (len - 1)), hist);
-        for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
-            int64_t slot = stat_slot(ln, pt, l, t);
-            float hit = stat_key(pool.score[slot]) > thr ? 1.0f : 0.0f;
-            pool.score[slot] = a.decay * a.prev[slot] + hit;
-        }
-        return;
-    }
-    case SINKD_STAT_OP_GUMBEL: {
-        /* z is rounded to f32 as the CPU stores it */
-        double mx = -INFINITY, sum = 0;
-        for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
-            float p = pool.score[stat_slot(ln, pt, l, t)];
-            if (p > 0) {
-                float z = (float)((log((double)p) - log(-log(sinkd_stat_uniform(a.seed, l, t)))) /
-                                  a.temperature);
-                mx = fmax(mx, (double)z);
-            }
-        }
-        mx = block_max(mx, sh);
-        for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
-            float p = pool.score[stat_slot(ln, pt, l, t)];
-            if (p > 0) {
-                float z = (float)((log((double)p) - log(-log(sinkd_stat_uniform(a.seed, l, t)))) /
-                                  a.temperature);
-                sum += exp((double)z - mx);
-            }
-        }
-        sum = block_sum(sum, sh);
-        for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
-            int64_t slot = stat_slot(ln, pt, l, t);
-            float p = pool.score[slot];
-            double w = 0;
-            if (p > 0) {
-                float z = (float)((log((double)p) - log(-log(sinkd_stat_uniform(a.seed, l, t)))) /
-                                  a.temperature);
-                w = exp((double)z - mx) / sum;
-            }
-            pool.score[slot] = (float)(a.prev[slot] + w);
-        }
-        return;
-    }
-    default:
-        break;
-    }
-    for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS) {
+    for (int32_t t = t0 + blockIdx.y * EW_THREADS + threadIdx.x; t < len;
+         t += gridDim.y * EW_THREADS) {
         int64_t slot = stat_slot(ln, pt, l, t);
         switch (a.op) {
         case SINKD_STAT_OP_ZERO:
@@ -207,6 +92,9 @@ __global__ void stat_kernel(sinkd_kv_pool pool, sinkd_stat_args a)
         case SINKD_STAT_OP_RESTORE:
             pool.score[slot] = a.prev[slot];
             break;
+        case SINKD_STAT_OP_KEY_NORM:
+            pool.score[slot] = stat_key_norm(pool, a.head_dim, slot);
+            break;
         default: /* DECAY */
             pool.score[slot] = (float)((double)a.decay * a.prev[slot] + pool.score[slot]);
             break;
@@ -214,8 +102,250 @@ __global__ void stat_kernel(sinkd_kv_pool pool, sinkd_stat_args a)
     }
 }
 
+/* ---- block-wide helpers (LANE_THREADS threads) ------------------------------- */
+
+/* Sum (or max) over the block; every thread gets it. @sh: LANE_WARPS doubles. */
+static __device__ double block_reduce(double v, double *sh, bool max)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        double x = __shfl_xor_sync(FULL_MASK, v, o);
+        v = max ? fmax(v, x) : v + x;
+    }
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    v = sh[lane];
+    for (int o = 16; o > 0; o >>= 1) {
+        double x = __shfl_xor_sync(FULL_MASK, v, o);
+        v = max ? fmax(v, x) : v + x;
+    }
+    __syncthreads();
+    return v;
+}
+
+/* Inclusive scan over the block; @max: running max (identity -1) instead of
+ * the sum. @sh: LANE_WARPS ints. */
+static __device__ int block_scan(int v, int *sh, bool max)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 1; o < 32; o <<= 1) {
+        int x = __shfl_up_sync(FULL_MASK, v, o);
+        if (lane >= o)
+            v = max ? (x > v ? x : v) : v + x;
+    }
+    if (lane == 31)
+        sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        int s = sh[lane];
+        for (int o = 1; o < 32; o <<= 1) {
+            int x = __shfl_up_sync(FULL_MASK, s, o);
+            if (lane >= o)
+                s = max ? (x > s ? x : s) : s + x;
+        }
+        sh[lane] = s;
+    }
+    __syncthreads();
+    if (w > 0) {
+        int x = sh[w - 1];
+        v = max ? (x > v ? x : v) : v + x;
+    }
+    __syncthreads();
+    return v;
+}
+
+/* Value @t of lane @l: the cached copy, or the pool's score. */
+template <bool CACHED>
+static __device__ __forceinline__ float lane_get(const float *cache, const sinkd_kv_pool &pool,
+                                                 const sinkd_lanes &ln, int32_t l, int32_t t)
+{
+    return CACHED ? cache[t] : pool.score[stat_slot(ln, pool.page_tokens, l, t)];
+}
+
+/* Copy lane @l's scores into @cache (four independent loads in flight per
+ * thread: the page table makes each one two dependent reads). */
+static __device__ void lane_load(float *cache, const sinkd_kv_pool &pool, const sinkd_lanes &ln,
+                                 int32_t l, int32_t len)
+{
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += 4 * LANE_THREADS) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int32_t t = t0 + i * LANE_THREADS;
+            v[i] = t < len ? pool.score[stat_slot(ln, pool.page_tokens, l, t)] : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (t0 + i * LANE_THREADS < len)
+                cache[t0 + i * LANE_THREADS] = v[i];
+    }
+    __syncthreads();
+}
+
+/* The key of rank @r (0 = smallest) of the lane's values: 4 passes of an
+ * 8-bit radix select. Every thread gets it. @hist: 256 ints. */
+template <bool CACHED>
+static __device__ uint32_t lane_select(const float *cache, const sinkd_kv_pool &pool,
+                                       const sinkd_lanes &ln, int32_t l, int32_t len, int32_t r,
+                                       int *hist)
+{
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_rank;
+    if (threadIdx.x == 0) {
+        s_prefix = 0;
+        s_rank = r;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        if (threadIdx.x < 256)
+            hist[threadIdx.x] = 0;
+        __syncthreads();
+        uint32_t prefix = s_prefix;
+        uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
+        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+            uint32_t k = stat_key(lane_get<CACHED>(cache, pool, ln, l, t));
+            if ((k & hi_mask) == (prefix & hi_mask))
+                atomicAdd(&hist[(k >> shift) & 255], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            /* warp 0: lane j holds bins 8j..8j+7; the first lane whose
+             * running count passes the rank walks its bins */
+            int j = threadIdx.x, own = 0, rank = s_rank;
+            for (int b = 0; b < 8; b++)
+                own += hist[8 * j + b];
+            int incl = own;
+            for (int o = 1; o < 32; o <<= 1) {
+                int x = __shfl_up_sync(FULL_MASK, incl, o);
+                if (j >= o)
+                    incl += x;
+            }
+            unsigned hit = __ballot_sync(FULL_MASK, incl > rank);
+            if (j == __ffs(hit) - 1) {
+                int rk = rank - (incl - own), d = 8 * j;
+                while (rk >= hist[d])
+                    rk -= hist[d++];
+                s_rank = rk;
+                s_prefix = prefix | ((uint32_t)d << shift);
+            }
+        }
+        __syncthreads();
+    }
+    return s_prefix;
+}
+
+/* ---- whole-lane rules ----------------------------------------------------------- */
+
+template <bool CACHED>
+static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
+                                     int32_t len, float *cache, int *hist)
+{
+    const sinkd_lanes &ln = a.lanes;
+    if (CACHED)
+        lane_load(cache, pool, ln, l, len);
+    uint32_t thr = lane_select<CACHED>(cache, pool, ln, l, len,
+                                       (int32_t)floor((double)a.quantile * (len - 1)), hist);
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+        int64_t slot = stat_slot(ln, pool.page_tokens, l, t);
+        float p = CACHED ? cache[t] : pool.score[slot];
+        float hit = stat_key(p) > thr ? 1.0f : 0.0f;
+        pool.score[slot] = a.decay * a.prev[slot] + hit;
+    }
+}
+
+/* z of a key, NaN for a key without p > 0 (z itself is never NaN there). */
+static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, int32_t l,
+                                                 int32_t t)
+{
+    if (!(p > 0))
+        return NAN;
+    return (float)((log((double)p) - log(-log(sinkd_stat_uniform(a.seed, l, t)))) / a.temperature);
+}
+
+template <bool CACHED>
+static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
+                                   int32_t len, float *cache, double *sh)
+{
+    const sinkd_lanes &ln = a.lanes;
+    int32_t pt = pool.page_tokens;
+    double mx = -INFINITY, sum = 0;
+
+    if (CACHED)
+        lane_load(cache, pool, ln, l, len);
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+        float z = gumbel_z(lane_get<CACHED>(cache, pool, ln, l, t), a, l, t);
+        if (CACHED)
+            cache[t] = z; /* each thread rereads only its own entries */
+        if (!isnan(z))
+            mx = fmax(mx, (double)z);
+    }
+    mx = block_reduce(mx, sh, true);
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+        float z = CACHED ? cache[t] : gumbel_z(pool.score[stat_slot(ln, pt, l, t)], a, l, t);
+        if (!isnan(z))
+            sum += exp((double)z - mx);
+    }
+    sum = block_reduce(sum, sh, false);
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+        int64_t slot = stat_slot(ln, pt, l, t);
+        float z = CACHED ? cache[t] : gumbel_z(pool.score[slot], a, l, t);
+        double w = isnan(z) ? 0 : exp((double)z - mx) / sum;
+        pool.score[slot] = (float)(a.prev[slot] + w);
+    }
+}
+
+/* One block per lane; @cache_cap: floats of the dynamic shared memory. */
+__global__ void __launch_bounds__(LANE_THREADS)
+    stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
+{
+    extern __shared__ float cache[];
+    __shared__ double sh[LANE_WARPS];
+    __shared__ int hist[256];
+    int32_t l = blockIdx.x, len = a.lanes.len[l];
+
+    if (len == 0)
+        return;
+    bool cached = len <= cache_cap;
+    if (a.op == SINKD_STAT_OP_QUANTILE) {
+        if (cached)
+            stat_quantile<true>(pool, a, l, len, cache, hist);
+        else
+            stat_quantile<false>(pool, a, l, len, cache, hist);
+    } else if (cached) {
+        stat_gumbel<true>(pool, a, l, len, cache, sh);
+    } else {
+        stat_gumbel<false>(pool, a, l, len, cache, sh);
+    }
+}
+
+/* Floats of shared memory a whole-lane kernel caches a lane in: the device's
+ * opt-in limit less the static part, at most STAT_CACHE_MAX bytes; 0 when
+ * SINKD_STAT_CACHE=0 (every pass reads the pool). Sets the kernel's limit. */
+template <typename K> static int lane_cache_floats(const sinkd_cuda *c, K kernel, int32_t *out)
+{
+    const char *env = getenv("SINKD_STAT_CACHE");
+    cudaFuncAttributes fa;
+    int optin = 0;
+
+    *out = 0;
+    if (env && !strcmp(env, "0"))
+        return 0;
+    SINKD_CUDA_TRY(cudaFuncGetAttributes(&fa, kernel));
+    SINKD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device));
+    long bytes = (long)optin - (long)fa.sharedSizeBytes - 1024;
+    bytes = bytes > STAT_CACHE_MAX ? STAT_CACHE_MAX : bytes;
+    if (bytes < 4096)
+        return 0;
+    SINKD_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *out = (int32_t)(bytes / 4);
+    return 0;
+}
+
 extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
 {
+    int32_t cap;
+    int rc;
+
     if (!a || sinkd_cuda_check_pool(a->pool, a->head_dim) || a->lanes.n_lanes < 0)
         return -EINVAL;
     if (!sinkd_stat_args_ok(a))
@@ -223,56 +353,60 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
     if (a->lanes.n_lanes == 0)
         return 0;
     /* the pool struct is host memory: it travels by value */
-    stat_kernel<<<a->lanes.n_lanes, STAT_THREADS, 0, c->stream>>>(*a->pool, *a);
+    if (a->op == SINKD_STAT_OP_QUANTILE || a->op == SINKD_STAT_OP_GUMBEL) {
+        if ((rc = lane_cache_floats(c, stat_lane_kernel, &cap)) < 0)
+            return rc;
+        stat_lane_kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(*a->pool, *a,
+                                                                                       cap);
+    } else {
+        /* about 8 blocks per SM in all, at most 64 per lane */
+        int gy = 8 * c->n_sm / a->lanes.n_lanes;
+        dim3 grid((unsigned)a->lanes.n_lanes, (unsigned)(gy < 1 ? 1 : gy > 64 ? 64 : gy));
+        stat_ew_kernel<<<grid, EW_THREADS, 0, c->stream>>>(*a->pool, *a);
+    }
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }
 
 /* ---- token selection --------------------------------------------------------- */
 
-__global__ void topk_tokens_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int32_t k, int32_t *out_pages)
+template <bool CACHED>
+static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
+                                        int32_t len, int32_t k, int32_t *out, float *cache,
+                                        int *hist, double *sh, int *scan, int *wsh)
 {
-    __shared__ int hist[256];
-    __shared__ int scan[STAT_THREADS];
-    __shared__ double sh[STAT_THREADS];
-    int32_t l = blockIdx.x, len = ln.len[l], pt = pool.page_tokens;
-    int32_t *out = out_pages + (size_t)l * k;
-    int32_t n_out = 0;
-
-    if (len <= k) {
-        int32_t np = (len + pt - 1) / pt;
-        for (int32_t i = threadIdx.x; i < k; i += STAT_THREADS)
-            out[i] = i < np ? i : -1;
-        return;
-    }
-    uint32_t thr = lane_select(pool, ln, l, len - k, hist);
-    double above = 0;
-    for (int32_t t = threadIdx.x; t < len; t += STAT_THREADS)
-        above += stat_key(pool.score[stat_slot(ln, pt, l, t)]) > thr;
-    int32_t ties_left = k - (int32_t)block_sum(above, sh);
-    int32_t last_page = -1; /* of the last token taken, block-uniform */
+    int32_t pt = pool.page_tokens, n_out = 0;
     __shared__ int s_tot[2];
-    for (int32_t c0 = 0; c0 < len; c0 += STAT_THREADS) {
+
+    if (CACHED)
+        lane_load(cache, pool, ln, l, len);
+    uint32_t thr = lane_select<CACHED>(cache, pool, ln, l, len, len - k, hist);
+    double above = 0;
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
+        above += stat_key(lane_get<CACHED>(cache, pool, ln, l, t)) > thr;
+    int32_t ties_left = k - (int32_t)block_reduce(above, sh, false);
+    int32_t last_page = -1; /* of the last token taken, block-uniform */
+    for (int32_t c0 = 0; c0 < len; c0 += LANE_THREADS) {
         int32_t t = c0 + threadIdx.x;
-        uint32_t key = t < len ? stat_key(pool.score[stat_slot(ln, pt, l, t)]) : 0;
+        uint32_t key = t < len ? stat_key(lane_get<CACHED>(cache, pool, ln, l, t)) : 0;
         int tie = t < len && key == thr;
-        int tie_incl = block_scan(tie, scan, false);
+        int tie_incl = block_scan(tie, wsh, false);
         bool take = t < len && (key > thr || (tie && tie_incl - tie < ties_left));
         int page = take ? t / pt : -1;
         /* pages ascend with t: the max scan is the page of the last token
          * taken at or before each thread */
-        int incl = block_scan(page, scan, true);
+        int incl = block_scan(page, wsh, true);
         scan[threadIdx.x] = incl;
         __syncthreads();
         int excl = threadIdx.x > 0 ? scan[threadIdx.x - 1] : -1;
-        int chunk_last = scan[STAT_THREADS - 1];
+        int chunk_last = scan[LANE_THREADS - 1];
         __syncthreads();
         excl = excl > last_page ? excl : last_page;
         int fresh = take && page != excl;
-        int new_incl = block_scan(fresh, scan, false);
+        int new_incl = block_scan(fresh, wsh, false);
         if (fresh)
             out[n_out + new_incl - 1] = page;
-        if (threadIdx.x == STAT_THREADS - 1) {
+        if (threadIdx.x == LANE_THREADS - 1) {
             s_tot[0] = tie_incl;
             s_tot[1] = new_incl;
         }
@@ -282,19 +416,48 @@ __global__ void topk_tokens_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int32_t k
         last_page = chunk_last > last_page ? chunk_last : last_page;
         __syncthreads();
     }
-    for (int32_t i = n_out + threadIdx.x; i < k; i += STAT_THREADS)
+    for (int32_t i = n_out + threadIdx.x; i < k; i += LANE_THREADS)
         out[i] = -1;
+}
+
+__global__ void __launch_bounds__(LANE_THREADS)
+    topk_tokens_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int32_t k, int32_t *out_pages,
+                       int32_t cache_cap)
+{
+    extern __shared__ float cache[];
+    __shared__ int hist[256];
+    __shared__ int scan[LANE_THREADS];
+    __shared__ int wsh[LANE_WARPS];
+    __shared__ double sh[LANE_WARPS];
+    int32_t l = blockIdx.x, len = ln.len[l], pt = pool.page_tokens;
+    int32_t *out = out_pages + (size_t)l * k;
+
+    if (len <= k) {
+        int32_t np = (len + pt - 1) / pt;
+        for (int32_t i = threadIdx.x; i < k; i += LANE_THREADS)
+            out[i] = i < np ? i : -1;
+        return;
+    }
+    if (len <= cache_cap)
+        topk_tokens_lane<true>(pool, ln, l, len, k, out, cache, hist, sh, scan, wsh);
+    else
+        topk_tokens_lane<false>(pool, ln, l, len, k, out, cache, hist, sh, scan, wsh);
 }
 
 extern "C" int sinkd_cuda_topk_tokens(sinkd_cuda *c, const sinkd_topk_tokens_args *a)
 {
+    int32_t cap;
+    int rc;
+
     if (!a || !a->pool || a->k < 1 || a->lanes.n_lanes < 0 ||
         (a->lanes.n_lanes > 0 && !a->out_pages) || a->pool->page_tokens < 1)
         return -EINVAL;
     if (a->lanes.n_lanes == 0)
         return 0;
-    topk_tokens_kernel<<<a->lanes.n_lanes, STAT_THREADS, 0, c->stream>>>(*a->pool, a->lanes, a->k,
-                                                                          a->out_pages);
+    if ((rc = lane_cache_floats(c, topk_tokens_kernel, &cap)) < 0)
+        return rc;
+    topk_tokens_kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(
+        *a->pool, a->lanes, a->k, a->out_pages, cap);
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }

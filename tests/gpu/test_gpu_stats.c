@@ -2,7 +2,8 @@
  * The CUDA policy-statistics ops (ops->stat in every mode, ops->topk_tokens)
  * against their CPU twin (kernels/cpu/stats.c) on random data from a fresh
  * seed (logged): ragged lanes (empty, one token, a few tokens, several
- * chunks of the kernels' 256-thread blocks), pages of 1..48 tokens drawn at
+ * chunks of the kernels' blocks, and with SC_LONG lanes longer than the
+ * whole-lane kernels cache in shared memory), pages of 1..48 tokens drawn at
  * random from the pool with spare ones between, scores with zeros, heavy
  * ties and NaN. Slots outside the lanes must keep their bytes on both.
  * Integer results (top-k page lists, QUANTILE counts at decay 0) must match
@@ -35,6 +36,8 @@
 enum {
     SC_TIES = 1, /* some lanes take only four distinct values */
     SC_NAN = 2,  /* one slot in 40 is NaN */
+    SC_LONG = 4, /* a third of the lanes hold 30000..60000 tokens: on both sides
+                    of the 40960 floats stats.cu caches per lane */
 };
 
 /* A pool on both backends with ragged lanes and a prev array. */
@@ -50,8 +53,10 @@ typedef struct spool {
     size_t slots;
 } spool;
 
-static int32_t rand_len(twin *t, int pt)
+static int32_t rand_len(twin *t, int pt, int flags)
 {
+    if ((flags & SC_LONG) && twin_range(t, 0, 2) == 0)
+        return twin_range(t, 30000, 60000);
     switch (twin_range(t, 0, 6)) {
     case 0: return 0;
     case 1: return 1;
@@ -86,7 +91,7 @@ static void spool_init(twin *t, spool *p, uint8_t dt, int d, int pt, int flags)
     cr_assert(p->h_len && p->h_off);
     p->h_off[0] = 0;
     for (int l = 0; l < nl; l++) {
-        p->h_len[l] = rand_len(t, pt);
+        p->h_len[l] = rand_len(t, pt, flags);
         p->h_off[l + 1] = p->h_off[l] + (p->h_len[l] + pt - 1) / pt + twin_range(t, 0, 2);
     }
     p->n_pages = p->h_off[nl] + twin_range(t, 1, 6);
@@ -254,7 +259,7 @@ Test(gpu_stats, slot_ops)
         spool p;
         int op = rep % 4; /* ZERO, STASH, RESTORE, DECAY */
         spool_init(&t, &p, rep & 4 ? SINKD_BF16 : SINKD_F16, rand_head_dim(&t), rand_pt(&t),
-                   SC_TIES | (rep & 8 ? SC_NAN : 0));
+                   SC_TIES | (rep & 8 ? SC_NAN : 0) | (rep >= 12 ? SC_LONG : 0));
         float *prev0 = p.h_prev;
         float *poison = NULL;
         if (op == SINKD_STAT_OP_STASH) {
@@ -325,7 +330,7 @@ Test(gpu_stats, quantile)
         float decay = rep & 2 ? 0.0f : 1.0f - 1.0f / (float)twin_range(&t, 2, 512);
         char what[64];
         snprintf(what, sizeof what, "quantile q=%g decay=%g", q, decay);
-        rule_case(&t, SINKD_F16, 64, SC_TIES | (rep & 1 ? SC_NAN : 0),
+        rule_case(&t, SINKD_F16, 64, SC_TIES | (rep & 1 ? SC_NAN : 0) | (rep % 4 == 3 ? SC_LONG : 0),
                   (sinkd_stat_args){.op = SINKD_STAT_OP_QUANTILE, .quantile = q, .decay = decay},
                   decay == 0 ? 0 : TOL32, what);
     }
@@ -343,7 +348,7 @@ Test(gpu_stats, gumbel)
         uint64_t seed = (uint64_t)twin_u32(&t) << 32 | twin_u32(&t);
         char what[32];
         snprintf(what, sizeof what, "gumbel T=%g", temp);
-        rule_case(&t, SINKD_BF16, 32, SC_TIES | (rep & 1 ? SC_NAN : 0),
+        rule_case(&t, SINKD_BF16, 32, SC_TIES | (rep & 1 ? SC_NAN : 0) | (rep % 4 == 3 ? SC_LONG : 0),
                   (sinkd_stat_args){.op = SINKD_STAT_OP_GUMBEL, .temperature = temp, .seed = seed},
                   TOL32, what);
     }
@@ -398,8 +403,8 @@ Test(gpu_stats, topk_tokens)
     for (int rep = 0; rep < 30; rep++) {
         spool p;
         spool_init(&t, &p, SINKD_F16, 64, rand_pt(&t),
-                   (rep % 3 ? SC_TIES : 0) | (rep & 1 ? SC_NAN : 0));
-        int k = rep < 20 ? ks[rep % 10] : twin_range(&t, 1, 3500);
+                   (rep % 3 ? SC_TIES : 0) | (rep & 1 ? SC_NAN : 0) | (rep >= 26 ? SC_LONG : 0));
+        int k = rep < 20 ? ks[rep % 10] : rep < 26 ? twin_range(&t, 1, 3500) : twin_range(&t, 1, 40000);
         size_t n = (size_t)p.n_lanes * k;
         int32_t *poison = malloc(n * 4);
         cr_assert(poison);
