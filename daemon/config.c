@@ -260,7 +260,7 @@ static int config__store(const sinkd_cfg_key *k, void *field, const char *value,
                          const char *where, char *err, size_t errlen)
 {
     size_t len = strlen(value);
-    uint64_t u;
+    uint64_t u = 0; /* gcc -O3 cannot see that a failed parse returns first */
 
     if (len == 0 && (k->flags & SINKD_CFG_EMPTY_OK) &&
         (k->type == SINKD_CFG_STR || k->type == SINKD_CFG_PATH ||
