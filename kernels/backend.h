@@ -349,8 +349,8 @@ typedef struct sinkd_backend_info {
     int32_t _pad;
 } sinkd_backend_info;
 
-/* The ops table. Every entry is required. Shapes in brackets are row-major,
- * f32 unless a dtype is named. */
+/* The ops table. Every entry is required but the graph ops at the end.
+ * Shapes in brackets are row-major, f32 unless a dtype is named. */
 typedef struct sinkd_ops {
     /* memory: device allocations are not zeroed */
     int (*alloc)(sinkd_backend *be, void **p, size_t bytes);
@@ -394,6 +394,28 @@ typedef struct sinkd_ops {
     /* policy statistics and token selection (appended) */
     int (*stat)(sinkd_backend *be, const sinkd_stat_args *a);
     int (*topk_tokens)(sinkd_backend *be, const sinkd_topk_tokens_args *a);
+
+    /* Recorded replays (appended). OPTIONAL, unlike every entry above: NULL
+     * where the backend has none (the CPU), and the caller then issues its
+     * ops one by one. Between graph_begin and graph_end the ops issued on
+     * this thread are recorded, not run; graph_launch replays the recording
+     * on the stream, ordered like any op. A recording freezes every argument
+     * of every op (pointers, shapes, scalars), so only ops whose arguments are
+     * the same at every replay belong in one: no h2d/d2h/sync/alloc/free, no
+     * op that reads host memory. Buffers the backend grows for its own
+     * scratch stay valid for the graphs that recorded them.
+     *   graph_begin   -EBUSY if a recording is already open, -EIO
+     *   graph_end     closes the recording and always returns the backend to
+     *                 running ops; 0 and *@graph (owned by the caller, freed
+     *                 with graph_free), or *@graph = NULL and -EIO (an op
+     *                 could not be recorded: run them without a graph) or
+     *                 -ENOMEM
+     *   graph_launch  -EINVAL for NULL, -EIO
+     *   graph_free    waits for the stream, then frees; NULL is a no-op */
+    int (*graph_begin)(sinkd_backend *be);
+    int (*graph_end)(sinkd_backend *be, void **graph);
+    int (*graph_launch)(sinkd_backend *be, void *graph);
+    void (*graph_free)(sinkd_backend *be, void *graph);
 } sinkd_ops;
 
 struct sinkd_backend {

@@ -3,7 +3,8 @@
  * Prints a table and writes JSON.
  *
  *   sinkd-bench-e2e --model PATH [--backend cpu|cuda] [--weights bf16|f16|f32|keep]
- *                   [--batches 1,8,32,64] [--prompt 512] [--steps 128] ...
+ *                   [--batches 1,8,32,64] [--prompt 512] [--steps 128]
+ *                   [--graphs on|off|off,on] ...
  *
  * In process (e2e_model.c): the d2d copy bandwidth and the floor it gives a
  * decode step (weight bytes / bandwidth), prefill tokens/s of one sequence,
@@ -46,6 +47,9 @@ static void usage(FILE *f)
             "  --socket-only            only the socket part\n"
             "  --socket-path PATH       measure a running sinkd instead (its first model)\n"
             "  --socket-tokens N        tokens of the streamed generation (default 128)\n"
+            "  --graphs on|off|off,on   CUDA graphs of the decode step; off,on measures each\n"
+            "                           batch size both ways (default on; warm-up >= 2 steps\n"
+            "                           keeps the recording out of the timed steps)\n"
             "  --json-out FILE          results as JSON (default bench-e2e.json)\n");
 }
 
@@ -92,11 +96,26 @@ static int parse_batches(const char *s, e2e_opts *o)
     return o->n_batches > 0 ? 0 : -EINVAL;
 }
 
+/* "on", "off" or a comma list of them (at most two). */
+static int parse_graphs(const char *s, e2e_opts *o)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%s", s);
+    o->n_graphs = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        bool on = strcmp(tok, "on") == 0;
+        if (o->n_graphs == 2 || (!on && strcmp(tok, "off") != 0))
+            return -EINVAL;
+        o->graphs[o->n_graphs++] = on;
+    }
+    return o->n_graphs > 0 ? 0 : -EINVAL;
+}
+
 static int parse_args(int argc, char **argv, e2e_opts *o, const char **json_out)
 {
     enum { O_BACKEND = 256, O_WEIGHTS, O_KV, O_BATCHES, O_PROMPT, O_STEPS, O_WARMUP, O_CHUNK,
            O_RUNS, O_PAGE, O_THREADS, O_COPY, O_SOCKET, O_SOCKET_ONLY, O_SOCKET_PATH,
-           O_SOCKET_TOKENS, O_JSON, O_MODEL };
+           O_SOCKET_TOKENS, O_JSON, O_MODEL, O_GRAPHS };
     static const struct option opts[] = {
         { "model", required_argument, NULL, O_MODEL },
         { "backend", required_argument, NULL, O_BACKEND },
@@ -116,6 +135,7 @@ static int parse_args(int argc, char **argv, e2e_opts *o, const char **json_out)
         { "socket-path", required_argument, NULL, O_SOCKET_PATH },
         { "socket-tokens", required_argument, NULL, O_SOCKET_TOKENS },
         { "json-out", required_argument, NULL, O_JSON },
+        { "graphs", required_argument, NULL, O_GRAPHS },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -145,6 +165,7 @@ static int parse_args(int argc, char **argv, e2e_opts *o, const char **json_out)
         case O_SOCKET_PATH: o->socket_path = optarg, o->socket_part = true; break;
         case O_SOCKET_TOKENS: rc = parse_int(optarg, 3, 1 << 20, &o->socket_tokens); break;
         case O_JSON: *json_out = optarg; break;
+        case O_GRAPHS: rc = parse_graphs(optarg, o); break;
         case 'h': usage(stdout); exit(0);
         default: rc = -EINVAL; break;
         }
@@ -175,16 +196,30 @@ static void json_str(FILE *f, const char *s)
 
 static double mib(uint64_t b) { return (double)b / 1048576.0; }
 
-/* Index of the batch-1 row and of the largest batch, or -1. */
-static void key_rows(const e2e_model_result *m, int *one, int *big)
+/* Index of the batch-1 row and of the largest batch, or -1, among the rows
+ * of the last --graphs entry (with off,on: the targets are judged with
+ * graphs). */
+static void key_rows(const e2e_opts *o, const e2e_model_result *m, int *one, int *big)
 {
     *one = *big = -1;
     for (int i = 0; i < m->n_rows; i++) {
+        if (m->rows[i].graphs_asked != o->graphs[o->n_graphs - 1])
+            continue;
         if (m->rows[i].batch == 1)
             *one = i;
         if (*big < 0 || m->rows[i].batch > m->rows[*big].batch)
             *big = i;
     }
+}
+
+/* Tokens/s of row @i over the batch-1 row of the same --graphs entry (0:
+ * none). */
+static double speedup_vs_b1(const e2e_model_result *m, int i)
+{
+    for (int j = 0; j < m->n_rows; j++)
+        if (m->rows[j].batch == 1 && m->rows[j].graphs_asked == m->rows[i].graphs_asked)
+            return m->rows[i].tok_s / m->rows[j].tok_s;
+    return 0.0;
 }
 
 static const char *verdict(bool met) { return met ? "met" : "MISSED"; }
@@ -209,20 +244,21 @@ static void print_model(const e2e_opts *o, const e2e_model_result *m)
            "(weight bytes / copy bandwidth)\n", mib(m->copy_bytes), m->copy_gbs, m->floor_ms);
     printf("prefill: %d tokens in chunks of %d: %.2f ms, %.0f tok/s, %.2f TFLOP/s\n\n",
            m->prefill_tokens, m->prefill_chunk, m->prefill_ms, m->prefill_tok_s, m->prefill_tflops);
-    printf("%6s %9s %9s %9s %10s %7s %9s %7s %11s %10s\n", "batch", "step ms", "p10 ms",
-           "p90 ms", "tok/s", "x b1", "floor ms", "/floor", "host-lg ms", "host tok/s");
+    printf("%6s %6s %9s %9s %9s %10s %7s %9s %7s %11s %10s\n", "batch", "graphs", "step ms",
+           "p10 ms", "p90 ms", "tok/s", "x b1", "floor ms", "/floor", "host-lg ms", "host tok/s");
     int one, big;
-    key_rows(m, &one, &big);
+    key_rows(o, m, &one, &big);
     for (int i = 0; i < m->n_rows; i++) {
         const e2e_decode_row *r = &m->rows[i];
-        printf("%6d %9.3f %9.3f %9.3f %10.1f %7.2f %9.3f %7.2f %11.3f %10.1f\n", r->batch,
-               r->step_ms_med, r->step_ms_p10, r->step_ms_p90, r->tok_s,
-               one >= 0 ? r->tok_s / m->rows[one].tok_s : 0.0, r->floor_ms,
+        printf("%6d %6s %9.3f %9.3f %9.3f %10.1f %7.2f %9.3f %7.2f %11.3f %10.1f\n", r->batch,
+               r->graphs ? "on" : "off", r->step_ms_med, r->step_ms_p10, r->step_ms_p90, r->tok_s,
+               speedup_vs_b1(m, i), r->floor_ms,
                r->step_ms_med / r->floor_ms, r->host_step_ms_med, r->host_tok_s);
     }
     printf("(floor ms: (weight bytes + K/V bytes read at the mean context %.0f) / copy bandwidth;\n"
-           " host-lg: every logit copied to the host and argmax there, as the engine does)\n",
-           m->n_rows ? m->rows[0].ctx_mean : 0.0);
+           " host-lg: every logit copied to the host and argmax there, as the engine does;\n"
+           " x b1: against batch 1 of the same graphs setting; %d CUDA graphs recorded)\n",
+           m->n_rows ? m->rows[0].ctx_mean : 0.0, m->graphs_recorded);
     if (one >= 0)
         printf("target: batch-1 step / weight floor = %.2f (<= %.1f): %s\n",
                m->rows[one].step_ms_med / m->floor_ms, TARGET_FLOOR,
@@ -246,12 +282,12 @@ static void print_socket(const e2e_socket_result *s)
            TARGET_SOCKET, verdict(s->ratio_mean <= TARGET_SOCKET));
 }
 
-static void json_model(FILE *f, const e2e_model_result *m)
+static void json_model(FILE *f, const e2e_opts *o, const e2e_model_result *m)
 {
     const sinkd_model_hparams *hp = &m->hp;
     int one, big;
 
-    key_rows(m, &one, &big);
+    key_rows(o, m, &one, &big);
     fprintf(f, "\"backend\":");
     json_str(f, m->backend);
     fprintf(f, ",\"device\":");
@@ -272,17 +308,20 @@ static void json_model(FILE *f, const e2e_model_result *m)
     fprintf(f, "\"copy\":{\"bytes\":%llu,\"gbs\":%.2f},\"floor_ms\":%.5f,",
             (unsigned long long)m->copy_bytes, m->copy_gbs, m->floor_ms);
     fprintf(f, "\"prefill\":{\"tokens\":%d,\"chunk\":%d,\"ms\":%.4f,\"tok_s\":%.2f,"
-               "\"tflops\":%.4f},\"decode\":[",
-            m->prefill_tokens, m->prefill_chunk, m->prefill_ms, m->prefill_tok_s, m->prefill_tflops);
+               "\"tflops\":%.4f},\"graphs_recorded\":%d,\"decode\":[",
+            m->prefill_tokens, m->prefill_chunk, m->prefill_ms, m->prefill_tok_s, m->prefill_tflops,
+            m->graphs_recorded);
     for (int i = 0; i < m->n_rows; i++) {
         const e2e_decode_row *r = &m->rows[i];
-        fprintf(f, "%s{\"batch\":%d,\"step_ms_med\":%.5f,\"step_ms_mean\":%.5f,"
+        fprintf(f, "%s{\"batch\":%d,\"graphs\":%s,\"graphs_asked\":%s,"
+                   "\"step_ms_med\":%.5f,\"step_ms_mean\":%.5f,"
                    "\"step_ms_p10\":%.5f,\"step_ms_p90\":%.5f,\"tok_s\":%.2f,"
                    "\"speedup_vs_b1\":%.3f,\"host_step_ms_med\":%.5f,\"host_tok_s\":%.2f,"
                    "\"ctx_mean\":%.1f,\"kv_bytes\":%.0f,\"flops\":%.0f,\"floor_ms\":%.5f,"
                    "\"step_over_floor\":%.4f}",
-                i ? "," : "", r->batch, r->step_ms_med, r->step_ms_mean, r->step_ms_p10,
-                r->step_ms_p90, r->tok_s, one >= 0 ? r->tok_s / m->rows[one].tok_s : 0.0,
+                i ? "," : "", r->batch, r->graphs ? "true" : "false",
+                r->graphs_asked ? "true" : "false", r->step_ms_med, r->step_ms_mean, r->step_ms_p10,
+                r->step_ms_p90, r->tok_s, speedup_vs_b1(m, i),
                 r->host_step_ms_med, r->host_tok_s, r->ctx_mean, r->kv_bytes, r->flops,
                 r->floor_ms, r->step_ms_med / r->floor_ms);
     }
@@ -324,7 +363,7 @@ static int write_json(const char *path, const e2e_opts *o, const e2e_model_resul
     fprintf(f, ",\"prompt\":%d,\"steps\":%d,\"warmup\":%d,", o->prompt, o->steps, o->warmup);
     if (m && m->weight_bytes) {
         fprintf(f, "\"in_process\":{");
-        json_model(f, m);
+        json_model(f, o, m);
         fprintf(f, "},");
     }
     fprintf(f, "\"socket\":");
@@ -347,6 +386,7 @@ int main(int argc, char **argv)
         .backend = "cuda", .weight_dtype = -1, .kv_dtype = -1, .batches = { 1, 8, 32, 64 },
         .n_batches = 4, .prompt = 512, .steps = 128, .warmup = 8, .chunk = 512, .runs = 5,
         .page_tokens = 16, .copy_bytes = 1024ull << 20, .model_part = true, .socket_tokens = 128,
+        .graphs = { true }, .n_graphs = 1,
     };
     const char *json_out = "bench-e2e.json";
     static e2e_model_result m;

@@ -19,6 +19,7 @@
 #include "model.h"
 
 #define E2E_MAX_BATCHES 16
+#define E2E_MAX_ROWS (2 * E2E_MAX_BATCHES) /* each batch size with graphs off and on */
 
 /* What to run (command-line flags in brackets). */
 typedef struct e2e_opts {
@@ -40,11 +41,15 @@ typedef struct e2e_opts {
     bool socket_part;           /* [--socket] or [--socket-only] */
     const char *socket_path;    /* [--socket-path] a running daemon; NULL = start one */
     int32_t socket_tokens;      /* [--socket-tokens] tokens of the timed generation */
+    bool graphs[2];             /* [--graphs] on, off or off,on: CUDA graphs of the decode */
+    int n_graphs;               /* step, each batch size measured with each in turn */
 } e2e_opts;
 
 /* One batch size of the decode measurement. */
 typedef struct e2e_decode_row {
     int32_t batch;
+    bool graphs_asked;          /* the --graphs entry of the row */
+    bool graphs;                /* whether the steps used graphs (CPU: never) */
     /* Device argmax: only the chosen ids come back to the host. */
     double step_ms_med, step_ms_mean, step_ms_p10, step_ms_p90;
     double tok_s;               /* batch / median step */
@@ -73,8 +78,9 @@ typedef struct e2e_model_result {
     double floor_ms;            /* weight bytes / copy bandwidth */
     int32_t prefill_tokens, prefill_chunk;
     double prefill_ms, prefill_tok_s, prefill_tflops;
-    e2e_decode_row rows[E2E_MAX_BATCHES];
+    e2e_decode_row rows[E2E_MAX_ROWS];  /* batch-major, graphs entries in --graphs order */
     int n_rows;
+    int32_t graphs_recorded;    /* sinkd_model_graphs_count after the decode runs */
 } e2e_model_result;
 
 typedef struct e2e_socket_result {

@@ -15,7 +15,9 @@
  *            engine does it (every logit to the host, argmax there). Before
  *            each run the lanes are cut back to the prompt (an identity
  *            keep list through sinkd_kv_compact), so every run starts at the
- *            same context; `warmup` untimed steps come first.
+ *            same context; `warmup` untimed steps come first. With
+ *            --graphs off,on each batch size runs twice, CUDA graphs off
+ *            then on (sinkd_model_graphs_set; the warm-up records them).
  */
 #include <errno.h>
 #include <math.h>
@@ -381,9 +383,12 @@ static int measure_decode(bench *b)
         fprintf(stderr, "<3>" E2E_LOG "prefill of the decode sequences: %s\n", strerror(-rc));
         return rc;
     }
-    for (int k = 0; k < o->n_batches; k++) {
-        int32_t n = o->batches[k];
+    for (int k = 0; k < o->n_batches * o->n_graphs; k++) {
+        int32_t n = o->batches[k / o->n_graphs];
         e2e_decode_row *row = &b->r->rows[k];
+        row->graphs_asked = o->graphs[k % o->n_graphs];
+        /* the warm-up steps also record the graphs of this batch size */
+        row->graphs = sinkd_model_graphs_set(b->m, row->graphs_asked);
         if ((rc = decode_run(b, n, o->warmup, false, false)) != 0 ||
             (rc = decode_run(b, n, o->steps, false, true)) != 0) {
             fprintf(stderr, "<3>" E2E_LOG "decode at batch %d: %s\n", n, strerror(-rc));
@@ -410,8 +415,9 @@ static int measure_decode(bench *b)
         row->flops = n * (2.0 * matrix_params(hp) + attn_flops(hp, row->ctx_mean));
         row->floor_ms = ((double)b->r->weight_bytes + row->kv_bytes) / (b->r->copy_gbs * 1e9) * 1e3;
         b->r->n_rows = k + 1;
-        fprintf(stderr, "<6>" E2E_LOG "decode batch %d: %.3f ms/step (host logits %.3f)\n", n,
-                row->step_ms_med, row->host_step_ms_med);
+        b->r->graphs_recorded = sinkd_model_graphs_count(b->m);
+        fprintf(stderr, "<6>" E2E_LOG "decode batch %d, graphs %s: %.3f ms/step (host logits %.3f)\n",
+                n, row->graphs ? "on" : "off", row->step_ms_med, row->host_step_ms_med);
     }
     return 0;
 }

@@ -9,6 +9,7 @@
 #    ($LLAMA1B_GGUF, default /tmp/sinkd-llama-3.2-1b-random.gguf; never in
 #    the repository),
 # 2. runs sinkd-bench-e2e on it with bf16 weights at batch 1, 8, 32, 64,
+#    each batch size with CUDA graphs off and then on (GRAPHS=on: only on),
 # 3. runs it on sinkd-ref-small ($SMALL_GGUF, default
 #    .models/sinkd-ref-small-f16.gguf), f16 as stored, with the socket part
 #    (the 1B file carries a byte-level vocabulary padded to its size),
@@ -40,8 +41,8 @@ if [ "$backend" = cuda ]; then
       --format=csv | tee "$out/gpu.txt" || true
   fi
   common=(--backend cuda)
-  small_args=(--batches "1,8,32,64" --prompt 512 --steps 128)
-  big_args=(--batches "1,8,32,64" --prompt 512 --steps 128 --socket)
+  small_args=(--batches "1,8,32,64" --prompt 512 --steps 128 --graphs "${GRAPHS:-off,on}")
+  big_args=(--batches "1,8,32,64" --prompt 512 --steps 128 --socket --graphs "${GRAPHS:-off,on}")
   big_make=()
 else
   common=(--backend cpu --copy-mib 1024 --runs 3 --warmup 2)
@@ -94,9 +95,10 @@ for r in rows:
           f"floor {m['floor_ms']:.3f} ms/step")
     p = m["prefill"]
     print(f"  prefill {p['tokens']} tokens: {p['ms']:.2f} ms = {p['tok_s']:.0f} tok/s ({p['tflops']:.1f} TFLOP/s)")
-    print(f"  {'batch':>5} {'step ms':>9} {'tok/s':>10} {'x b1':>6} {'/floor':>7} {'host-lg tok/s':>14}")
+    print(f"  {'batch':>5} {'graphs':>6} {'step ms':>9} {'tok/s':>10} {'x b1':>6} {'/floor':>7} {'host-lg tok/s':>14}")
     for d in m["decode"]:
-        print(f"  {d['batch']:>5} {d['step_ms_med']:>9.3f} {d['tok_s']:>10.1f} {d['speedup_vs_b1']:>6.1f} "
+        g = "on" if d.get("graphs") else "off"
+        print(f"  {d['batch']:>5} {g:>6} {d['step_ms_med']:>9.3f} {d['tok_s']:>10.1f} {d['speedup_vs_b1']:>6.1f} "
               f"{d['step_over_floor']:>7.2f} {d['host_tok_s']:>14.1f}")
     t = m["targets"]
     if "b1_over_floor" in t:

@@ -14,6 +14,7 @@
 
 #include "errf.h"
 #include "half.h"
+#include "model_graph.h"
 
 typedef struct layer_w {
     float *attn_norm, *ffn_norm;        /* (D) */
@@ -40,6 +41,7 @@ struct sinkd_model {
     float *hb, *hb2;                    /* (n, F) */
     float *logits;                      /* (logit_rows, V) */
     int32_t *ids, *pos;                 /* (n) */
+    model_graphs graphs;                /* decode stretches, by batch size */
 };
 
 /* ---- hyper-parameters --------------------------------------------------- */
@@ -405,6 +407,8 @@ static int model__load(sinkd_model *m, const sinkd_gguf *g, char *err, size_t er
             return rc;
     if ((rc = model__scratch(m)))
         return model__errf(err, errlen, rc, "model: allocating scratch buffers failed (%d)", rc);
+    /* one stretch before each layer's attention and one after the last */
+    model_graph__init(&m->graphs, hp->n_layers + 1, m->cfg.max_tokens);
     return m->be->ops->sync(m->be);
 }
 
@@ -443,6 +447,7 @@ void sinkd_model_free(sinkd_model *m)
 {
     if (!m)
         return;
+    model_graph__free(&m->graphs, m->be);
     for (size_t i = 0; i < m->n_dev; i++)
         m->be->ops->free(m->be, m->dev[i]);
     free(m->dev);
@@ -453,6 +458,13 @@ void sinkd_model_free(sinkd_model *m)
 const sinkd_model_hparams *sinkd_model_hparams_get(const sinkd_model *m) { return &m->hp; }
 uint64_t sinkd_model_weight_bytes(const sinkd_model *m) { return m->weight_bytes; }
 const float *sinkd_model_logits_dev(const sinkd_model *m) { return m->logits; }
+int32_t sinkd_model_graphs_count(const sinkd_model *m) { return m->graphs.count; }
+
+bool sinkd_model_graphs_set(sinkd_model *m, bool on)
+{
+    m->graphs.on = on;
+    return model_graph__active(&m->graphs, m->be);
+}
 
 sinkd_rope sinkd_model_rope(const sinkd_model *m, uint8_t mode)
 {
@@ -480,6 +492,7 @@ typedef struct fwd {
     int32_t n_seqs;      /* 1 for prefill */
     int32_t n;           /* rows */
     bool prefill;
+    int32_t logit_first; /* first row whose logits are wanted, -1 = none */
     const int32_t *pos;  /* HOST [n] */
     const sinkd_model_opts *o;
 } fwd;
@@ -521,7 +534,9 @@ static int fwd__attention(const fwd *f, int32_t layer)
     return be->ops->attn_decode(be, &a);
 }
 
-static int fwd__layer(const fwd *f, int32_t l)
+/* The ops of layer @l after its attention: output projection, residual,
+ * feed-forward, residual. */
+static int fwd__ffn(const fwd *f, int32_t l)
 {
     sinkd_model *m = f->m;
     sinkd_backend *be = m->be;
@@ -530,12 +545,7 @@ static int fwd__layer(const fwd *f, int32_t l)
     const layer_w *w = &m->layers[l];
     int32_t n = f->n;
     int rc;
-    if ((rc = ops->rmsnorm(be, m->xb, m->x, w->attn_norm, n, hp->dim, hp->norm_eps)) ||
-        (rc = ops->matmul(be, m->q, m->xb, n, &w->wq, w->bq)) ||
-        (rc = ops->matmul(be, m->k, m->xb, n, &w->wk, w->bk)) ||
-        (rc = ops->matmul(be, m->v, m->xb, n, &w->wv, w->bv)) ||
-        (rc = fwd__attention(f, l)) ||
-        (rc = ops->matmul(be, m->xb2, m->att, n, &w->wo, NULL)) ||
+    if ((rc = ops->matmul(be, m->xb2, m->att, n, &w->wo, NULL)) ||
         (rc = ops->add(be, m->x, m->xb2, (int64_t)n * hp->dim)) ||
         (rc = ops->rmsnorm(be, m->xb, m->x, w->ffn_norm, n, hp->dim, hp->norm_eps)) ||
         (rc = ops->matmul(be, m->hb, m->xb, n, &w->wg, NULL)) ||
@@ -547,27 +557,65 @@ static int fwd__layer(const fwd *f, int32_t l)
     return 0;
 }
 
-/* Logits of rows [first, n) of the residual stream into @logits (HOST rows
- * in order, may be NULL), in blocks of logit_rows. */
-static int fwd__logits(sinkd_model *m, int32_t first, int32_t n, float *logits)
+/* Stretch @i of the forward: the ops between attention i - 1 and attention
+ * i, from the embedding (i = 0) to the first block of logits (i = n_layers,
+ * when logits are wanted). Every argument of these ops depends on the rows
+ * and logit_first alone, never on the step's ids, positions or lanes (those
+ * reach them through device buffers), which is what lets a decode step
+ * replay them from a graph (model_graph.h). */
+static int fwd__stretch(const void *arg, int32_t i)
 {
+    const fwd *f = arg;
+    sinkd_model *m = f->m;
+    sinkd_backend *be = m->be;
+    const sinkd_ops *ops = be->ops;
+    const sinkd_model_hparams *hp = &m->hp;
+    int32_t n = f->n;
+    int rc = i == 0 ? ops->embed(be, m->x, &m->tok_embd, m->ids, n) : fwd__ffn(f, i - 1);
+    if (rc)
+        return rc;
+    if (i < hp->n_layers) {
+        const layer_w *w = &m->layers[i];
+        if ((rc = ops->rmsnorm(be, m->xb, m->x, w->attn_norm, n, hp->dim, hp->norm_eps)) ||
+            (rc = ops->matmul(be, m->q, m->xb, n, &w->wq, w->bq)) ||
+            (rc = ops->matmul(be, m->k, m->xb, n, &w->wk, w->bk)) ||
+            (rc = ops->matmul(be, m->v, m->xb, n, &w->wv, w->bv)))
+            return rc;
+        return 0;
+    }
+    if (f->logit_first < 0)
+        return 0;
+    size_t first = (size_t)f->logit_first * hp->dim;
+    int32_t rows = n - f->logit_first, block = rows < m->cfg.logit_rows ? rows : m->cfg.logit_rows;
+    if ((rc = ops->rmsnorm(be, m->xb + first, m->x + first, m->out_norm, rows, hp->dim,
+                           hp->norm_eps)))
+        return rc;
+    return ops->matmul(be, m->logits, m->xb + first, block, &m->output, NULL);
+}
+
+/* Logits of rows [logit_first, n) to @logits (HOST rows in order, may be
+ * NULL) in blocks of logit_rows; the last stretch computed the first block. */
+static int fwd__logits(const fwd *f, float *logits)
+{
+    sinkd_model *m = f->m;
     sinkd_backend *be = m->be;
     const sinkd_model_hparams *hp = &m->hp;
-    int rc = be->ops->rmsnorm(be, m->xb + (size_t)first * hp->dim, m->x + (size_t)first * hp->dim,
-                              m->out_norm, n - first, hp->dim, hp->norm_eps);
-    for (int32_t r = first; r < n && rc == 0; r += m->cfg.logit_rows) {
-        int32_t k = n - r < m->cfg.logit_rows ? n - r : m->cfg.logit_rows;
+    int rc = 0;
+    for (int32_t r = f->logit_first; r < f->n && rc == 0; r += m->cfg.logit_rows) {
+        int32_t k = f->n - r < m->cfg.logit_rows ? f->n - r : m->cfg.logit_rows;
         size_t bytes = (size_t)k * hp->n_vocab * sizeof(float);
-        rc = be->ops->matmul(be, m->logits, m->xb + (size_t)r * hp->dim, k, &m->output, NULL);
+        if (r > f->logit_first)
+            rc = be->ops->matmul(be, m->logits, m->xb + (size_t)r * hp->dim, k, &m->output, NULL);
         if (rc == 0 && logits)
-            rc = be->ops->d2h(be, logits + (size_t)(r - first) * hp->n_vocab, m->logits, bytes);
+            rc = be->ops->d2h(be, logits + (size_t)(r - f->logit_first) * hp->n_vocab, m->logits,
+                              bytes);
         if (rc == 0)
             rc = be->ops->sync(be);
     }
     return rc;
 }
 
-static int fwd__run(const fwd *f, const int32_t *ids, float *logits, int32_t logit_first)
+static int fwd__run(const fwd *f, const int32_t *ids, float *logits)
 {
     sinkd_model *m = f->m;
     sinkd_backend *be = m->be;
@@ -576,15 +624,19 @@ static int fwd__run(const fwd *f, const int32_t *ids, float *logits, int32_t log
         if (ids[i] < 0 || ids[i] >= m->hp.n_vocab)
             return -EINVAL;
     if ((rc = be->ops->h2d(be, m->ids, ids, (size_t)f->n * 4)) ||
-        (rc = be->ops->h2d(be, m->pos, f->pos, (size_t)f->n * 4)) ||
-        (rc = be->ops->embed(be, m->x, &m->tok_embd, m->ids, f->n)))
+        (rc = be->ops->h2d(be, m->pos, f->pos, (size_t)f->n * 4)))
         return rc;
-    for (int32_t l = 0; l < m->hp.n_layers; l++)
-        if ((rc = fwd__layer(f, l)))
+    for (int32_t i = 0; i <= m->hp.n_layers; i++) {
+        rc = f->prefill ? fwd__stretch(f, i)
+                        : model_graph__run(&m->graphs, be, f->n, i, fwd__stretch, f);
+        if (rc == 0 && i < m->hp.n_layers)
+            rc = fwd__attention(f, i);
+        if (rc)
             return rc;
-    if (logit_first < 0)
+    }
+    if (f->logit_first < 0)
         return be->ops->sync(be);
-    return fwd__logits(m, logit_first, f->n, logits);
+    return fwd__logits(f, logits);
 }
 
 int sinkd_model_prefill(sinkd_model *m, sinkd_kv *kv, sinkd_kv_seq *seq, const int32_t *ids,
@@ -599,10 +651,9 @@ int sinkd_model_prefill(sinkd_model *m, sinkd_kv *kv, sinkd_kv_seq *seq, const i
         int32_t k = n - done < m->cfg.max_tokens ? n - done : m->cfg.max_tokens;
         bool last = done + k == n;
         fwd f = {.m = m, .kv = kv, .seqs = &seq, .n_seqs = 1, .n = k, .prefill = true,
-                 .pos = pos + done, .o = o};
-        int32_t first = o->all_logits ? 0 : last ? k - 1 : -1;
+                 .logit_first = o->all_logits ? 0 : last ? k - 1 : -1, .pos = pos + done, .o = o};
         float *out = logits && o->all_logits ? logits + (size_t)done * m->hp.n_vocab : logits;
-        int rc = fwd__run(&f, ids + done, out, first);
+        int rc = fwd__run(&f, ids + done, out);
         if (rc)
             return rc;
         done += k;
@@ -618,6 +669,6 @@ int sinkd_model_decode(sinkd_model *m, sinkd_kv *kv, sinkd_kv_seq *const *seqs, 
     if (!m || !kv || !seqs || !ids || !pos || n_seqs < 1 || n_seqs > m->cfg.max_tokens)
         return -EINVAL;
     fwd f = {.m = m, .kv = kv, .seqs = seqs, .n_seqs = n_seqs, .n = n_seqs, .prefill = false,
-             .pos = pos, .o = opts ? opts : &dflt};
-    return fwd__run(&f, ids, logits, 0);
+             .logit_first = 0, .pos = pos, .o = opts ? opts : &dflt};
+    return fwd__run(&f, ids, logits);
 }

@@ -18,6 +18,17 @@
  *
  * A model is used by one thread at a time (its scratch buffers are shared by
  * every call); weights are read-only after load.
+ *
+ * CUDA graphs: on a backend with the graph ops (CUDA), a decode step replays
+ * recorded graphs of the ops between two attention calls (norms, matmuls,
+ * residuals, the final norm and output matmul), one set per batch size, the
+ * first step of a batch size eager, the second recording; uploads, KV
+ * append, the policy hook and attention stay eager. Results are the same
+ * bits either way. The environment variable SINKD_CUDA_GRAPHS=0, read at
+ * sinkd_model_load, turns them off (sinkd_model_graphs_set overrides it).
+ * A recording that fails is logged once and the model decodes without
+ * graphs from then on. While a recording is open the backend's stream must
+ * not be used from another thread.
  */
 #ifndef SINKD_MODEL_H
 #define SINKD_MODEL_H
@@ -140,5 +151,14 @@ int sinkd_model_decode(sinkd_model *m, sinkd_kv *kv, sinkd_kv_seq *const *seqs, 
  * @logits), for callers that sample on the device (ops->argmax). Valid until
  * the next forward. */
 const float *sinkd_model_logits_dev(const sinkd_model *m);
+
+/* Turn CUDA graphs for decode steps on or off (graphs already recorded are
+ * kept for when they are back on). Returns whether decode steps now use
+ * them: false when off, when the backend has no graph ops (CPU) or after a
+ * failed recording. This function can't fail. */
+bool sinkd_model_graphs_set(sinkd_model *m, bool on);
+
+/* Graphs recorded so far (they are freed with the model). */
+int32_t sinkd_model_graphs_count(const sinkd_model *m);
 
 #endif /* SINKD_MODEL_H */

@@ -133,6 +133,7 @@ static const sinkd_ops cpu_ops = {
     .argmax = cpu__argmax,
     .stat = cpu__stat,
     .topk_tokens = cpu__topk_tokens,
+    /* no graph ops: callers run their ops one by one */
 };
 
 int cpu__scratch_reserve(cpu__backend *cb, size_t floats)

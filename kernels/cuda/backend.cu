@@ -14,17 +14,40 @@
 
 static sinkd_cuda *cu(sinkd_backend *be) { return (sinkd_cuda *)be->priv; }
 
+/* Keep @p until the last graph is freed: a graph may have recorded it. */
+static int buf_park(sinkd_cuda *c, void *p)
+{
+    if (c->n_retired == c->cap_retired) {
+        size_t cap = c->cap_retired ? c->cap_retired * 2 : 8;
+        void **r = (void **)realloc(c->retired, cap * sizeof *r);
+        if (!r)
+            return -ENOMEM;
+        c->retired = r;
+        c->cap_retired = cap;
+    }
+    c->retired[c->n_retired++] = p;
+    return 0;
+}
+
 int sinkd_cuda_buf_reserve(sinkd_cuda *c, sinkd_cuda_buf *b, size_t bytes)
 {
     if (b->bytes >= bytes)
         return 0;
-    if (b->p) {
+    cudaStreamCaptureStatus st;
+    SINKD_CUDA_TRY(cudaStreamIsCapturing(c->stream, &st));
+    if (st != cudaStreamCaptureStatusNone)
+        return -EBUSY; /* a replay could not repeat the allocation */
+    if (b->p && c->n_graphs > 0) {
+        int rc = buf_park(c, b->p);
+        if (rc)
+            return rc;
+    } else if (b->p) {
         /* A kernel queued earlier may still read the old buffer. */
         SINKD_CUDA_TRY(cudaStreamSynchronize(c->stream));
         cudaFree(b->p);
-        b->p = NULL;
-        b->bytes = 0;
     }
+    b->p = NULL;
+    b->bytes = 0;
     SINKD_CUDA_TRY(cudaMalloc(&b->p, bytes));
     b->bytes = bytes;
     return 0;
@@ -204,13 +227,36 @@ static int cu_topk_tokens(sinkd_backend *be, const sinkd_topk_tokens_args *a)
     return sinkd_cuda_topk_tokens(cu(be), a);
 }
 
+/* Recorded replays (graph.cu). */
+static int cu_graph_begin(sinkd_backend *be)
+{
+    return sinkd_cuda_graph_begin(cu(be));
+}
+static int cu_graph_end(sinkd_backend *be, void **graph)
+{
+    return sinkd_cuda_graph_end(cu(be), graph);
+}
+static int cu_graph_launch(sinkd_backend *be, void *graph)
+{
+    return sinkd_cuda_graph_launch(cu(be), graph);
+}
+static void cu_graph_free(sinkd_backend *be, void *graph)
+{
+    sinkd_cuda_graph_free(cu(be), graph);
+}
+
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
     cu_d2d,         cu_sync,         cu_info,       cu_kv_append,
     cu_kv_compact,  cu_attn_decode,  cu_attn_prefill, cu_topk_pages,
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
     cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
+    cu_graph_begin, cu_graph_end,    cu_graph_launch, cu_graph_free,
 };
+
+/* cuBLAS's workspace: 32 MiB is what its documentation asks for on Hopper.
+ * A fixed one keeps cuBLAS from allocating inside a graph capture. */
+#define BLAS_WORKSPACE_BYTES (32u << 20)
 
 static void cuda_state_free(sinkd_cuda *c)
 {
@@ -218,8 +264,11 @@ static void cuda_state_free(sinkd_cuda *c)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]->p)
             cudaFree(bufs[i]->p);
+    sinkd_cuda_retired_free(c);
     if (c->blas)
         cublasDestroy(c->blas);
+    if (c->blas_ws.p)
+        cudaFree(c->blas_ws.p);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -252,7 +301,13 @@ extern "C" int sinkd_cuda_backend_open(sinkd_backend **out)
         c->blas = NULL;
         rc = -EIO;
     }
+    /* cublasSetStream drops a user workspace: set the workspace after it. */
     if (rc == 0 && cublasSetStream(c->blas, c->stream) != CUBLAS_STATUS_SUCCESS)
+        rc = -EIO;
+    if (rc == 0)
+        rc = sinkd_cuda_buf_reserve(c, &c->blas_ws, BLAS_WORKSPACE_BYTES);
+    if (rc == 0 && cublasSetWorkspace(c->blas, c->blas_ws.p, c->blas_ws.bytes) !=
+                       CUBLAS_STATUS_SUCCESS)
         rc = -EIO;
     if (rc != 0) {
         cuda_state_free(c);

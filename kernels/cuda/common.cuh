@@ -35,6 +35,14 @@ typedef struct sinkd_cuda {
     sinkd_cuda_buf lse;     /* decode/prefill final log2-sum-exp per (row, head) */
     sinkd_cuda_buf logits;  /* decode: stored logits for the score pass */
     sinkd_cuda_buf pscore;  /* topk: per-page bounds */
+    /* CUDA graphs (graph.cu). A recorded graph keeps the addresses of the
+     * buffers its ops used, so while any graph is alive a growing buffer's
+     * old block is parked in @retired instead of freed (freed with the last
+     * graph), and cuBLAS works in the fixed @blas_ws, never allocating. */
+    sinkd_cuda_buf blas_ws;
+    int32_t n_graphs;
+    void **retired;
+    size_t n_retired, cap_retired;
 } sinkd_cuda;
 
 /* Map a CUDA error to the backend's errno convention. */
@@ -193,6 +201,13 @@ int sinkd_cuda_add(sinkd_cuda *c, float *y, const float *x, int64_t n);
 int sinkd_cuda_embed(sinkd_cuda *c, float *out, const sinkd_weight *table,
                      const int32_t *ids, int32_t m);
 int sinkd_cuda_argmax(sinkd_cuda *c, int32_t *ids, const float *x, int32_t m, int32_t n);
+
+int sinkd_cuda_graph_begin(sinkd_cuda *c);
+int sinkd_cuda_graph_end(sinkd_cuda *c, void **graph);
+int sinkd_cuda_graph_launch(sinkd_cuda *c, void *graph);
+void sinkd_cuda_graph_free(sinkd_cuda *c, void *graph);
+/* Free the parked buffers (no graph left that may use them). */
+void sinkd_cuda_retired_free(sinkd_cuda *c);
 
 int sinkd_cuda_kv_append(sinkd_cuda *c, const sinkd_append_args *a);
 int sinkd_cuda_kv_compact(sinkd_cuda *c, const sinkd_compact_args *a);

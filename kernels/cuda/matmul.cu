@@ -7,6 +7,11 @@
  *   m == 1: a hand GEMV, one warp per output row, 16-byte weight loads and
  *           x kept in f32; bytes rows*cols*esize + 4*cols, which is all a
  *           decode step of batch 1 can be, so it is bandwidth bound.
+ *
+ * Both paths can be recorded in a CUDA graph (graph.cu): cuBLAS runs in the
+ * fixed workspace set at backend open, and the conversion buffer is only
+ * grown outside a capture (inside one, a too-small buffer fails the matmul
+ * with -EBUSY), so run a stretch once eagerly before recording it.
  */
 #include "common.cuh"
 
