@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bench_util.h"
 #include "cuda/stream.h"
 
 #define NQ 32
@@ -31,15 +32,6 @@
 #define PT 16
 #define PAGE_BYTES (2 * PT * HD * 2)
 #define RUNS 7
-
-#define CK(x)                                                                   \
-    do {                                                                        \
-        int rc_ = (x);                                                          \
-        if (rc_ != 0) {                                                         \
-            fprintf(stderr, "<3>%s:%d: %s failed: %d\n", __FILE__, __LINE__, #x, rc_); \
-            exit(1);                                                            \
-        }                                                                       \
-    } while (0)
 
 static sinkd_backend *be;
 static cudaStream_t st; /* the backend's stream: events must be on it */
@@ -57,36 +49,13 @@ static void js_row(const char *fmt, ...)
     va_end(ap);
 }
 
-static int cmp_f(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-static uint64_t rng = 88172645463325252ull;
-static float frand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)(rng >> 40) / 16777216.0f * 2.0f - 1.0f;
-}
-
-static void *dev_upload(const void *h, size_t n)
-{
-    void *d;
-    CK(be->ops->alloc(be, &d, n));
-    CK(be->ops->h2d(be, d, h, n));
-    return d;
-}
-
 /* Random bf16 bits in [-1, 1) on the device, filled on the host in chunks. */
 static void dev_fill_bf16(void *d, size_t n)
 {
     size_t chunk = (size_t)1 << 24;
     uint16_t *h = malloc(chunk * 2);
     for (size_t i = 0; i < chunk; i++) {
-        float f = frand();
+        float f = bench_frand();
         uint32_t u;
         memcpy(&u, &f, 4);
         h[i] = (uint16_t)(u >> 16);
@@ -113,7 +82,7 @@ static void pool_make(pool *p, int32_t n_pages)
     int32_t *hp = malloc(ns * 4);
     for (size_t i = 0; i < ns; i++)
         hp[i] = (int32_t)(i % (1 << 17));
-    p->kv.pos = dev_upload(hp, ns * 4);
+    p->kv.pos = bench_upload(be, hp, ns * 4);
     free(hp);
     CK(be->ops->alloc(be, (void **)&p->kv.score, ns * 4));
     CK(be->ops->memset0(be, p->kv.score, ns * 4));
@@ -165,9 +134,9 @@ static void lanes_make(lanes *L, int nsets, int nl, int len)
             for (int j = 0; j < np; j++)
                 hi[(size_t)l * np + j] = (int32_t)((size_t)r * nl * np + (size_t)j * nl + l);
         L->set[r].n_lanes = nl;
-        L->set[r].len = L->bufs[L->nbufs++] = dev_upload(hl, nl * 4);
-        L->set[r].page_off = L->bufs[L->nbufs++] = dev_upload(ho, (nl + 1) * 4);
-        L->set[r].page_ids = L->bufs[L->nbufs++] = dev_upload(hi, (size_t)nl * np * 4);
+        L->set[r].len = L->bufs[L->nbufs++] = bench_upload(be, hl, nl * 4);
+        L->set[r].page_off = L->bufs[L->nbufs++] = bench_upload(be, ho, (nl + 1) * 4);
+        L->set[r].page_ids = L->bufs[L->nbufs++] = bench_upload(be, hi, (size_t)nl * np * 4);
     }
     free(hl);
     free(ho);
@@ -206,7 +175,7 @@ static float time_decode(sinkd_decode_args *a, lanes *L, int calls)
         cudaEventElapsedTime(&t[r], e0, e1);
         t[r] /= (float)calls;
     }
-    qsort(t, RUNS, sizeof t[0], cmp_f);
+    qsort(t, RUNS, sizeof t[0], bench_cmp_f);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     return t[RUNS / 2];
@@ -232,7 +201,7 @@ static double copy_gbs(void)
         cudaEventSynchronize(e1);
         cudaEventElapsedTime(&t[r], e0, e1);
     }
-    qsort(t, RUNS, sizeof t[0], cmp_f);
+    qsort(t, RUNS, sizeof t[0], bench_cmp_f);
     be->ops->free(be, a);
     be->ops->free(be, b);
     return 2.0 * n / (t[RUNS / 2] * 1e-3) / 1e9;
@@ -268,12 +237,12 @@ int main(int argc, char **argv)
 
     float *hq = malloc((size_t)128 * NQ * HD * 4);
     for (size_t i = 0; i < (size_t)128 * NQ * HD; i++)
-        hq[i] = frand();
-    float *q = dev_upload(hq, (size_t)128 * NQ * HD * 4);
+        hq[i] = bench_frand();
+    float *q = bench_upload(be, hq, (size_t)128 * NQ * HD * 4);
     int32_t hqp[128];
     for (int i = 0; i < 128; i++)
         hqp[i] = 200000;
-    int32_t *qp = dev_upload(hqp, sizeof hqp);
+    int32_t *qp = bench_upload(be, hqp, sizeof hqp);
     float *out;
     CK(be->ops->alloc(be, (void **)&out, (size_t)128 * NQ * HD * 4));
 
@@ -332,7 +301,7 @@ int main(int argc, char **argv)
             for (int l = 0; l < nl; l++)
                 for (int j = 0; j < k; j++)
                     hs[(size_t)l * k + j] = j * f;
-            int32_t *so = dev_upload(ho, (nl + 1) * 4), *sp = dev_upload(hs, (size_t)nl * k * 4);
+            int32_t *so = bench_upload(be, ho, (nl + 1) * 4), *sp = bench_upload(be, hs, (size_t)nl * k * 4);
             a.sel_off = so;
             a.sel_pages = sp;
             float ms = time_decode(&a, &LS, 8);
@@ -380,11 +349,11 @@ int main(int argc, char **argv)
         CK(be->ops->alloc(be, (void **)&po, qn * 4));
         float *h = malloc(qn * 4);
         for (size_t i = 0; i < qn; i++)
-            h[i] = frand();
+            h[i] = bench_frand();
         CK(be->ops->h2d(be, pq, h, qn * 4));
         for (int i = 0; i < n && i < 32768; i++)
             ((int32_t *)h)[i] = i;
-        int32_t *pp = dev_upload(h, (size_t)n * 4);
+        int32_t *pp = bench_upload(be, h, (size_t)n * 4);
         free(h);
         sinkd_prefill_args a = {.pool = &P.kv, .lanes = LS.set[0], .n = n, .n_q_heads = NQ,
                                 .n_kv_heads = NKV, .head_dim = HD, .rope = rope,
@@ -403,7 +372,7 @@ int main(int argc, char **argv)
             cudaEventSynchronize(e1);
             cudaEventElapsedTime(&t[r], e0, e1);
         }
-        qsort(t, 3, sizeof t[0], cmp_f);
+        qsort(t, 3, sizeof t[0], bench_cmp_f);
         double flop = 4.0 * n * (n + 1) / 2.0 * HD * NQ;
         double tf = flop / (t[1] * 1e-3) / 1e12;
         printf("%-8d %10.2f %10.1f\n", n, t[1], tf);

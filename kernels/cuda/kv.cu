@@ -8,14 +8,17 @@
  *   bounds   kmin/kmax of pages, keys rotated at their effective position;
  *            bytes tokens*D*esize + pages*8*D
  *   topk     Quest: page score sum_h sum_i max(q_i*kmax_i, q_i*kmin_i) for the
- *            group's heads, then the k best pages per lane (radix select),
- *            ascending; bytes pages*8*D, FLOPs pages*G*4*D
+ *            group's heads on a (lane, chunk of pages) grid, then the k best
+ *            pages per lane (radix select), ascending; bytes pages*8*D,
+ *            FLOPs pages*G*4*D
  *
  * Device-side bounds: a token whose logical page is outside its lane's page
  * list, or whose page id is outside the pool, is skipped, never dereferenced.
  */
 #include <cub/block/block_scan.cuh>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -265,7 +268,36 @@ int sinkd_cuda_kv_compact(sinkd_cuda *c, const sinkd_compact_args *a)
 
 /* ---- Quest top-k pages -------------------------------------------------- */
 
-#define TOPK_THREADS 256
+/* Two paths over one set of pieces (query rotation, page bound, block select):
+ *
+ *   split (default)  topk_score_kernel on a (lane, chunk of TOPK_CHUNK pages)
+ *                    grid writes every page's bound to the pscore workspace
+ *                    (indexed like page_ids), then topk_select_kernel, one
+ *                    block of TOPK_SEL_THREADS per lane, selects from a copy
+ *                    of the lane's bounds in shared memory.
+ *   legacy           topk_lane_kernel, one block per lane doing both; with
+ *                    few lanes most SMs idle (SINKD_TOPK_LEGACY=1).
+ *
+ * Both sum a page's bound in the same order (per warp lane: elements lid,
+ * lid+32, .. with the heads inner, then a butterfly), so they agree bit for
+ * bit and select the same pages.
+ *
+ * Expected, H100, 32 lanes x 2048 pages, k 256, d 64, group 3: the score
+ * pass reads 65536 pages x 2 x 64 x 4 B = 33.5 MB of bounds in one wave of
+ * 32 x 13 blocks (3 an SM, each warp 16 loads in flight): ~12 us at
+ * ~2.8 TB/s plus ~2 us rotating the query in double at each block's start;
+ * the select pass, 32 blocks each over 8 KB of bounds in shared memory
+ * (4 radix passes of 2 strides, two scans per 1024 pages of output): ~5 us.
+ * About 20 us in all, against hundreds for one block per lane (32 of 132
+ * SMs busy, each warp walking 256 pages one dependent load at a time).
+ */
+
+#define TOPK_THREADS 256      /* legacy and score blocks: 8 warps */
+#define TOPK_CHUNK 64         /* pages a score block covers per stride: 8 a warp */
+#define TOPK_PPW (TOPK_CHUNK / (TOPK_THREADS / 32))
+#define TOPK_SCORE_BLOCKS 3   /* resident score blocks an SM (78 registers, no spill) */
+#define TOPK_SEL_THREADS 1024
+#define TOPK_SEL_CACHE 8192   /* bounds of a lane held in shared memory (32 KB) */
 
 /* Order-preserving map of a float to an unsigned key (larger is larger). */
 static __device__ __forceinline__ uint32_t fkey(float f)
@@ -274,28 +306,29 @@ static __device__ __forceinline__ uint32_t fkey(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* One block per lane: bounds of every page into @ws (indexed like
- * page_ids), radix select of the k-th largest, ordered output. */
-__global__ void __launch_bounds__(TOPK_THREADS)
-topk_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n_kv, int group, int d, sinkd_rope rope,
-            const float *q, const int32_t *q_pos, int k, int32_t *out, float *out_sc,
-            float *ws, int64_t ws_n)
+/* Pages of lane @l to score, with @base its first index in page_ids and the
+ * workspace; 0 for malformed lists, so nothing reads past either. */
+static __device__ __forceinline__ int topk_lane_pages(const sinkd_kv_pool &pool,
+                                                      const sinkd_lanes &ln, int l,
+                                                      int64_t ws_n, int *base)
 {
-    typedef cub::BlockScan<int, TOPK_THREADS> Scan;
-    __shared__ typename Scan::TempStorage scan_tmp;
-    __shared__ float qr[16 * 256];
-    __shared__ int hist[256];
-    __shared__ uint32_t s_prefix;
-    __shared__ int s_rank, s_carry_eq, s_carry_out;
-
-    int l = blockIdx.x, seq = l / n_kv, kvh = l % n_kv;
     int pt = pool.page_tokens;
-    int len = ln.len[l];
-    int base = ln.page_off[l];
-    int np = min((len + pt - 1) / pt, ln.page_off[l + 1] - base);
-    if (np < 0 || base + (int64_t)np > ws_n)
-        np = 0; /* malformed lists: report no pages rather than read past */
-    int qp = rope.mode == SINKD_ROPE_CACHE ? len - 1 : q_pos[seq];
+    int b = ln.page_off[l];
+    int np = min((ln.len[l] + pt - 1) / pt, ln.page_off[l + 1] - b);
+    *base = b;
+    if (b < 0 || np < 0 || b + (int64_t)np > ws_n)
+        return 0;
+    return np;
+}
+
+/* The group's query heads of lane @l rotated at the query position, into
+ * @qr[group][d] (shared); the caller synchronises before reading it. */
+static __device__ void topk_rotate_query(float *qr, const sinkd_lanes &ln, int l, int n_kv,
+                                         int group, int d, const sinkd_rope &rope,
+                                         const float *q, const int32_t *q_pos)
+{
+    int seq = l / n_kv, kvh = l % n_kv;
+    int qp = rope.mode == SINKD_ROPE_CACHE ? ln.len[l] - 1 : q_pos[seq];
     int half = d / 2;
     bool neox = rope.style == SINKD_ROPE_NEOX;
     for (int u = threadIdx.x; u < group * half; u += blockDim.x) {
@@ -307,101 +340,201 @@ topk_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n_kv, int group, int d, sink
         qr[h * d + ea] = qh[ea] * cs - qh[eb] * sn;
         qr[h * d + eb] = qh[ea] * sn + qh[eb] * cs;
     }
-    __syncthreads();
+}
 
-    int w = threadIdx.x / 32, lid = threadIdx.x % 32;
-    for (int p = w; p < np; p += TOPK_THREADS / 32) {
-        int pg = ln.page_ids[base + p];
-        float acc = 0.0f;
-        if (pg >= 0 && pg < pool.n_pages) {
-            const float *mn = pool.kmin + (size_t)pg * pool.head_dim_max;
-            const float *mx = pool.kmax + (size_t)pg * pool.head_dim_max;
-            for (int i = lid; i < d; i += 32) {
-                float a = mn[i], b = mx[i];
-                for (int h = 0; h < group; h++) {
-                    float qv = qr[h * d + i];
-                    acc += fmaxf(qv * a, qv * b);
-                }
-            }
+/* Bounds of the @n (<= TOPK_PPW) pages @pg[] for one warp, into @acc[] of
+ * every lane. A page id outside the pool bounds 0; a NaN bound becomes
+ * -INFINITY so that it sorts last, as on the CPU. The element loop is
+ * outermost so that each lane has 2*n independent loads in flight. */
+static __device__ __forceinline__ void topk_warp_bounds(const sinkd_kv_pool &pool, const int *pg,
+                                                        int n, const float *qr, int d,
+                                                        int group, float *acc)
+{
+    int lid = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < TOPK_PPW; j++)
+        acc[j] = 0.0f;
+    for (int i = lid; i < d; i += 32) {
+        float a[TOPK_PPW], b[TOPK_PPW];
+#pragma unroll
+        for (int j = 0; j < TOPK_PPW; j++) {
+            bool ok = j < n && pg[j] >= 0 && pg[j] < pool.n_pages;
+            a[j] = ok ? pool.kmin[(size_t)pg[j] * pool.head_dim_max + i] : 0.0f;
+            b[j] = ok ? pool.kmax[(size_t)pg[j] * pool.head_dim_max + i] : 0.0f;
         }
-        for (int o = 16; o > 0; o >>= 1)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lid == 0)
-            ws[base + p] = acc;
+        for (int h = 0; h < group; h++) {
+            float qv = qr[h * d + i];
+#pragma unroll
+            for (int j = 0; j < TOPK_PPW; j++)
+                acc[j] += fmaxf(qv * a[j], qv * b[j]);
+        }
     }
-    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < TOPK_PPW; j++) {
+        for (int o = 16; o > 0; o >>= 1)
+            acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+        if (isnan(acc[j]))
+            acc[j] = -INFINITY;
+    }
+}
 
-    int32_t *o = out + (size_t)l * k;
-    float *os = out_sc ? out_sc + (size_t)l * k : NULL;
+/* One block of TH threads: the k largest of @sc[0..np) (ties: lower index)
+ * to @o[0..k) in ascending index order with their bounds in @os (may be
+ * NULL); fewer than k: all of them, then -1 / -INFINITY. Radix select, 8
+ * bits a pass from the top, for the k-th largest key, then an ordered pass
+ * that keeps every key above it and the first keys equal to it. */
+template <int TH>
+static __device__ void topk_block_select(const float *sc, int np, int k, int32_t *o, float *os)
+{
+    static_assert(TH >= 256 && TH % 32 == 0, "a thread per radix bin");
+    typedef cub::BlockScan<int, TH> Scan;
+    __shared__ typename Scan::TempStorage scan_tmp;
+    __shared__ int hist[256];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_rank;
+    int t = threadIdx.x;
+
     if (np <= k) {
-        for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        for (int j = t; j < k; j += TH) {
             o[j] = j < np ? j : -1;
             if (os)
-                os[j] = j < np ? ws[base + j] : -INFINITY;
+                os[j] = j < np ? sc[j] : -INFINITY;
         }
         return;
     }
-
-    /* Radix select, 8 bits a pass from the top: the k-th largest key. */
-    if (threadIdx.x == 0) {
-        s_prefix = 0;
-        s_rank = k;
-    }
+    uint32_t prefix = 0;
+    int rank = k; /* rank of the wanted key among those matching prefix */
     for (int shift = 24; shift >= 0; shift -= 8) {
-        hist[threadIdx.x] = 0;
+        for (int b = t; b < 256; b += TH)
+            hist[b] = 0;
         __syncthreads();
         uint32_t hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        uint32_t prefix = s_prefix;
-        for (int p = threadIdx.x; p < np; p += blockDim.x) {
-            uint32_t key = fkey(ws[base + p]);
+        for (int p = t; p < np; p += TH) {
+            uint32_t key = fkey(sc[p]);
             if ((key & hi_mask) == prefix)
                 atomicAdd(&hist[(key >> shift) & 255], 1);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int r = s_rank, b = 255;
-            while (b > 0 && hist[b] < r) {
-                r -= hist[b];
-                b--;
-            }
-            s_rank = r;
-            s_prefix = prefix | ((uint32_t)b << shift);
+        /* Counts from the top bin down: the bin where they reach rank. */
+        int v = t < 256 ? hist[255 - t] : 0, incl;
+        Scan(scan_tmp).InclusiveSum(v, incl);
+        if (t < 256 && incl - v < rank && incl >= rank) {
+            s_prefix = prefix | ((uint32_t)(255 - t) << shift);
+            s_rank = rank - (incl - v);
         }
         __syncthreads();
+        prefix = s_prefix;
+        rank = s_rank;
     }
-    uint32_t thr = s_prefix;
-    int need_eq = s_rank; /* how many pages equal to the threshold to take */
-
-    /* Ordered output: pages above the threshold, and the first need_eq
-     * pages equal to it, in ascending page order. */
-    if (threadIdx.x == 0) {
-        s_carry_eq = 0;
-        s_carry_out = 0;
-    }
-    __syncthreads();
-    for (int c0 = 0; c0 < np; c0 += blockDim.x) {
-        int p = c0 + threadIdx.x;
-        uint32_t key = p < np ? fkey(ws[base + p]) : 0;
-        int is_eq = p < np && key == thr;
-        int eq_before, eq_total;
+    /* prefix: the k-th largest key; rank: how many keys equal to it to take */
+    int carry_eq = 0, carry_out = 0;
+    for (int c0 = 0; c0 < np && carry_out < k; c0 += TH) {
+        int p = c0 + t;
+        uint32_t key = p < np ? fkey(sc[p]) : 0;
+        int is_eq = p < np && key == prefix;
+        int eq_before, eq_total, sel_before, sel_total;
         Scan(scan_tmp).ExclusiveSum(is_eq, eq_before, eq_total);
         __syncthreads();
-        int sel = p < np && (key > thr || (is_eq && s_carry_eq + eq_before < need_eq));
-        int sel_before, sel_total;
+        int sel = p < np && (key > prefix || (is_eq && carry_eq + eq_before < rank));
         Scan(scan_tmp).ExclusiveSum(sel, sel_before, sel_total);
-        if (sel) {
-            int j = s_carry_out + sel_before;
-            o[j] = p;
-            if (os)
-                os[j] = ws[base + p];
-        }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            s_carry_eq += eq_total;
-            s_carry_out += sel_total;
+        if (sel) {
+            o[carry_out + sel_before] = p;
+            if (os)
+                os[carry_out + sel_before] = sc[p];
         }
+        carry_eq += eq_total;
+        carry_out += sel_total;
+    }
+}
+
+/* Legacy: one block per lane scores its pages into @ws, then selects. */
+__global__ void __launch_bounds__(TOPK_THREADS)
+topk_lane_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n_kv, int group, int d, sinkd_rope rope,
+                 const float *q, const int32_t *q_pos, int k, int32_t *out, float *out_sc,
+                 float *ws, int64_t ws_n)
+{
+    __shared__ float qr[16 * 256];
+    int l = blockIdx.x, base;
+    int np = topk_lane_pages(pool, ln, l, ws_n, &base);
+    topk_rotate_query(qr, ln, l, n_kv, group, d, rope, q, q_pos);
+    __syncthreads();
+    int w = threadIdx.x / 32, lid = threadIdx.x % 32;
+    for (int p = w; p < np; p += TOPK_THREADS / 32) {
+        int pg[TOPK_PPW] = {ln.page_ids[base + p]};
+        float acc[TOPK_PPW];
+        topk_warp_bounds(pool, pg, 1, qr, d, group, acc);
+        if (lid == 0)
+            ws[base + p] = acc[0];
+    }
+    __syncthreads();
+    topk_block_select<TOPK_THREADS>(ws + base, np, k, out + (size_t)l * k,
+                                    out_sc ? out_sc + (size_t)l * k : NULL);
+}
+
+/* Split, pass 1: block (l, y) scores lane l's chunks y, y + gridDim.y, ..
+ * of TOPK_CHUNK pages into @ws; warp w takes pages w, w + 8, .. of a chunk. */
+__global__ void __launch_bounds__(TOPK_THREADS, TOPK_SCORE_BLOCKS)
+topk_score_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n_kv, int group, int d,
+                  sinkd_rope rope, const float *q, const int32_t *q_pos, float *ws, int64_t ws_n)
+{
+    __shared__ float qr[16 * 256];
+    int l = blockIdx.x, base;
+    int np = topk_lane_pages(pool, ln, l, ws_n, &base);
+    if ((int64_t)blockIdx.y * TOPK_CHUNK >= np)
+        return; /* the whole block: nothing of this lane is ours */
+    topk_rotate_query(qr, ln, l, n_kv, group, d, rope, q, q_pos);
+    __syncthreads();
+    int w = threadIdx.x / 32, lid = threadIdx.x % 32;
+    const int n_warps = TOPK_THREADS / 32;
+    for (int c0 = blockIdx.y * TOPK_CHUNK; c0 < np; c0 += gridDim.y * TOPK_CHUNK) {
+        int pg[TOPK_PPW], n = 0;
+#pragma unroll
+        for (int j = 0; j < TOPK_PPW; j++) {
+            int p = c0 + w + j * n_warps;
+            pg[j] = p < np ? ln.page_ids[base + p] : -1;
+            n += p < np;
+        }
+        if (n == 0)
+            continue; /* warp-uniform */
+        float acc[TOPK_PPW];
+        topk_warp_bounds(pool, pg, n, qr, d, group, acc);
+#pragma unroll
+        for (int j = 0; j < TOPK_PPW; j++)
+            if (lid == j && j < n)
+                ws[base + c0 + w + j * n_warps] = acc[j];
+    }
+}
+
+/* Split, pass 2: one block per lane selects from its bounds, copied to
+ * shared memory first when they fit. */
+__global__ void __launch_bounds__(TOPK_SEL_THREADS)
+topk_select_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int k, int32_t *out, float *out_sc,
+                   const float *ws, int64_t ws_n)
+{
+    __shared__ float cache[TOPK_SEL_CACHE];
+    int l = blockIdx.x, base;
+    int np = topk_lane_pages(pool, ln, l, ws_n, &base);
+    const float *sc = ws + base;
+    if (np > k && np <= TOPK_SEL_CACHE) {
+        for (int p = threadIdx.x; p < np; p += TOPK_SEL_THREADS)
+            cache[p] = sc[p];
+        sc = cache;
         __syncthreads();
     }
+    topk_block_select<TOPK_SEL_THREADS>(sc, np, k, out + (size_t)l * k,
+                                        out_sc ? out_sc + (size_t)l * k : NULL);
+}
+
+/* SINKD_TOPK_LEGACY=1 (read on the first call): one block per lane. */
+static bool topk_use_legacy(void)
+{
+    static int legacy = -1;
+    if (legacy < 0) {
+        const char *env = getenv("SINKD_TOPK_LEGACY");
+        legacy = env && strcmp(env, "1") == 0;
+    }
+    return legacy;
 }
 
 int sinkd_cuda_topk_pages(sinkd_cuda *c, const sinkd_topk_pages_args *a)
@@ -420,13 +553,34 @@ int sinkd_cuda_topk_pages(sinkd_cuda *c, const sinkd_topk_pages_args *a)
     if (!a->lanes.len || !a->lanes.page_off || !a->lanes.page_ids)
         return -EINVAL;
     /* Lanes own disjoint pages, so a call lists at most n_pages of them. */
-    rc = sinkd_cuda_buf_reserve(c, &c->pscore, (size_t)a->pool->n_pages * sizeof(float));
+    int64_t ws_n = a->pool->n_pages;
+    rc = sinkd_cuda_buf_reserve(c, &c->pscore, (size_t)ws_n * sizeof(float));
     if (rc)
         return rc;
-    topk_kernel<<<a->lanes.n_lanes, TOPK_THREADS, 0, c->stream>>>(
-        *a->pool, a->lanes, a->n_kv_heads, a->n_q_heads / a->n_kv_heads, a->head_dim, a->rope,
-        a->q, a->q_pos, a->k, a->out_pages, a->out_scores, (float *)c->pscore.p,
-        (int64_t)a->pool->n_pages);
+    float *ws = (float *)c->pscore.p;
+    int nl = a->lanes.n_lanes, group = a->n_q_heads / a->n_kv_heads;
+    if (topk_use_legacy()) {
+        topk_lane_kernel<<<nl, TOPK_THREADS, 0, c->stream>>>(
+            *a->pool, a->lanes, a->n_kv_heads, group, a->head_dim, a->rope, a->q, a->q_pos,
+            a->k, a->out_pages, a->out_scores, ws, ws_n);
+        SINKD_CUDA_CHECK_LAUNCH();
+        return 0;
+    }
+    /* One wave of score blocks over all lanes; a lane longer than its
+     * share strides. No lane has more chunks than the pool. */
+    int64_t gy = ((int64_t)c->n_sm * TOPK_SCORE_BLOCKS + nl - 1) / nl;
+    int64_t max_chunks = (ws_n + TOPK_CHUNK - 1) / TOPK_CHUNK;
+    if (gy > max_chunks)
+        gy = max_chunks;
+    gy = gy < 1 ? 1 : gy > 65535 ? 65535 : gy;
+    dim3 grid((unsigned)nl, (unsigned)gy);
+    topk_score_kernel<<<grid, TOPK_THREADS, 0, c->stream>>>(*a->pool, a->lanes, a->n_kv_heads,
+                                                            group, a->head_dim, a->rope, a->q,
+                                                            a->q_pos, ws, ws_n);
+    SINKD_CUDA_CHECK_LAUNCH();
+    topk_select_kernel<<<nl, TOPK_SEL_THREADS, 0, c->stream>>>(*a->pool, a->lanes, a->k,
+                                                               a->out_pages, a->out_scores, ws,
+                                                               ws_n);
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }

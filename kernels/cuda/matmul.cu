@@ -15,7 +15,8 @@
  */
 #include "common.cuh"
 
-#define GEMV_WARPS 8
+#define GEMV_WARPS 4
+#define GEMV_UNROLL 4
 
 template <typename T>
 __global__ void convert_kernel(T *dst, const float *src, int64_t n)
@@ -32,7 +33,12 @@ __global__ void bias_kernel(float *y, const float *bias, int rows, int64_t n)
         y[i] += bias[i % rows];
 }
 
-/* y[r] = w[r] . x (+ bias[r]); needs cols % (16 / sizeof(T)) == 0. */
+/* y[r] = w[r] . x (+ bias[r]); needs cols % (16 / sizeof(T)) == 0.
+ * Each lane keeps GEMV_UNROLL 16-byte weight loads in flight: with one, a
+ * warp waits a whole memory latency per 512 bytes, and a matrix of 2048
+ * rows puts only ~16 warps on an SM, far fewer bytes in flight than the
+ * bandwidth-latency product of an H100 asks for. Plain loads: a small
+ * model's weights stay in L2 from one step to the next. */
 template <typename T>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(float *y, const float *x, const T *w, const float *bias, int rows, int cols)
@@ -44,12 +50,23 @@ gemv_kernel(float *y, const float *x, const T *w, const float *bias, int rows, i
     constexpr int V = 16 / sizeof(T); /* elements per 16-byte load */
     const T *wr = w + (size_t)r * cols;
     float acc = 0.0f;
-    for (int c0 = ln * V; c0 < cols; c0 += 32 * V) {
-        uint4 u = *reinterpret_cast<const uint4 *>(wr + c0);
-        const T *e = reinterpret_cast<const T *>(&u);
+    for (int c0 = ln * V; c0 < cols; c0 += 32 * V * GEMV_UNROLL) {
+        uint4 u[GEMV_UNROLL];
 #pragma unroll
-        for (int i = 0; i < V; i++)
-            acc = fmaf(kv_traits<T>::to_f(e[i]), x[c0 + i], acc);
+        for (int k = 0; k < GEMV_UNROLL; k++) {
+            int c = c0 + k * 32 * V;
+            u[k] = c < cols ? *reinterpret_cast<const uint4 *>(wr + c) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int k = 0; k < GEMV_UNROLL; k++) {
+            int c = c0 + k * 32 * V;
+            if (c >= cols)
+                break;
+            const T *e = reinterpret_cast<const T *>(&u[k]);
+#pragma unroll
+            for (int i = 0; i < V; i++)
+                acc = fmaf(kv_traits<T>::to_f(e[i]), x[c + i], acc);
+        }
     }
     for (int o = 16; o > 0; o >>= 1)
         acc += __shfl_xor_sync(0xffffffffu, acc, o);

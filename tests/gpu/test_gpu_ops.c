@@ -442,6 +442,24 @@ Test(gpu_ops, append_compact)
 
 /* ---- decode and top-k pages --------------------------------------------------- */
 
+/* topk_pages on both backends: @n_seqs sequences of @p's lanes (n_lanes /
+ * n_seqs kv heads each, @G query heads a kv head), queries @q at @qp. */
+static void topk_twins(twin *t, tpool *p, int n_seqs, int G, const sinkd_rope *rope, tbuf *q,
+                       tbuf *qp, int k, tbuf *out_pages, tbuf *out_scores)
+{
+    sinkd_backend *be[2] = {t->cpu, t->gpu};
+    int n_kv = p->n_lanes / n_seqs;
+    for (int b = 0; b < 2; b++) {
+        sinkd_topk_pages_args a = {.pool = b ? &p->pg : &p->pc, .lanes = b ? p->lg : p->lc,
+                                   .n_seqs = n_seqs, .n_q_heads = n_kv * G, .n_kv_heads = n_kv,
+                                   .head_dim = p->d, .rope = *rope, .q = b ? q->g : q->c,
+                                   .q_pos = b ? qp->g : qp->c, .k = k,
+                                   .out_pages = b ? out_pages->g : out_pages->c,
+                                   .out_scores = b ? out_scores->g : out_scores->c};
+        cr_assert_eq(be[b]->ops->topk_pages(be[b], &a), 0);
+    }
+}
+
 static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv, int G, int lo,
                         int hi, int sparse, int score_op)
 {
@@ -471,15 +489,7 @@ static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv
             ho[l] = l * k;
         selo = tbuf_new(t, ho, (nl + 1) * 4);
         free(ho);
-        for (int b = 0; b < 2; b++) {
-            sinkd_topk_pages_args a = {.pool = b ? &p.pg : &p.pc, .lanes = b ? p.lg : p.lc,
-                                       .n_seqs = n_seqs, .n_q_heads = nq, .n_kv_heads = n_kv,
-                                       .head_dim = d, .rope = rope, .q = b ? q.g : q.c,
-                                       .q_pos = b ? qp.g : qp.c, .k = k,
-                                       .out_pages = b ? selp.g : selp.c,
-                                       .out_scores = b ? tks.g : tks.c};
-            cr_assert_eq(be[b]->ops->topk_pages(be[b], &a), 0);
-        }
+        topk_twins(t, &p, n_seqs, G, &rope, &q, &qp, k, &selp, &tks);
         int32_t *sc, *sg;
         tbuf_get(t, &selp, (void **)&sc, (void **)&sg);
         size_t diff = 0;
@@ -539,6 +549,114 @@ Test(gpu_ops, decode_sparse_topk)
         decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 2 ? 128 : rand_head_dim(&t), 16,
                     twin_range(&t, 1, 6), twin_range(&t, 1, 4), 1 << twin_range(&t, 0, 3), 1, 1500,
                     1, rep % 4);
+    twin_close(&t);
+}
+
+/* ---- top-k pages on few, long lanes ------------------------------------------- */
+
+/* Both copies of @b set to @host. */
+static void tbuf_set(twin *t, tbuf *b, const void *host)
+{
+    cr_assert_eq(t->cpu->ops->h2d(t->cpu, b->c, host, b->bytes), 0);
+    cr_assert_eq(t->gpu->ops->h2d(t->gpu, b->g, host, b->bytes), 0);
+}
+
+/* Quest selection on 1-4 lanes of up to 9000 pages, k from 1 to past the
+ * page count. Queries and bounds are small integers and the query sits at
+ * position 0 (the identity rotation), so every bound is exact in f32 on
+ * both backends: pages and scores must match exactly, ties included (they
+ * are frequent here, and go to the lower page index). */
+static void topk_long_case(twin *t, int d, int n_seqs, int n_kv, int G, int lo, int hi)
+{
+    int nl = n_seqs * n_kv, nq = n_kv * G;
+    tpool p;
+    tpool_init_pt(t, &p, SINKD_F16, d, 2, nl, lo, hi, twin_range(t, 0, 3));
+    if (nl > 1 && twin_range(t, 0, 1)) {
+        p.h_len[twin_range(t, 0, nl - 1)] = 0; /* an empty lane among long ones */
+        tbuf_set(t, &p.len, p.h_len);
+    }
+    size_t nb = (size_t)p.np * d, qn = (size_t)n_seqs * nq * d;
+    float *mn = malloc(nb * 4), *mx = malloc(nb * 4), *hq = malloc(qn * 4);
+    for (size_t i = 0; i < nb; i++) {
+        mn[i] = (float)twin_range(t, -8, 8);
+        mx[i] = mn[i] + (float)twin_range(t, 0, 8);
+    }
+    for (size_t i = 0; i < qn; i++)
+        hq[i] = (float)twin_range(t, -4, 4);
+    tbuf_set(t, &p.kmin, mn);
+    tbuf_set(t, &p.kmax, mx);
+    int32_t *hqp = calloc(n_seqs, 4);
+    tbuf q = tbuf_new(t, hq, qn * 4), qp = tbuf_new(t, hqp, (size_t)n_seqs * 4);
+    sinkd_rope rope = {.theta = 10000.0f, .scale = 1.0f, .style = (uint8_t)twin_range(t, 0, 1),
+                       .mode = SINKD_ROPE_ABSOLUTE};
+    int np_min = INT32_MAX, np_max = 0;
+    for (int l = 0; l < nl; l++) {
+        int np = (p.h_len[l] + p.pt - 1) / p.pt;
+        np_min = np < np_min ? np : np_min;
+        np_max = np > np_max ? np : np_max;
+    }
+    int ks[] = {1, np_max / 8, np_min - 1, np_min, np_max, np_max + 5};
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        int k = ks[ki];
+        if (k < 1)
+            continue;
+        tbuf op = tbuf_new(t, NULL, (size_t)nl * k * 4), os = tbuf_new(t, NULL, (size_t)nl * k * 4);
+        topk_twins(t, &p, n_seqs, G, &rope, &q, &qp, k, &op, &os);
+        int32_t *pc, *pg;
+        float *sc, *sg;
+        tbuf_get(t, &op, (void **)&pc, (void **)&pg);
+        tbuf_get(t, &os, (void **)&sc, (void **)&sg);
+        size_t bad_p = 0, bad_s = 0;
+        for (size_t i = 0; i < (size_t)nl * k; i++) {
+            bad_p += pc[i] != pg[i];
+            bad_s += !(sc[i] == sg[i]); /* exact; NaN (unwritten) never equal */
+        }
+        cr_expect(bad_p == 0 && bad_s == 0,
+                  "topk d=%d lanes=%d G=%d pages %d..%d k=%d: %zu pages, %zu scores differ", d, nl,
+                  G, np_min, np_max, k, bad_p, bad_s);
+        free(pc);
+        free(pg);
+        free(sc);
+        free(sg);
+        tbuf_free(t, &op);
+        tbuf_free(t, &os);
+    }
+    tbuf_free(t, &q);
+    tbuf_free(t, &qp);
+    free(mn);
+    free(mx);
+    free(hq);
+    free(hqp);
+    tpool_free(t, &p);
+}
+
+/* Lanes of 4100-9000 pages of 2 tokens (past the select pass's shared
+ * memory copy of 8192 bounds), then of 1-9000. */
+static void topk_long_sweep(twin *t)
+{
+    static const int dims[] = {64, 128, 32, 256};
+    for (int rep = 0; rep < 6; rep++) {
+        int n_kv = twin_range(t, 1, 2);
+        topk_long_case(t, dims[rep % 4], twin_range(t, 1, 4 / n_kv), n_kv, 1 << twin_range(t, 0, 3),
+                       rep < 3 ? 8199 : 1, 18000);
+    }
+}
+
+/* Criterion runs each test in a process of its own, and the CUDA backend
+ * reads SINKD_TOPK_LEGACY on its first topk call: one test per path. */
+Test(gpu_ops, topk_pages_long)
+{
+    unsetenv("SINKD_TOPK_LEGACY");
+    TWIN_OR_SKIP(t);
+    topk_long_sweep(&t);
+    twin_close(&t);
+}
+
+Test(gpu_ops, topk_pages_long_legacy)
+{
+    setenv("SINKD_TOPK_LEGACY", "1", 1);
+    TWIN_OR_SKIP(t);
+    topk_long_sweep(&t);
     twin_close(&t);
 }
 
