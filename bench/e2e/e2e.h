@@ -89,7 +89,8 @@ typedef struct e2e_socket_result {
     int32_t prompt, tokens;     /* prompt length, tokens generated (events) */
     double prefill_ms;          /* session.append's reply */
     double engine_decode_ms;    /* the generate reply's timings.decode_ms */
-    double engine_step_ms;      /* decode_ms / decode steps (tokens - 1) */
+    double engine_step_ms;      /* timings.step_ms: the engine's own time per token */
+    double engine_fwd_ms;       /* decode_ms / decode steps (tokens - 1): forward only */
     double gap_ms_med, gap_ms_mean, gap_ms_p90, gap_ms_max; /* client side */
     double ratio_mean;          /* gap_ms_mean / engine_step_ms */
 } e2e_socket_result;

@@ -4,10 +4,12 @@
  * and streams a greedy generation of `socket_tokens` tokens (ignore_eos), time-
  * stamping each token event as it arrives. The gaps between consecutive
  * events are the client's time between tokens; the engine's own step time is
- * the reply's timings.decode_ms over its decode steps. The engine reports no
- * per-step times: decode_ms sums the decode calls of this generation, and the
+ * the reply's timings.step_ms, the mean time between two tokens sampled on
+ * the engine thread (forward, sampling, eviction and the event handed to
+ * the loop), over the same n - 1 gaps the client sees. The forward alone is
+ * reported beside it: timings.decode_ms sums the decode calls, and the
  * first token comes from the prompt's logits without one, so n tokens cost
- * n - 1 steps, the same n - 1 the client's gaps span.
+ * n - 1 of them.
  *
  * A short generation on another session warms the daemon up first (the
  * timed session starts fresh, so no token is pending in it). Without
@@ -162,7 +164,8 @@ static int measure(sock_run *s, e2e_socket_result *r)
         return rc;
     if (sinkd_map_u64(gen.map, "n_tokens", &n_tokens) != 0 ||
         sinkd_map_map(gen.map, "timings", &timings) != 0 ||
-        sinkd_map_f64(timings, "decode_ms", &r->engine_decode_ms) != 0) {
+        sinkd_map_f64(timings, "decode_ms", &r->engine_decode_ms) != 0 ||
+        sinkd_map_f64(timings, "step_ms", &r->engine_step_ms) != 0) {
         sinkd_client_reply_free(&gen);
         fprintf(stderr, "<3>" E2E_LOG "session.generate: reply without n_tokens or timings\n");
         return -EPROTO;
@@ -181,7 +184,7 @@ static int measure(sock_run *s, e2e_socket_result *r)
         gap[i - 1] = (s->t[i] - s->t[i - 1]) * 1e3;
     r->prompt = s->o->prompt;
     r->tokens = n;
-    r->engine_step_ms = r->engine_decode_ms / (n - 1);
+    r->engine_fwd_ms = r->engine_decode_ms / (n - 1);
     r->gap_ms_mean = (s->t[n - 1] - s->t[0]) * 1e3 / (n - 1);
     r->gap_ms_p90 = e2e_percentile(gap, (size_t)(n - 1), 90);
     r->gap_ms_med = e2e_percentile(gap, (size_t)(n - 1), 50);

@@ -61,6 +61,8 @@ typedef struct eng_session {
     size_t text_len, text_cap, text_sent;
     bool cancel;
     uint64_t gen_start_ns, decode_ns;
+    uint64_t tok_first_ns, tok_last_ns; /* when the first and last token of
+                                           the generation were sampled */
     double prefill_ms;            /* of the last append */
     uint64_t sched_stamp;         /* sched.c: the step that last served it */
 } eng_session;

@@ -370,9 +370,14 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
         sinkd_pack_str(&w.pk, "text");
         sinkd_pack_strn(&w.pk, s->text ? s->text : "", s->text_len);
         sinkd_pack_str(&w.pk, "timings");
-        msgpack_pack_map(&w.pk, 3);
+        msgpack_pack_map(&w.pk, 4);
         sinkd_pack_kv_f64(&w.pk, "prefill_ms", s->prefill_ms);
         sinkd_pack_kv_f64(&w.pk, "decode_ms", dec_ms);
+        /* what the engine spends per token, sampling and events included */
+        sinkd_pack_kv_f64(&w.pk, "step_ms",
+                          s->gen_n > 1 ? (double)(s->tok_last_ns - s->tok_first_ns) / 1e6 /
+                                             (s->gen_n - 1)
+                                       : 0.0);
         sinkd_pack_kv_f64(&w.pk, "tokens_per_s", dec_ms > 0 ? s->gen_n / (dec_ms / 1e3) : 0.0);
         eng_send(e, j, &w, true);
     }
@@ -452,6 +457,9 @@ static void gen__on_token(sinkd_engine *e, eng_session *s, int32_t tok)
     }
     s->feed = tok;
     s->gen_n++;
+    s->tok_last_ns = eng_now_ns();
+    if (s->gen_n == 1)
+        s->tok_first_ns = s->tok_last_ns;
     gen__hist_push(s, tok);
     sinkd_sampler_accept(&s->sampler, tok);
     if (sinkd_detok_push(t, &s->detok, tok, 0, s->text + s->text_len,

@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "eng_harness.h"
 #include "golden.h"
@@ -175,4 +176,47 @@ Test(engine, closing_returns_pages)
     cr_assert(atomic_load(&c->kv_used_bytes) > before);
     eng_h_frame_free(eng_h_reply_ok(eng_h_submit(eng_h_job(SINKD_JOB_SESSION_CLOSE, s))));
     cr_assert_eq(atomic_load(&c->kv_used_bytes), before);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* timings.step_ms is the engine's time from one token to the next: its
+ * forwards are part of it (decode_ms covers the same n - 1 steps), and the
+ * whole interval lies inside the wall time the caller waited. */
+Test(engine, step_timings_cover_the_forward)
+{
+    const golden_case *g = &gold.cases[0];
+    enum { N = 24 };
+    uint64_t s = eng_h_open_session("full", "");
+    eng_h_append(s, g->prompt_ids, g->n_prompt);
+    double t0 = now_ms();
+    uint64_t id = eng_h_generate(s, N);
+    eng_h_frame *f;
+    size_t n = 0;
+
+    while ((f = eng_h_next(id)) && eng_h_is_event(f)) {
+        n++;
+        eng_h_frame_free(f);
+    }
+    double wall = now_ms() - t0;
+    cr_assert(f && !eng_h_is_event(f));
+    const msgpack_object *t = sinkd_map_get(&f->msg.root, "timings");
+    const msgpack_object *step = t ? sinkd_map_get(t, "step_ms") : NULL;
+    const msgpack_object *dec = t ? sinkd_map_get(t, "decode_ms") : NULL;
+    cr_assert(step && dec && step->type == MSGPACK_OBJECT_FLOAT64 &&
+              dec->type == MSGPACK_OBJECT_FLOAT64);
+    cr_assert_eq(n, N);
+    cr_assert_gt(step->via.f64, 0.0);
+    cr_assert_leq(dec->via.f64, step->via.f64 * (N - 1) * 1.0001 + 1e-3,
+                  "forwards %.4f ms outside %d steps of %.4f ms", dec->via.f64, N - 1,
+                  step->via.f64);
+    cr_assert_leq(step->via.f64 * (N - 1), wall, "steps %.4f ms x %d, waited %.4f ms",
+                  step->via.f64, N - 1, wall);
+    eng_h_frame_free(f);
 }
