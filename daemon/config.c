@@ -37,6 +37,9 @@ static const sinkd_cfg_choice config__backends[] = {
     { "auto", SINKD_BACKEND_AUTO }, { "cpu", SINKD_BACKEND_CPU },
     { "cuda", SINKD_BACKEND_CUDA }, { NULL, 0 },
 };
+static const sinkd_cfg_choice config__on_off[] = {
+    { "on", 1 }, { "off", 0 }, { NULL, 0 },
+};
 static const sinkd_cfg_choice config__kv_dtypes[] = {
     { "auto", SINKD_KV_DTYPE_AUTO }, { "f32", SINKD_KV_DTYPE_F32 },
     { "f16", SINKD_KV_DTYPE_F16 }, { "bf16", SINKD_KV_DTYPE_BF16 }, { NULL, 0 },
@@ -84,6 +87,8 @@ static const sinkd_cfg_key config__keys[] = {
       "prompt tokens processed per forward step" },
     { "engine", "max_batch", SINKD_CFG_UINT, OFF(max_batch), "32", 1, 1024, NULL, 0,
       "sessions decoded together in one step" },
+    { "engine", "cuda_graphs", SINKD_CFG_ENUM, OFF(cuda_graphs), "on", 0, 0, config__on_off, 0,
+      "replay a decode step's dense stretches from CUDA graphs: on or off" },
 
     { "plugins", "dirs", SINKD_CFG_PATHLIST, OFF(plugin_dirs), "", 1, 4095, NULL, EMPTY,
       "policy plugin directories, colon-separated; empty: the installed plugin directory" },

@@ -89,6 +89,7 @@ typedef struct sinkd_config {
     int kv_dtype;                 /* SINKD_KV_DTYPE_* */
     uint64_t prefill_chunk;
     uint64_t max_batch;
+    int cuda_graphs;              /* 1 on, 0 off */
     /* [plugins] */
     char *plugin_dirs;            /* NULL until sinkd_config_resolve */
     /* [model "NAME"] */

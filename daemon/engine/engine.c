@@ -416,7 +416,8 @@ static void eng__policy_log(int prio, const char *line)
 }
 
 static int eng__load_model(sinkd_engine *e, sinkd_engine_model *em, const char *name,
-                           const char *path, int32_t max_tokens, char *err, size_t errlen)
+                           const char *path, int32_t max_tokens, bool graphs, char *err,
+                           size_t errlen)
 {
     sinkd_model_config mc = SINKD_MODEL_CONFIG_INIT;
     const sinkd_gguf_tensor *t;
@@ -441,6 +442,8 @@ static int eng__load_model(sinkd_engine *e, sinkd_engine_model *em, const char *
         return rc;
     }
     em->hp = sinkd_model_hparams_get(em->model);
+    if (!graphs)
+        sinkd_model_graphs_set(em->model, false);
     em->add_bos = sinkd_tokenizer_kind(em->tok) == SINKD_TOK_SPM;
     sinkd_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &em->add_bos);
     if (sinkd_tokenizer_bos(em->tok) < 0)
@@ -499,7 +502,7 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     for (size_t i = 0; i < cfg->n_models; i++) {
         int32_t mt = cfg->prefill_chunk > cfg->max_batch ? cfg->prefill_chunk : cfg->max_batch;
         rc = eng__load_model(e, &e->models[i], cfg->model_names[i], cfg->model_paths[i], mt,
-                             err, errlen);
+                             !cfg->cuda_graphs_off, err, errlen);
         e->n_models += e->models[i].name != NULL;
         if (rc < 0)
             goto fail;

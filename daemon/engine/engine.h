@@ -47,6 +47,9 @@ typedef struct sinkd_engine_config {
                                      head_dim_max is derived from the models */
     int32_t prefill_chunk;        /* [engine] prefill_chunk */
     int32_t max_batch;            /* [engine] max_batch */
+    bool cuda_graphs_off;         /* [engine] cuda_graphs = off (zero keeps them on;
+                                     SINKD_CUDA_GRAPHS=0 in the environment turns
+                                     them off as well) */
     uint32_t sessions_per_uid;    /* [quota], 0 = unlimited */
     uint32_t generations_per_uid; /* [quota], 0 = unlimited */
     uint64_t request_bytes;       /* [quota] shared-memory bytes per request, 0 = unlimited */
