@@ -92,7 +92,10 @@ enum {
  * means MORE worth keeping. p is the attention probability of a key, summed
  * over the query heads of its GQA group. */
 enum sinkd_policy_stat {
-    SINKD_STAT_NONE = 0,      /* no score: recency/position rules only */
+    SINKD_STAT_NONE = 0,      /* no score: recency/position rules only (the
+                                 score slots are unspecified; with token
+                                 selection they hold the selecting layer's
+                                 last probabilities) */
     SINKD_STAT_SUM = 1,       /* score += p every step (H2O) */
     SINKD_STAT_DECAY = 2,     /* score = decay * score + p (A2SF) */
     SINKD_STAT_LAST = 3,      /* score = p of the last query (TOVA) */

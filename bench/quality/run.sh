@@ -70,33 +70,36 @@ mkdir -p "$out/json"
 out=$(cd "$out" && pwd)
 daemon_pids=()
 cleanup() {
-    for pid in "${daemon_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${daemon_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in ${daemon_pids[@]+"${daemon_pids[@]}"}; do kill "$pid" 2>/dev/null || true; done
+    for pid in ${daemon_pids[@]+"${daemon_pids[@]}"}; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
 sockets=()
 if [ -z "$socket" ]; then
     [ -x "$build/daemon/sinkd" ] || die "$build/daemon/sinkd not found"
+    # Without --pool each daemon takes a share of the free memory it finds:
+    # together, the 0.8 one daemon would take.
+    pool_key="kv_pool_bytes = $pool"
+    [ "$pool" = 0 ] && pool_key="kv_pool_fraction = $(awk "BEGIN { print 0.8 / $daemons }")"
     cat > "$out/sinkd.conf" <<CONF
 [engine]
 backend = $backend
-kv_pool_bytes = $pool
+$pool_key
 [plugins]
 dirs = $(cd "$build/plugins" && pwd)
 [model "$model_name"]
 path = $(cd "$(dirname "$model")" && pwd)/$(basename "$model")
 CONF
+    # one at a time: each sizes its pool from what the others left
     for d in $(seq "$daemons"); do
         sock=$out/sinkd-$d.sock
         rm -f "$sock"
         "$build/daemon/sinkd" --socket "$sock" --config "$out/sinkd.conf" > "$out/sinkd-$d.log" 2>&1 &
         daemon_pids+=("$!")
         sockets+=("$sock")
-    done
-    for d in $(seq "$daemons"); do
         for _ in $(seq 300); do
-            "$sinkctl" --socket "${sockets[d - 1]}" ping > /dev/null 2>&1 && break
+            "$sinkctl" --socket "$sock" ping > /dev/null 2>&1 && break
             kill -0 "${daemon_pids[d - 1]}" 2>/dev/null ||
                 { cat "$out/sinkd-$d.log" >&2; die "sinkd exited"; }
             sleep 0.1
@@ -162,7 +165,7 @@ done
 # later run reads, so it runs alone; the rest run up to $jobs at a time.
 # (The daemon is a child too: only the runs' pids are waited for.)
 running=()
-for t in "${todo[@]}"; do
+for t in ${todo[@]+"${todo[@]}"}; do
     IFS=: read -r p b name <<< "$t"
     # a policy's runs share a daemon: their appends batch together
     for i in "${!plist[@]}"; do [ "${plist[i]}" = "$p" ] && d=$((i % daemons)); done
@@ -175,7 +178,7 @@ for t in "${todo[@]}"; do
         sleep 0.2
         alive=()
         for pid in "${running[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-        running=("${alive[@]}")
+        running=(${alive[@]+"${alive[@]}"})
     done
     run_one "$p" "$b" "$name" "${sockets[d]}" &
     running+=("$!")

@@ -220,16 +220,17 @@ static int exec__catch_up(eng_fwd_ctx *c)
 }
 
 /* Before @layer's attention, whose probabilities a post step will read:
- * move the statistic aside where one is kept, have the op write p, and
- * keep the lane arrays for that step. */
+ * keep the lane arrays for that step, move the statistic aside where one is
+ * kept, and have the op write p. The stash comes last of what can fail:
+ * once it ran, only the due post step puts the statistic back. */
 static int exec__defer(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln, int32_t *score_op)
 {
     int rc;
 
+    if ((rc = exec__keep_lanes(c, layer, ln)) < 0)
+        return rc;
     if ((c->x.post || exec__keeps_scores(&c->x)) &&
         (rc = exec__stat(c, ln, SINKD_STAT_OP_STASH, layer)) < 0)
-        return rc;
-    if ((rc = exec__keep_lanes(c, layer, ln)) < 0)
         return rc;
     *score_op = SINKD_SCORE_WRITE;
     c->pending = layer;

@@ -274,7 +274,9 @@ static void gen__append_done(sinkd_engine *e, eng_session *s, const sinkd_job *j
 /* One group of compatible sessions: one decode call, then each session's
  * bookkeeping exactly as gen__prefill does it for one token. A failed
  * group is undone and its appends run alone, so that only the session at
- * fault sees the error. */
+ * fault sees the error. Undone means the new token's K/V: a statistic that
+ * the layers before the failure already updated (decayed sums, say) keeps
+ * that update, as after a failed decode step of a generation. */
 static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n)
 {
     uint64_t t0 = eng_now_ns();
