@@ -71,61 +71,35 @@ out:
 }
 
 static int gen__decode_group(sinkd_engine *e, eng_session **ss, int32_t n, const sinkd_job *j);
+static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n);
 
-/* One token of append @j as a decode step of a batch of one, its logits to
- * s->logits: the path a generated token takes, so that a conversation
- * streamed a token at a time gets the plan's selection and per-step
- * statistics exactly as generate would give them. */
-static int gen__decode_one(sinkd_engine *e, eng_session *s, int32_t id, const sinkd_job *j)
-{
-    int rc;
-
-    s->feed = id;
-    rc = gen__decode_group(e, &s, 1, j);
-    s->feed = -1;
-    if (rc == 0)
-        memcpy(s->logits, e->logits, (size_t)s->m->hp->n_vocab * sizeof *s->logits);
-    return rc;
-}
-
-/* Run @n tokens through the model (one token as a decode step, more in
- * chunks of prefill_chunk), evicting between chunks and at the end (an
- * eviction point of every plan); the last logits land in s->logits. On
- * failure the lanes are cut back to where they were. */
+/* Run @n > 1 tokens through the model in chunks of prefill_chunk, evicting
+ * between chunks and at the end (an eviction point of every plan); the last
+ * logits land in s->logits. On failure the lanes are cut back to where they
+ * were. (One token runs as a decode step: gen__append_group.) */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
                         const sinkd_job *j)
 {
-    /* no positions needed for one token: streaming allocates nothing here */
-    int32_t *pos = n > 1 ? malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) *
-                                  sizeof *pos)
-                         : NULL;
+    int32_t *pos = malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) * sizeof *pos);
     int32_t p0 = (int32_t)s->tokens;
     sinkd_model_hook hook;
     sinkd_model_opts o = { 0 };
     eng_fwd_ctx fc;
     int rc = 0;
 
-    if (n > 1 && !pos)
+    if (!pos)
         return -ENOMEM;
-    if (s->tokens > INT32_MAX - n) {
-        free(pos);
-        return -EOVERFLOW;
-    }
     o.hook = &hook;
     for (int32_t done = 0; done < n && rc == 0;) {
         int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
-        if (n == 1) {
-            rc = gen__decode_one(e, s, ids[0], j);
-        } else {
-            for (int32_t i = 0; i < k; i++)
-                pos[i] = (int32_t)s->tokens + i;
-            o.rope_mode = s->rope_mode;
-            rc = eng_prefill_begin(&fc, &hook, e, s);
-            if (rc == 0)
-                rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq,
-                                                          ids + done, pos, k, &o,
-                                                          done + k == n ? s->logits : NULL));
-        }
+        for (int32_t i = 0; i < k; i++)
+            pos[i] = (int32_t)s->tokens + i;
+        o.rope_mode = s->rope_mode;
+        rc = eng_prefill_begin(&fc, &hook, e, s);
+        if (rc == 0)
+            rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done,
+                                                      pos, k, &o,
+                                                      done + k == n ? s->logits : NULL));
         eng_beat(e, true);
         if (rc == 0) {
             s->tokens += k;
@@ -192,13 +166,28 @@ static int gen__tokens(sinkd_engine *e, const sinkd_job *j, const sinkd_engine_m
     return 0;
 }
 
+/* The reply of append @j: @n tokens run in @ms. */
+static void gen__append_done(sinkd_engine *e, eng_session *s, const sinkd_job *j, size_t n,
+                             double ms)
+{
+    sinkd_fw w;
+
+    s->pending = -1;
+    s->prefill_ms = ms;
+    if (eng_begin_reply(&w, j, 3) < 0)
+        return;
+    sinkd_pack_kv_u64(&w.pk, "n_tokens", (uint64_t)n);
+    sinkd_pack_kv_u64(&w.pk, "n_past", (uint64_t)s->tokens);
+    sinkd_pack_kv_f64(&w.pk, "prefill_ms", ms);
+    eng_send(e, j, &w, true);
+}
+
 void eng_job_append(sinkd_engine *e, sinkd_job *j)
 {
     eng_session *s = gen__session(e, j, "session.append");
     int32_t *ids;
     size_t n;
     uint64_t t0;
-    sinkd_fw w;
     bool bos;
     int rc;
 
@@ -220,6 +209,19 @@ void eng_job_append(sinkd_engine *e, sinkd_job *j)
         eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "too many tokens");
         return;
     }
+    if (s->tokens > (int64_t)INT32_MAX - (int64_t)n) {
+        free(ids);
+        eng_error_errno(e, j, -EOVERFLOW, "session.append");
+        return;
+    }
+    if (n == 1) {
+        /* the path a generated token takes: the plan's selection and
+         * per-step statistics exactly as generate gives them */
+        s->feed = ids[0];
+        free(ids);
+        gen__append_group(e, &s, &j, 1);
+        return;
+    }
     t0 = eng_now_ns();
     rc = n ? gen__prefill(e, s, ids, (int32_t)n, j) : 0;
     free(ids);
@@ -227,14 +229,7 @@ void eng_job_append(sinkd_engine *e, sinkd_job *j)
         eng_error_errno(e, j, rc, "session.append");
         return;
     }
-    s->pending = -1;
-    s->prefill_ms = (double)(eng_now_ns() - t0) / 1e6;
-    if (eng_begin_reply(&w, j, 3) < 0)
-        return;
-    sinkd_pack_kv_u64(&w.pk, "n_tokens", (uint64_t)n);
-    sinkd_pack_kv_u64(&w.pk, "n_past", (uint64_t)s->tokens);
-    sinkd_pack_kv_f64(&w.pk, "prefill_ms", s->prefill_ms);
-    eng_send(e, j, &w, true);
+    gen__append_done(e, s, j, n, (double)(eng_now_ns() - t0) / 1e6);
 }
 
 /* ---- single-token appends, batched ------------------------------------- */
@@ -256,25 +251,11 @@ eng_session *eng_append_single(sinkd_engine *e, const sinkd_job *j)
     return s;
 }
 
-/* The reply of a one-token append that ran in @ms. */
-static void gen__append_done(sinkd_engine *e, eng_session *s, const sinkd_job *j, double ms)
-{
-    sinkd_fw w;
-
-    s->pending = -1;
-    s->prefill_ms = ms;
-    if (eng_begin_reply(&w, j, 3) < 0)
-        return;
-    sinkd_pack_kv_u64(&w.pk, "n_tokens", 1);
-    sinkd_pack_kv_u64(&w.pk, "n_past", (uint64_t)s->tokens);
-    sinkd_pack_kv_f64(&w.pk, "prefill_ms", ms);
-    eng_send(e, j, &w, true);
-}
-
-/* One group of compatible sessions: one decode call, then each session's
- * bookkeeping exactly as gen__prefill does it for one token. A failed
- * group is undone and its appends run alone, so that only the session at
- * fault sees the error. Undone means the new token's K/V: a statistic that
+/* One group of compatible sessions, each with the token of its append
+ * @jobs[i] in ss[i]->feed: one decode call, then each session's bookkeeping
+ * (eviction at the append's end, as after a prefill). A failed group is
+ * undone and its appends run alone, so that only the session at fault sees
+ * the error. Undone means the new token's K/V: a statistic that
  * the layers before the failure already updated (decayed sums, say) keeps
  * that update, as after a failed decode step of a generation. */
 static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n)
@@ -283,14 +264,12 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
     size_t nv = (size_t)ss[0]->m->hp->n_vocab;
     int rc;
 
-    for (int32_t i = 0; i < n; i++)
-        ss[i]->feed = jobs[i]->ids[0];
     rc = gen__decode_group(e, ss, n, n == 1 ? jobs[0] : NULL);
-    for (int32_t i = 0; i < n; i++)
-        ss[i]->feed = -1;
     if (rc < 0) {
-        for (int32_t i = 0; i < n; i++)
+        for (int32_t i = 0; i < n; i++) {
+            ss[i]->feed = -1;
             gen__truncate_from(e, ss[i], (int32_t)ss[i]->tokens);
+        }
         if (n == 1) {
             ss[0]->has_logits = false;
             eng_error_errno(e, jobs[0], rc, "session.append");
@@ -304,7 +283,8 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
     eng_beat(e, true);
     for (int32_t i = 0; i < n; i++) {
         eng_session *s = ss[i];
-        int32_t p0 = (int32_t)s->tokens;
+        int32_t p0 = (int32_t)s->tokens, tok = s->feed;
+        s->feed = -1;
         memcpy(s->logits, e->logits + (size_t)i * nv, nv * sizeof *s->logits);
         s->tokens++;
         if ((rc = eng_evict(e, s, -1, true, jobs[i])) < 0) {
@@ -317,28 +297,42 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
             eng_error_errno(e, jobs[i], rc, "session.append");
             continue;
         }
-        gen__hist_push(s, jobs[i]->ids[0]);
+        gen__hist_push(s, tok);
         s->has_logits = true;
-        gen__append_done(e, s, jobs[i], ms);
+        gen__append_done(e, s, jobs[i], 1, ms);
     }
+}
+
+/* Move the sessions of @ss[first + 1 .. n) that can share a decode call
+ * with ss[first] right behind it, keeping order (a stable partition), and
+ * @jobs alongside when given; returns the end of that group. */
+static int32_t gen__group(const sinkd_engine *e, eng_session **ss, sinkd_job **jobs,
+                          int32_t first, int32_t n)
+{
+    int32_t end = first + 1;
+
+    for (int32_t i = first + 1; i < n; i++) {
+        if (!eng_plan_compatible(e, ss[first], ss[i]))
+            continue;
+        eng_session *t = ss[i];
+        memmove(&ss[end + 1], &ss[end], (size_t)(i - end) * sizeof t);
+        ss[end] = t;
+        if (jobs) {
+            sinkd_job *tj = jobs[i];
+            memmove(&jobs[end + 1], &jobs[end], (size_t)(i - end) * sizeof tj);
+            jobs[end] = tj;
+        }
+        end++;
+    }
+    return end;
 }
 
 void eng_append_batch(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32_t n)
 {
-    /* Stable partition into groups that can share a decode call, as a
-     * decode step does. */
+    for (int32_t i = 0; i < n; i++)
+        ss[i]->feed = jobs[i]->ids[0];
     for (int32_t first = 0; first < n;) {
-        int32_t end = first + 1;
-        for (int32_t i = first + 1; i < n; i++) {
-            if (eng_plan_compatible(e, ss[first], ss[i])) {
-                eng_session *t = ss[i];
-                sinkd_job *tj = jobs[i];
-                memmove(&ss[end + 1], &ss[end], (size_t)(i - end) * sizeof t);
-                memmove(&jobs[end + 1], &jobs[end], (size_t)(i - end) * sizeof tj);
-                ss[end] = t;
-                jobs[end++] = tj;
-            }
-        }
+        int32_t end = gen__group(e, ss, jobs, first, n);
         gen__append_group(e, ss + first, jobs + first, end - first);
         first = end;
     }
@@ -648,16 +642,9 @@ bool eng_step(sinkd_engine *e)
     if (atomic_load_explicit(&e->ctr.generating, memory_order_relaxed) == 0)
         return false;
     n = eng_sched_fill(e);
-    /* Group compatible sessions (stable partition), one decode per group. */
+    /* Group compatible sessions, one decode per group. */
     for (int32_t first = 0; first < n;) {
-        int32_t end = first + 1;
-        for (int32_t i = first + 1; i < n; i++) {
-            if (eng_plan_compatible(e, e->batch[first], e->batch[i])) {
-                eng_session *t = e->batch[i];
-                memmove(&e->batch[end + 1], &e->batch[end], (size_t)(i - end) * sizeof t);
-                e->batch[end++] = t;
-            }
-        }
+        int32_t end = gen__group(e, e->batch, NULL, first, n);
         uint64_t t0 = eng_now_ns();
         int rc = gen__decode_group(e, &e->batch[first], end - first, NULL);
         uint64_t dt = eng_now_ns() - t0;
