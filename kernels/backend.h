@@ -338,6 +338,31 @@ typedef struct sinkd_topk_tokens_args {
     int32_t *out_pages;      /* [n_lanes * k] */
 } sinkd_topk_tokens_args;
 
+/* Fused small-m products of a decode step (ops->matvec). n_w matrices that
+ * share x's columns and dtype (one launch for q, k and v; gate and up) read
+ * x, optionally RMS-normalised on the fly, and combine the result into y:
+ *   xn[r]  = norm ? x[r] * rsqrt(mean(x[r]^2) + norm_eps) * norm : x[r]
+ *   p_i[r] = xn[r] . w[i]^T + bias[i]         (bias[i] may be NULL)
+ *   STORE   y[i][r] = p_i[r]                  for every i
+ *   ADD     y[i][r] += p_i[r]                 (a residual; y must not alias x)
+ *   SWIGLU  y[0][r] = silu(p_0[r]) * p_1[r]   (n_w == 2, equal rows; y[1] unused)
+ * Shapes: x [m][cols], y[i] [m][w[i]->rows], device memory. */
+#define SINKD_MATVEC_MAX_M 8
+#define SINKD_MATVEC_MAX_W 3
+#define SINKD_MATVEC_MAX_X 16384 /* m * cols: larger calls are -ENOTSUP */
+enum { SINKD_MATVEC_STORE = 0, SINKD_MATVEC_ADD = 1, SINKD_MATVEC_SWIGLU = 2 };
+typedef struct sinkd_matvec_args {
+    int32_t m;               /* 1..SINKD_MATVEC_MAX_M */
+    int32_t n_w;             /* 1..SINKD_MATVEC_MAX_W */
+    const float *x;
+    const float *norm;       /* [cols] RMSNorm gain, or NULL */
+    float norm_eps;
+    int32_t epilogue;        /* SINKD_MATVEC_* */
+    const sinkd_weight *w[SINKD_MATVEC_MAX_W];
+    const float *bias[SINKD_MATVEC_MAX_W];
+    float *y[SINKD_MATVEC_MAX_W];
+} sinkd_matvec_args;
+
 typedef struct sinkd_backend sinkd_backend;
 
 typedef struct sinkd_backend_info {
@@ -416,6 +441,15 @@ typedef struct sinkd_ops {
     int (*graph_end)(sinkd_backend *be, void **graph);
     int (*graph_launch)(sinkd_backend *be, void *graph);
     void (*graph_free)(sinkd_backend *be, void *graph);
+
+    /* Fused decode products (appended), sinkd_matvec_args. OPTIONAL like the
+     * graph ops: NULL where the backend has none (the CPU), and the caller
+     * composes rmsnorm, matmul, swiglu and add instead. -EINVAL for bad
+     * arguments, -ENOTSUP for shapes the kernel does not take (m * cols >
+     * SINKD_MATVEC_MAX_X, a row of w not a multiple of 16 bytes, x, norm or
+     * w not 16-byte aligned, mixed columns or dtypes): compose those. Results equal the composed ops up
+     * to fp32 summation order. */
+    int (*matvec)(sinkd_backend *be, const sinkd_matvec_args *a);
 } sinkd_ops;
 
 struct sinkd_backend {

@@ -42,6 +42,7 @@ struct sinkd_model {
     float *logits;                      /* (logit_rows, V) */
     int32_t *ids, *pos;                 /* (n) */
     model_graphs graphs;                /* decode stretches, by batch size */
+    int32_t fused_rows;                 /* calls of <= this many rows use ops->matvec */
 };
 
 /* ---- hyper-parameters --------------------------------------------------- */
@@ -412,6 +413,26 @@ static int model__load(sinkd_model *m, const sinkd_gguf *g, char *err, size_t er
     return m->be->ops->sync(m->be);
 }
 
+/* Rows up to which a forward uses the backend's fused products (none
+ * without ops->matvec); SINKD_MATVEC=0..8 in the environment sets it
+ * (0 = composed ops only, for comparing the two). */
+static int32_t model__fused_rows(const sinkd_model *m)
+{
+    if (!m->be->ops->matvec)
+        return 0;
+    /* On an H100 (1B geometry) the fused products win up to 4 rows; at 8
+     * cuBLAS does (bench/e2e/NOTES.md). */
+    int32_t rows = 4;
+    const char *env = getenv("SINKD_MATVEC");
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*end == '\0' && v >= 0 && v <= SINKD_MATVEC_MAX_M)
+            rows = (int32_t)v;
+    }
+    return rows;
+}
+
 int sinkd_model_load(sinkd_backend *be, const sinkd_gguf *g, const sinkd_model_config *cfg,
                      sinkd_model **out, char *err, size_t errlen)
 {
@@ -439,6 +460,7 @@ int sinkd_model_load(sinkd_backend *be, const sinkd_gguf *g, const sinkd_model_c
         sinkd_model_free(m);
         return rc;
     }
+    m->fused_rows = model__fused_rows(m);
     *out = m;
     return 0;
 }
@@ -534,6 +556,16 @@ static int fwd__attention(const fwd *f, int32_t layer)
     return be->ops->attn_decode(be, &a);
 }
 
+/* ops->matvec for calls of few rows; -ENOTSUP tells the caller to compose
+ * the same result from single ops (more rows, or shapes it does not take). */
+static int fwd__matvec(const fwd *f, sinkd_matvec_args *a)
+{
+    if (f->n > f->m->fused_rows)
+        return -ENOTSUP;
+    a->m = f->n;
+    return f->m->be->ops->matvec(f->m->be, a);
+}
+
 /* The ops of layer @l after its attention: output projection, residual,
  * feed-forward, residual. */
 static int fwd__ffn(const fwd *f, int32_t l)
@@ -544,17 +576,30 @@ static int fwd__ffn(const fwd *f, int32_t l)
     const sinkd_model_hparams *hp = &m->hp;
     const layer_w *w = &m->layers[l];
     int32_t n = f->n;
-    int rc;
-    if ((rc = ops->matmul(be, m->xb2, m->att, n, &w->wo, NULL)) ||
-        (rc = ops->add(be, m->x, m->xb2, (int64_t)n * hp->dim)) ||
-        (rc = ops->rmsnorm(be, m->xb, m->x, w->ffn_norm, n, hp->dim, hp->norm_eps)) ||
-        (rc = ops->matmul(be, m->hb, m->xb, n, &w->wg, NULL)) ||
-        (rc = ops->matmul(be, m->hb2, m->xb, n, &w->wu, NULL)) ||
-        (rc = ops->swiglu(be, m->hb, m->hb2, n, hp->ffn_dim)) ||
-        (rc = ops->matmul(be, m->xb2, m->hb, n, &w->wd, NULL)) ||
-        (rc = ops->add(be, m->x, m->xb2, (int64_t)n * hp->dim)))
+    int64_t nd = (int64_t)n * hp->dim;
+    sinkd_matvec_args o = {.n_w = 1, .x = m->att, .epilogue = SINKD_MATVEC_ADD,
+                           .w = {&w->wo}, .y = {m->x}};
+    int rc = fwd__matvec(f, &o);
+    if (rc == -ENOTSUP && !(rc = ops->matmul(be, m->xb2, m->att, n, &w->wo, NULL)))
+        rc = ops->add(be, m->x, m->xb2, nd);
+    if (rc)
         return rc;
-    return 0;
+    sinkd_matvec_args gu = {.n_w = 2, .x = m->x, .norm = w->ffn_norm, .norm_eps = hp->norm_eps,
+                            .epilogue = SINKD_MATVEC_SWIGLU, .w = {&w->wg, &w->wu}, .y = {m->hb}};
+    rc = fwd__matvec(f, &gu);
+    if (rc == -ENOTSUP &&
+        !(rc = ops->rmsnorm(be, m->xb, m->x, w->ffn_norm, n, hp->dim, hp->norm_eps)) &&
+        !(rc = ops->matmul(be, m->hb, m->xb, n, &w->wg, NULL)) &&
+        !(rc = ops->matmul(be, m->hb2, m->xb, n, &w->wu, NULL)))
+        rc = ops->swiglu(be, m->hb, m->hb2, n, hp->ffn_dim);
+    if (rc)
+        return rc;
+    sinkd_matvec_args d = {.n_w = 1, .x = m->hb, .epilogue = SINKD_MATVEC_ADD,
+                           .w = {&w->wd}, .y = {m->x}};
+    rc = fwd__matvec(f, &d);
+    if (rc == -ENOTSUP && !(rc = ops->matmul(be, m->xb2, m->hb, n, &w->wd, NULL)))
+        rc = ops->add(be, m->x, m->xb2, nd);
+    return rc;
 }
 
 /* Stretch @i of the forward: the ops between attention i - 1 and attention
@@ -576,6 +621,12 @@ static int fwd__stretch(const void *arg, int32_t i)
         return rc;
     if (i < hp->n_layers) {
         const layer_w *w = &m->layers[i];
+        sinkd_matvec_args a = {.n_w = 3, .x = m->x, .norm = w->attn_norm,
+                               .norm_eps = hp->norm_eps, .epilogue = SINKD_MATVEC_STORE,
+                               .w = {&w->wq, &w->wk, &w->wv}, .bias = {w->bq, w->bk, w->bv},
+                               .y = {m->q, m->k, m->v}};
+        if ((rc = fwd__matvec(f, &a)) != -ENOTSUP)
+            return rc;
         if ((rc = ops->rmsnorm(be, m->xb, m->x, w->attn_norm, n, hp->dim, hp->norm_eps)) ||
             (rc = ops->matmul(be, m->q, m->xb, n, &w->wq, w->bq)) ||
             (rc = ops->matmul(be, m->k, m->xb, n, &w->wk, w->bk)) ||
@@ -587,6 +638,14 @@ static int fwd__stretch(const void *arg, int32_t i)
         return 0;
     size_t first = (size_t)f->logit_first * hp->dim;
     int32_t rows = n - f->logit_first, block = rows < m->cfg.logit_rows ? rows : m->cfg.logit_rows;
+    if (block == rows && rows <= m->fused_rows) {
+        /* one block of logits: nothing reads the normalised rows after it */
+        sinkd_matvec_args a = {.m = rows, .n_w = 1, .x = m->x + first, .norm = m->out_norm,
+                               .norm_eps = hp->norm_eps, .epilogue = SINKD_MATVEC_STORE,
+                               .w = {&m->output}, .y = {m->logits}};
+        if ((rc = ops->matvec(be, &a)) != -ENOTSUP)
+            return rc;
+    }
     if ((rc = ops->rmsnorm(be, m->xb + first, m->x + first, m->out_norm, rows, hp->dim,
                            hp->norm_eps)))
         return rc;

@@ -244,6 +244,10 @@ static void cu_graph_free(sinkd_backend *be, void *graph)
 {
     sinkd_cuda_graph_free(cu(be), graph);
 }
+static int cu_matvec(sinkd_backend *be, const sinkd_matvec_args *a)
+{
+    return sinkd_cuda_matvec(cu(be), a);
+}
 
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
@@ -252,6 +256,7 @@ static const sinkd_ops cuda_ops = {
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
     cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
     cu_graph_begin, cu_graph_end,    cu_graph_launch, cu_graph_free,
+    cu_matvec,
 };
 
 /* cuBLAS's workspace: 32 MiB is what its documentation asks for on Hopper.

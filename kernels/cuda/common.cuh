@@ -192,6 +192,8 @@ static __device__ __forceinline__ void rope_sincos_fast(int pos, float inv_freq,
 
 int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
                       const sinkd_weight *w, const float *bias);
+/* ops->matvec (backend.h); matmul's m == 1 path too. */
+int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a);
 int sinkd_cuda_rmsnorm(sinkd_cuda *c, float *y, const float *x, const float *g,
                        int32_t m, int32_t d, float eps);
 int sinkd_cuda_rope(sinkd_cuda *c, float *x, const int32_t *pos, int32_t m,

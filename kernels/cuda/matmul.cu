@@ -4,9 +4,9 @@
  *
  *   m > 1:  x is converted to the weight dtype in a workspace, then
  *           cublasGemmEx (compute 32F). FLOPs 2*m*rows*cols.
- *   m == 1: a hand GEMV, one warp per output row, 16-byte weight loads and
- *           x kept in f32; bytes rows*cols*esize + 4*cols, which is all a
- *           decode step of batch 1 can be, so it is bandwidth bound.
+ *   m == 1: the matvec kernel (matvec.cu) when rows are 16-byte aligned:
+ *           bytes rows*cols*esize + 4*cols, which is all a decode step of
+ *           batch 1 can be, so it is bandwidth bound.
  *
  * Both paths can be recorded in a CUDA graph (graph.cu): cuBLAS runs in the
  * fixed workspace set at backend open, and the conversion buffer is only
@@ -14,9 +14,6 @@
  * with -EBUSY), so run a stretch once eagerly before recording it.
  */
 #include "common.cuh"
-
-#define GEMV_WARPS 4
-#define GEMV_UNROLL 4
 
 template <typename T>
 __global__ void convert_kernel(T *dst, const float *src, int64_t n)
@@ -33,57 +30,6 @@ __global__ void bias_kernel(float *y, const float *bias, int rows, int64_t n)
         y[i] += bias[i % rows];
 }
 
-/* y[r] = w[r] . x (+ bias[r]); needs cols % (16 / sizeof(T)) == 0.
- * Each lane keeps GEMV_UNROLL 16-byte weight loads in flight: with one, a
- * warp waits a whole memory latency per 512 bytes, and a matrix of 2048
- * rows puts only ~16 warps on an SM, far fewer bytes in flight than the
- * bandwidth-latency product of an H100 asks for. Plain loads: a small
- * model's weights stay in L2 from one step to the next. */
-template <typename T>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_kernel(float *y, const float *x, const T *w, const float *bias, int rows, int cols)
-{
-    int r = blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
-    int ln = threadIdx.x % 32;
-    if (r >= rows)
-        return;
-    constexpr int V = 16 / sizeof(T); /* elements per 16-byte load */
-    const T *wr = w + (size_t)r * cols;
-    float acc = 0.0f;
-    for (int c0 = ln * V; c0 < cols; c0 += 32 * V * GEMV_UNROLL) {
-        uint4 u[GEMV_UNROLL];
-#pragma unroll
-        for (int k = 0; k < GEMV_UNROLL; k++) {
-            int c = c0 + k * 32 * V;
-            u[k] = c < cols ? *reinterpret_cast<const uint4 *>(wr + c) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int k = 0; k < GEMV_UNROLL; k++) {
-            int c = c0 + k * 32 * V;
-            if (c >= cols)
-                break;
-            const T *e = reinterpret_cast<const T *>(&u[k]);
-#pragma unroll
-            for (int i = 0; i < V; i++)
-                acc = fmaf(kv_traits<T>::to_f(e[i]), x[c + i], acc);
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1)
-        acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (ln == 0)
-        y[r] = acc + (bias ? bias[r] : 0.0f);
-}
-
-template <typename T>
-static int gemv(sinkd_cuda *c, float *y, const float *x, const sinkd_weight *w, const float *bias)
-{
-    unsigned blocks = (unsigned)((w->rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    gemv_kernel<T><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>(y, x, (const T *)w->data, bias,
-                                                              w->rows, w->cols);
-    SINKD_CUDA_CHECK_LAUNCH();
-    return 0;
-}
-
 int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
                       const sinkd_weight *w, const float *bias)
 {
@@ -93,18 +39,18 @@ int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
         return -EINVAL;
     if (m == 0)
         return 0;
-    size_t es = w->dtype == SINKD_F32 ? 4 : 2;
-    /* The hand GEMV reads 16-byte rows: weights and x must be aligned. */
-    bool aligned = (w->cols * es) % 16 == 0 && ((uintptr_t)w->data % 16) == 0 &&
-                   ((uintptr_t)x % 16) == 0;
-    if (m == 1 && aligned) {
-        switch (w->dtype) {
-        case SINKD_F32: return gemv<float>(c, y, x, w, bias);
-        case SINKD_F16: return gemv<__half>(c, y, x, w, bias);
-        default: return gemv<__nv_bfloat16>(c, y, x, w, bias);
-        }
+    if (m == 1) {
+        sinkd_matvec_args a = {};
+        a.m = 1;
+        a.n_w = 1;
+        a.x = x;
+        a.w[0] = w;
+        a.bias[0] = bias;
+        a.y[0] = y;
+        int rc = sinkd_cuda_matvec(c, &a);
+        if (rc != -ENOTSUP)
+            return rc;
     }
-
     const void *b = x;
     cudaDataType_t t = CUDA_R_32F;
     int64_t n = (int64_t)m * w->cols;
