@@ -48,9 +48,15 @@ static __device__ __forceinline__ T *slot_k(const sinkd_kv_pool &pool, int64_t s
 
 /* ---- append ------------------------------------------------------------- */
 
+/* One block per (token, lane). With @bounds (one token a lane, so one block
+ * a page) the block also folds the new key into its page's rotated
+ * min/max: the page's earlier tokens are already in them (appends and
+ * compactions keep every page's bounds exact), so min/max with the new key
+ * equals recomputing the page, without the page pass. */
 template <typename T>
 __global__ void append_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n, int d,
-                              const float *k, const float *v, const int32_t *pos, int token_major)
+                              const float *k, const float *v, const int32_t *pos, int token_major,
+                              sinkd_rope rope, int bounds)
 {
     int i = blockIdx.x, l = blockIdx.y;
     int len = ln.len[l];
@@ -62,14 +68,48 @@ __global__ void append_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n, int d,
     T *kr = slot_k<T>(pool, s, d);
     T *vr = kr + (size_t)pool.page_tokens * d;
     size_t src = (token_major ? (size_t)i * ln.n_lanes + l : (size_t)l * n + i) * d;
+    int p = pos[(size_t)l * n + i];
     for (int e = threadIdx.x; e < d; e += blockDim.x) {
         kr[e] = kv_traits<T>::from_f(k[src + e]);
         vr[e] = kv_traits<T>::from_f(v[src + e]);
     }
     if (threadIdx.x == 0) {
-        pool.pos[s] = pos[(size_t)l * n + i];
+        pool.pos[s] = p;
         pool.score[s] = 0.0f;
     }
+    if (!bounds)
+        return;
+    int pt = pool.page_tokens;
+    int64_t pg = s / pt;
+    bool first = s % pt == 0;
+    bool neox = rope.style == SINKD_ROPE_NEOX;
+    int ps = rope.mode == SINKD_ROPE_CACHE ? len - 1 : p;
+    float *mn = pool.kmin + pg * pool.head_dim_max, *mx = pool.kmax + pg * pool.head_dim_max;
+    for (int j = threadIdx.x; j < d / 2; j += blockDim.x) {
+        int ea = neox ? j : 2 * j, eb = neox ? j + d / 2 : 2 * j + 1;
+        float sn, cs;
+        rope_sincos_exact(ps, rope.theta, rope.scale, j, d, &sn, &cs);
+        /* the key as stored, like the page pass reads it */
+        float x0 = kv_traits<T>::to_f(kv_traits<T>::from_f(k[src + ea]));
+        float x1 = kv_traits<T>::to_f(kv_traits<T>::from_f(k[src + eb]));
+        float r0 = x0 * cs - x1 * sn, r1 = x0 * sn + x1 * cs;
+        mn[ea] = first ? r0 : fminf(mn[ea], r0);
+        mx[ea] = first ? r0 : fmaxf(mx[ea], r0);
+        mn[eb] = first ? r1 : fminf(mn[eb], r1);
+        mx[eb] = first ? r1 : fmaxf(mx[eb], r1);
+    }
+}
+
+/* SINKD_APPEND_BOUNDS=pass keeps the separate page pass for one-token
+ * appends too (read once). */
+static bool append_bounds_fused(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("SINKD_APPEND_BOUNDS");
+        v = !(e && strcmp(e, "pass") == 0);
+    }
+    return v == 1;
 }
 
 int sinkd_cuda_kv_append(sinkd_cuda *c, const sinkd_append_args *a)
@@ -86,16 +126,21 @@ int sinkd_cuda_kv_append(sinkd_cuda *c, const sinkd_append_args *a)
         return 0;
     if (!a->lanes.len || !a->lanes.page_off || !a->lanes.page_ids)
         return -EINVAL;
+    if (sinkd_cuda_check_rope(&a->rope))
+        return -EINVAL;
     dim3 grid(a->n, a->lanes.n_lanes);
     int th = a->head_dim < 128 ? a->head_dim : 128;
+    int fused = a->n == 1 && append_bounds_fused();
     if (a->pool->dtype == SINKD_F16)
         append_kernel<__half><<<grid, th, 0, c->stream>>>(*a->pool, a->lanes, a->n, a->head_dim,
-                                                          a->k, a->v, a->pos, a->kv_token_major);
+                                                          a->k, a->v, a->pos, a->kv_token_major,
+                                                          a->rope, fused);
     else
         append_kernel<__nv_bfloat16><<<grid, th, 0, c->stream>>>(*a->pool, a->lanes, a->n,
-                                                                  a->head_dim, a->k, a->v, a->pos, a->kv_token_major);
+                                                                  a->head_dim, a->k, a->v, a->pos,
+                                                                  a->kv_token_major, a->rope, fused);
     SINKD_CUDA_CHECK_LAUNCH();
-    return sinkd_cuda_page_bounds(c, a->pool, &a->lanes, a->head_dim, &a->rope, a->n);
+    return fused ? 0 : sinkd_cuda_page_bounds(c, a->pool, &a->lanes, a->head_dim, &a->rope, a->n);
 }
 
 /* ---- page bounds -------------------------------------------------------- */
