@@ -174,22 +174,54 @@ int sinkd_cuda_embed(sinkd_cuda *c, float *out, const sinkd_weight *t,
     return 0;
 }
 
+#define ARGMAX_THREADS 1024
+#define ARGMAX_U 4
+
+/* Fold x[i] into the running (bv, bi); i only grows within a thread, so the
+ * first of equal maxima stays. bi == n: nothing seen yet. */
+static __device__ __forceinline__ void argmax_see(float v, int i, int n, float &bv, int &bi)
+{
+    if (bi == n ? !isnan(v) : v > bv) {
+        bv = v;
+        bi = i;
+    }
+}
+
 /* One block per row; (value, index) pairs reduced with ties to the lower
- * index. NaN compares false and is never chosen over a number. */
-__global__ void argmax_kernel(int32_t *ids, const float *x, int n)
+ * index. NaN compares false and is never chosen over a number. A 128K-entry
+ * vocabulary is 0.5 MB a row: each thread keeps ARGMAX_U 16-byte loads in
+ * flight, or one block spends ~200 us on load latency. */
+__global__ void __launch_bounds__(ARGMAX_THREADS) argmax_kernel(int32_t *ids, const float *x, int n)
 {
     __shared__ float sv[32];
     __shared__ int si[32];
     const float *r = x + (size_t)blockIdx.x * n;
     float bv = -INFINITY;
     int bi = n; /* sentinel: no element seen */
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = r[i];
-        if (bi == n ? !isnan(v) : v > bv) {
-            bv = v;
-            bi = i;
+    int head = 0;
+    if (((uintptr_t)r & 15) == 0) {
+        const float4 *r4 = reinterpret_cast<const float4 *>(r);
+        int nv = n / 4;
+        for (int v0 = threadIdx.x; v0 < nv; v0 += ARGMAX_THREADS * ARGMAX_U) {
+            float4 u[ARGMAX_U];
+#pragma unroll
+            for (int k = 0; k < ARGMAX_U; k++) {
+                int vi = v0 + k * ARGMAX_THREADS;
+                u[k] = vi < nv ? r4[vi] : make_float4(NAN, NAN, NAN, NAN);
+            }
+#pragma unroll
+            for (int k = 0; k < ARGMAX_U; k++) {
+                int i = 4 * (v0 + k * ARGMAX_THREADS);
+                argmax_see(u[k].x, i, n, bv, bi);
+                argmax_see(u[k].y, i + 1, n, bv, bi);
+                argmax_see(u[k].z, i + 2, n, bv, bi);
+                argmax_see(u[k].w, i + 3, n, bv, bi);
+            }
         }
+        head = nv * 4;
     }
+    for (int i = head + threadIdx.x; i < n; i += blockDim.x)
+        argmax_see(r[i], i, n, bv, bi);
     for (int o = 16; o > 0; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, bv, o);
         int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -227,7 +259,7 @@ int sinkd_cuda_argmax(sinkd_cuda *c, int32_t *ids, const float *x, int32_t m, in
         return -EINVAL;
     if (m == 0)
         return 0;
-    argmax_kernel<<<m, EW_THREADS, 0, c->stream>>>(ids, x, n);
+    argmax_kernel<<<m, ARGMAX_THREADS, 0, c->stream>>>(ids, x, n);
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }
