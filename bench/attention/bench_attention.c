@@ -11,6 +11,10 @@
  *   score    decode with score_op = ADD (exact probabilities) vs NONE
  *   sparse   decode on 1, 1/2, 1/4, 1/8, 1/16 of the pages at 32K context
  *   prefill  one sequence, causal, n = 4K..32K: 4*n*n/2*D*n_q FLOP / time
+ *   small    decode on a Llama-3.2-1B layer (32 q / 8 kv heads, head_dim 64,
+ *            f16, ADJACENT pairs), batch 1..16 x 576..4K keys: the per-call
+ *            fixed cost of short lanes. `sinkd-bench-attention OUT --small`
+ *            runs the copy and this table only.
  *
  * Times are medians of 7 runs of events around a batch of calls.
  */
@@ -49,8 +53,19 @@ static void js_row(const char *fmt, ...)
     va_end(ap);
 }
 
-/* Random bf16 bits in [-1, 1) on the device, filled on the host in chunks. */
-static void dev_fill_bf16(void *d, size_t n)
+/* f16 bits of @f in (-1, 1), truncated; below f16's normal range: zero. */
+static uint16_t f16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    int e = (int)((u >> 23) & 0xff) - 127 + 15;
+    return e <= 0 ? sign : (uint16_t)(sign | e << 10 | ((u >> 13) & 0x3ff));
+}
+
+/* Random @dtype (BF16 or F16) elements in [-1, 1) on the device, filled on
+ * the host in chunks. */
+static void dev_fill16(void *d, size_t n, uint8_t dtype)
 {
     size_t chunk = (size_t)1 << 24;
     uint16_t *h = malloc(chunk * 2);
@@ -58,7 +73,7 @@ static void dev_fill_bf16(void *d, size_t n)
         float f = bench_frand();
         uint32_t u;
         memcpy(&u, &f, 4);
-        h[i] = (uint16_t)(u >> 16);
+        h[i] = dtype == SINKD_F16 ? f16_bits(f) : (uint16_t)(u >> 16);
     }
     for (size_t o = 0; o < n; o += chunk) {
         size_t c = n - o < chunk ? n - o : chunk;
@@ -72,13 +87,15 @@ typedef struct pool {
     int32_t n_pages;
 } pool;
 
-static void pool_make(pool *p, int32_t n_pages)
+/* A pool of @n_pages pages of PT tokens, rows of @hd in @dtype. */
+static void pool_make(pool *p, int32_t n_pages, int hd, uint8_t dtype)
 {
+    const int page_bytes = 2 * PT * hd * 2;
     memset(p, 0, sizeof *p);
     p->n_pages = n_pages;
     size_t ns = (size_t)n_pages * PT;
-    CK(be->ops->alloc(be, &p->kv.pages, (size_t)n_pages * PAGE_BYTES));
-    dev_fill_bf16(p->kv.pages, (size_t)n_pages * PAGE_BYTES / 2);
+    CK(be->ops->alloc(be, &p->kv.pages, (size_t)n_pages * page_bytes));
+    dev_fill16(p->kv.pages, (size_t)n_pages * page_bytes / 2, dtype);
     int32_t *hp = malloc(ns * 4);
     for (size_t i = 0; i < ns; i++)
         hp[i] = (int32_t)(i % (1 << 17));
@@ -86,15 +103,15 @@ static void pool_make(pool *p, int32_t n_pages)
     free(hp);
     CK(be->ops->alloc(be, (void **)&p->kv.score, ns * 4));
     CK(be->ops->memset0(be, p->kv.score, ns * 4));
-    CK(be->ops->alloc(be, (void **)&p->kv.kmin, (size_t)n_pages * HD * 4));
-    CK(be->ops->alloc(be, (void **)&p->kv.kmax, (size_t)n_pages * HD * 4));
-    CK(be->ops->memset0(be, p->kv.kmin, (size_t)n_pages * HD * 4));
-    CK(be->ops->memset0(be, p->kv.kmax, (size_t)n_pages * HD * 4));
-    p->kv.page_bytes = PAGE_BYTES;
+    CK(be->ops->alloc(be, (void **)&p->kv.kmin, (size_t)n_pages * hd * 4));
+    CK(be->ops->alloc(be, (void **)&p->kv.kmax, (size_t)n_pages * hd * 4));
+    CK(be->ops->memset0(be, p->kv.kmin, (size_t)n_pages * hd * 4));
+    CK(be->ops->memset0(be, p->kv.kmax, (size_t)n_pages * hd * 4));
+    p->kv.page_bytes = page_bytes;
     p->kv.n_pages = n_pages;
     p->kv.page_tokens = PT;
-    p->kv.head_dim_max = HD;
-    p->kv.dtype = SINKD_BF16;
+    p->kv.head_dim_max = hd;
+    p->kv.dtype = dtype;
 }
 
 static void pool_free(pool *p)
@@ -181,6 +198,27 @@ static float time_decode(sinkd_decode_args *a, lanes *L, int calls)
     return t[RUNS / 2];
 }
 
+/* Median us per decode call of @a over @nl lanes of @len keys (@pages pages
+ * of @bytes a call), without scores (*@us) and with ADD (*@us_score): lanes
+ * rotate over >= 512 MiB of a pool of @pool_pages so L2 never holds the next
+ * call's pages. */
+static void time_decode_rot(sinkd_decode_args *a, int nl, int len, size_t pages, size_t bytes,
+                            int32_t pool_pages, float *us, float *us_score)
+{
+    const size_t rot_bytes = (size_t)512 << 20;
+    int nsets = (int)((rot_bytes + bytes - 1) / bytes);
+    if ((size_t)nsets * pages > (size_t)pool_pages)
+        nsets = (int)(pool_pages / pages);
+    lanes LS;
+    lanes_make(&LS, nsets, nl, len);
+    int calls = nsets < 4 ? 4 : nsets;
+    a->score_op = SINKD_SCORE_NONE;
+    *us = time_decode(a, &LS, calls) * 1e3f;
+    a->score_op = SINKD_SCORE_ADD;
+    *us_score = time_decode(a, &LS, calls) * 1e3f;
+    lanes_free(&LS);
+}
+
 static double copy_gbs(void)
 {
     size_t n = (size_t)2 << 30;
@@ -207,9 +245,61 @@ static double copy_gbs(void)
     return 2.0 * n / (t[RUNS / 2] * 1e-3) / 1e9;
 }
 
+/* Decode on a Llama-3.2-1B layer (32 q / 8 kv heads, d 64, f16, ADJACENT
+ * pairs, query at the last position): short lanes, where the per-call fixed
+ * cost is most of the time. Lanes rotate over >= 512 MiB as above. */
+static void decode_small(double spec)
+{
+    enum { nq = 32, nkv = 8, hd = 64, page_bytes = 2 * PT * hd * 2 };
+    static const int batches[] = {1, 4, 16};
+    static const int ctxs[] = {576, 1024, 4096};
+    const int32_t pool_pages = (int32_t)(((size_t)1 << 30) / page_bytes);
+    pool P;
+    pool_make(&P, pool_pages, hd, SINKD_F16);
+    size_t qn = (size_t)16 * nq * hd;
+    float *hq = malloc(qn * 4);
+    for (size_t i = 0; i < qn; i++)
+        hq[i] = bench_frand();
+    float *q = bench_upload(be, hq, qn * 4), *out;
+    free(hq);
+    CK(be->ops->alloc(be, (void **)&out, qn * 4));
+    sinkd_rope rope = {.theta = 500000.0f, .scale = 1.0f, .style = SINKD_ROPE_ADJACENT,
+                       .mode = SINKD_ROPE_ABSOLUTE};
+    const char *mode = getenv("SINKD_DECODE_SPLITS");
+    printf("\ndecode, Llama-3.2-1B layer (32q/8kv, d 64, f16, pages of 16), SINKD_DECODE_SPLITS=%s\n"
+           "%-8s %8s %10s %10s %8s %10s %8s\n", mode ? mode : "(auto)", "batch", "keys", "us", "GB/s", "%spec",
+           "score_us", "+score%");
+    for (int bi = 0; bi < 3; bi++) {
+        for (int ci = 0; ci < 3; ci++) {
+            int B = batches[bi], L = ctxs[ci], nl = B * nkv;
+            size_t pages = (size_t)nl * ((L + PT - 1) / PT), bytes = pages * page_bytes;
+            int32_t hqp[16];
+            for (int i = 0; i < 16; i++)
+                hqp[i] = L - 1;
+            int32_t *qp = bench_upload(be, hqp, sizeof hqp);
+            sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = nq, .n_kv_heads = nkv,
+                                   .head_dim = hd, .rope = rope, .softmax_scale = 0.125f,
+                                   .q = q, .out = out, .q_pos = qp};
+            float us, us_s;
+            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s);
+            double gbs = bytes / (us * 1e-6) / 1e9;
+            printf("%-8d %8d %10.2f %10.0f %7.1f%% %10.2f %7.1f%%\n", B, L, us, gbs, 100 * gbs / spec, us_s,
+                   100 * (us_s / us - 1));
+            js_row("{\"kind\": \"decode_small\", \"splits\": \"%s\", \"batch\": %d, \"context\": %d, "
+                   "\"us\": %.2f, \"gbs\": %.1f, \"score_us\": %.2f}",
+                   mode ? mode : "auto", B, L, us, gbs, us_s);
+            be->ops->free(be, qp);
+        }
+    }
+    be->ops->free(be, q);
+    be->ops->free(be, out);
+    pool_free(&P);
+}
+
 int main(int argc, char **argv)
 {
     const char *path = argc > 1 ? argv[1] : "bench-attention.json";
+    const int small_only = argc > 2 && strcmp(argv[2], "--small") == 0;
     int rc = sinkd_cuda_backend_open(&be);
     if (rc) {
         fprintf(stderr, "<3>no CUDA backend: %d\n", rc);
@@ -228,12 +318,18 @@ int main(int argc, char **argv)
     fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"spec_gbs\": %.0f, \"rows\": [", info.device,
             copy, spec);
     printf("device %s, d2d copy %.0f GB/s (read+write), spec %.0f GB/s\n", info.device, copy, spec);
+    decode_small(spec);
+    if (small_only) {
+        fprintf(js, "\n]}\n");
+        fclose(js);
+        sinkd_backend_close(be);
+        return 0;
+    }
 
     /* one pool big enough for every decode shape (rotations included) */
-    const size_t rot_bytes = (size_t)512 << 20;
     const int32_t pool_pages = (int32_t)(((size_t)12 << 30) / PAGE_BYTES);
     pool P;
-    pool_make(&P, pool_pages);
+    pool_make(&P, pool_pages, HD, SINKD_BF16);
 
     float *hq = malloc((size_t)128 * NQ * HD * 4);
     for (size_t i = 0; i < (size_t)128 * NQ * HD; i++)
@@ -259,25 +355,18 @@ int main(int argc, char **argv)
             size_t bytes = pages * PAGE_BYTES;
             if (pages > (size_t)pool_pages)
                 continue;
-            int nsets = (int)((rot_bytes + bytes - 1) / bytes);
-            if ((size_t)nsets * pages > (size_t)pool_pages)
-                nsets = (int)(pool_pages / pages);
-            lanes LS;
-            lanes_make(&LS, nsets, nl, L);
             sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = NQ, .n_kv_heads = NKV,
                                    .head_dim = HD, .rope = rope, .softmax_scale = 0.08838834764f,
                                    .q = q, .out = out, .q_pos = qp};
-            int calls = nsets < 4 ? 4 : nsets;
-            float ms = time_decode(&a, &LS, calls);
-            a.score_op = SINKD_SCORE_ADD;
-            float ms_s = time_decode(&a, &LS, calls);
+            float us, us_s;
+            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s);
+            float ms = us * 1e-3f, ms_s = us_s * 1e-3f;
             double gbs = bytes / (ms * 1e-3) / 1e9;
             printf("%-8d %8d %10.1f %10.0f %7.1f%% %7.1f%% %10.1f %7.1f%%\n", B, L, ms * 1e3, gbs,
                    100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3, 100 * (ms_s / ms - 1));
             js_row("{\"kind\": \"decode\", \"batch\": %d, \"context\": %d, \"us\": %.2f, \"gbs\": %.1f, "
                    "\"pct_spec\": %.1f, \"pct_copy\": %.1f, \"score_us\": %.2f}",
                    B, L, ms * 1e3, gbs, 100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3);
-            lanes_free(&LS);
         }
     }
 

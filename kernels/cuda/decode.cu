@@ -26,7 +26,11 @@
  * to a workspace and decode_merge_kernel combines them. The score pass
  * (decode_score_kernel) reads the stored logits and the final lse.
  */
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 #include "mma.cuh"
@@ -53,8 +57,13 @@ struct dec_params {
     float *logits;           /* [pool slot][G] (v1) or logit_tiled (v2), or NULL */
     int64_t logits_cap;      /* keys the logits buffer holds */
     int logits_tiled;
-    int n_split;
+    int n_split;             /* grid splits; the partials' stride per lane */
+    int warp_tiles;          /* v2: a lane uses no more splits than give each
+                              * warp this many tiles; 0: all n_split (legacy) */
+    double rope_l2theta;     /* v2 query angles: log2(theta) and 1 / scale */
+    double rope_inv_scale;
     int *split_cnt;          /* [lane] blocks done, zero between calls (v2) */
+    long long *trace;        /* SINKD_DECODE_TRACE (v2): [block][DEC_TRACE_N] or NULL */
     int score_op;
     float score_decay;
 };
@@ -318,52 +327,76 @@ static __device__ __forceinline__ int64_t logit_tiled(int64_t slot, int h, int G
     return (slot & ~(int64_t)15) * G + h * 16 + (k % 8 / 2) * 4 + (k / 8) * 2 + (k & 1);
 }
 
-/* v2's split merge, by the last block of lane @l to finish: the splits'
- * weights exp2(m_s - M) per head first go to shared memory @sw
- * (2 * S * G + 16 floats; one round of parallel loads), then each thread
- * sums 4 consecutive elements of a head over the splits with 16-byte
- * loads, 8 splits in flight. Loads bypass L1: other blocks of this launch
- * wrote the partials. */
-static __device__ void merge_lane(const dec_params &P, int l, float *sw)
+/* v2's split merge, by the last block of lane @l to finish, over the
+ * lane's first @S splits (partials laid out with stride P.n_split). One
+ * round of loads brings every split's (m, l) and the first DV2_MERGE_PF
+ * splits of this thread's first 4 elements at once; a warp per head turns
+ * the (m, l) into weights exp2(m_s - M) in shared memory @sw (2 * S * G +
+ * 16 floats); each thread then sums its elements over the splits, 16-byte
+ * loads, DV2_MERGE_PF splits in flight. Loads bypass L1: other blocks of
+ * this launch wrote the partials. */
+#define DV2_MERGE_PF 16
+static __device__ void merge_lane(const dec_params &P, int l, int S, float *sw)
 {
-    const int G = P.group, S = P.n_split, D = P.d, seq = l / P.n_kv;
-    float *sl = sw + 2 * S * G; /* per head: the total L */
-    const float2 *ml = reinterpret_cast<const float2 *>(P.part_ml) + (size_t)l * S * G;
+    const int G = P.group, D = P.d, seq = l / P.n_kv, items = G * D / 4;
+    const size_t stride = (size_t)G * (D / 4); /* float4s a split */
+    const float2 *ml = reinterpret_cast<const float2 *>(P.part_ml) + (size_t)l * P.n_split * G;
+    const float4 *acc = reinterpret_cast<const float4 *>(P.part_acc) + (size_t)l * P.n_split * stride;
+    float *sm = sw, *sls = sw + S * G, *tot = sw + 2 * S * G;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+    float4 v[DV2_MERGE_PF];
+#pragma unroll
+    for (int j = 0; j < DV2_MERGE_PF; j++)
+        v[j] = (int)threadIdx.x < items && j < S ? __ldcg(acc + j * stride + threadIdx.x) : zero;
     for (int i = threadIdx.x; i < S * G; i += blockDim.x) {
-        float2 v = __ldcg(ml + i);
-        sw[i] = v.x;
-        sw[S * G + i] = v.y;
+        float2 x = __ldcg(ml + i);
+        sm[i] = x.x;
+        sls[i] = x.y;
     }
     __syncthreads();
-    if (threadIdx.x < G) {
-        int h = threadIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int h = warp; h < G; h += blockDim.x / 32) {
         float m = -INFINITY, lsum = 0.0f;
-        for (int s = 0; s < S; s++)
-            m = fmaxf(m, sw[s * G + h]);
-        for (int s = 0; s < S; s++) {
-            float f = m == -INFINITY ? 0.0f : exp2f(sw[s * G + h] - m);
-            lsum += sw[S * G + s * G + h] * f;
-            sw[s * G + h] = f;
+        for (int s = lane; s < S; s += 32)
+            m = fmaxf(m, sm[s * G + h]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        for (int s = lane; s < S; s += 32) {
+            float f = m == -INFINITY ? 0.0f : exp2f(sm[s * G + h] - m);
+            lsum += sls[s * G + h] * f;
+            sm[s * G + h] = f;
         }
-        sl[h] = lsum;
-        if (P.lse)
-            P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
+        if (lane == 0) {
+            tot[h] = lsum;
+            if (P.lse)
+                P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+        }
     }
     __syncthreads();
-    const float4 *acc = reinterpret_cast<const float4 *>(P.part_acc) + (size_t)l * S * G * (D / 4);
-    for (int it = threadIdx.x; it < G * D / 4; it += blockDim.x) {
-        int h = it / (D / 4);
+    for (int it = threadIdx.x; it < items; it += blockDim.x) {
+        const int h = it / (D / 4);
         float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 8
-        for (int s = 0; s < S; s++) {
-            float4 v = __ldcg(acc + (size_t)s * G * (D / 4) + it);
-            float f = sw[s * G + h];
-            a[0] += v.x * f;
-            a[1] += v.y * f;
-            a[2] += v.z * f;
-            a[3] += v.w * f;
+        for (int s0 = 0; s0 < S; s0 += DV2_MERGE_PF) {
+            if (it != (int)threadIdx.x || s0 > 0) { /* the first round is in v already */
+#pragma unroll
+                for (int j = 0; j < DV2_MERGE_PF; j++)
+                    v[j] = s0 + j < S ? __ldcg(acc + (s0 + j) * stride + it) : zero;
+            }
+#pragma unroll
+            for (int j = 0; j < DV2_MERGE_PF; j++) {
+                float f = s0 + j < S ? sm[(s0 + j) * G + h] : 0.0f;
+                a[0] += v[j].x * f;
+                a[1] += v[j].y * f;
+                a[2] += v[j].z * f;
+                a[3] += v[j].w * f;
+            }
         }
-        float lsum = sl[h];
+        float lsum = tot[h];
         float *o = P.out + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G) * D + (size_t)it * 4;
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -387,7 +420,10 @@ static __device__ void merge_lane(const dec_params &P, int l, float *sw)
  *   ldmatrix.trans, D/8 mma.
  * Warps merge through shared memory. With splits, each block writes its
  * partial (acc, m, l) and the last block of the lane to finish (a counter
- * per lane, left at zero again) merges them: no second launch.
+ * per lane, left at zero again) merges them: no second launch. The host
+ * sizes the grid's splits without knowing the lanes' lengths (graphs
+ * freeze them), so each lane uses only as many as give every warp
+ * P.warp_tiles tiles (SINKD_DECODE_SPLITS) and the other blocks leave.
  * Scores: the logits go out as one 16-byte store per thread and tile
  * (logit_tiled), read by decode_score_kernel once the lse is known.
  */
@@ -402,10 +438,39 @@ struct dv2_shape {
     static constexpr int Q = 16 * RS * (int)sizeof(T);
     static constexpr int META = DV2_WARPS * DV2_STAGES * 16;
     static constexpr int ANG = D / 2 * 8;               /* query (cos, sin) per pair */
+    static constexpr int INV = D / 2 * 4;               /* key inverse frequency per pair */
     static constexpr int RING = DV2_WARPS * DV2_STAGES * STAGE;
     static constexpr int MERGE = DV2_WARPS * 16 * (D + 2) * 4;
-    static constexpr int SMEM = Q + META + ANG + (RING > MERGE ? RING : MERGE);
+    static constexpr int SMEM = Q + META + ANG + INV + (RING > MERGE ? RING : MERGE);
 };
+
+/* sin/cos of pair @i's angle at the query position @pos (v2): the inverse
+ * frequency in double as exp2(-2i/D log2(theta)) / scale, the angle in
+ * turns reduced to [-1/2, 1/2] in double, then sincospi in float (exact
+ * reduction, no slow path). Within ~1e-7 of the CPU twin's double pow and
+ * sincos at any position below 2^31, for a fraction of the FP64 work that
+ * sits in front of the first tile. */
+static __device__ __forceinline__ void q_sincos(int pos, double l2theta, double inv_scale, int i, int d,
+                                                float *s, float *c)
+{
+    double turns = (double)pos * (exp2(-2.0 * i / d * l2theta) * inv_scale) * 0.15915494309189535;
+    turns -= rint(turns);
+    sincospif((float)(2.0 * turns), s, c);
+}
+
+/* SINKD_DECODE_TRACE: thread 0 of each v2 block stamps the global timer
+ * (ns) at entry, once the query is staged (the first tiles requested), after
+ * its last tile and at its end; slot 4 is its role (0 past the lane's
+ * splits, 1 a split, 2 the split that merged the lane). */
+#define DEC_TRACE_N 5
+static __device__ __forceinline__ void trace_stamp(const dec_params &P, int slot, long long v)
+{
+    if (P.trace && threadIdx.x == 0) {
+        if (slot < 4)
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v));
+        P.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * DEC_TRACE_N + slot] = v;
+    }
+}
 
 /* Rotate two adjacent elements (one rotary pair) packed in @r. */
 template <typename T>
@@ -439,11 +504,13 @@ decode_mma_kernel(dec_params P)
     T *sQ = reinterpret_cast<T *>(dv2_smem);
     int4 *smeta = reinterpret_cast<int4 *>(dv2_smem + SH::Q);
     float2 *sang = reinterpret_cast<float2 *>(dv2_smem + SH::Q + SH::META);
-    unsigned char *ring = dv2_smem + SH::Q + SH::META + SH::ANG;
+    float *sinv = reinterpret_cast<float *>(dv2_smem + SH::Q + SH::META + SH::ANG);
+    unsigned char *ring = dv2_smem + SH::Q + SH::META + SH::ANG + SH::INV;
 
     const int split = blockIdx.x, l = blockIdx.y;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t4 = lane % 4;
+    trace_stamp(P, 0, 0);
     const int G = P.group, pt = P.pool.page_tokens, tpp = pt / 16;
     const bool neox = P.rope.style == SINKD_ROPE_NEOX;
     const bool cache = P.rope.mode == SINKD_ROPE_CACHE;
@@ -453,9 +520,35 @@ decode_mma_kernel(dec_params P)
     const int have = P.ln.page_off[l + 1] - P.ln.page_off[l];
     const int32_t *pids = P.ln.page_ids + P.ln.page_off[l];
 
-    /* This split's tiles [ub, ue) of the list. */
+    /* The lane's splits: a short lane takes fewer than the grid has (each
+     * warp at least P.warp_tiles tiles), and the blocks past them leave
+     * before any work: every split pays the prologue and the merge pays per
+     * split, while a few tiles a warp cost less than either. */
     const int ntile = L.n * tpp;
-    const int tps = (ntile + P.n_split - 1) / P.n_split;
+    int S = P.n_split;
+    if (P.warp_tiles > 0)
+        S = min(S, max(1, (ntile + W * P.warp_tiles - 1) / (W * P.warp_tiles)));
+    if (split >= S) {
+        trace_stamp(P, 3, 0);
+        trace_stamp(P, 4, 0);
+        return; /* block-uniform, before any barrier */
+    }
+
+    /* The query's rows, in flight with the first tiles' page ids: thread
+     * item j is (head, pair) = divmod(threadIdx.x + 128 j, D / 2). */
+    constexpr int QI = 16 * D / 2 / (W * 32);
+    const int qp = cache ? len - 1 : P.q_pos[seq];
+    const float *qg = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G) * D;
+    float2 qx[QI];
+#pragma unroll
+    for (int j = 0; j < QI; j++) {
+        int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
+        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
+        qx[j] = h < G ? make_float2(qg[h * D + e0], qg[h * D + e1]) : make_float2(0.0f, 0.0f);
+    }
+
+    /* This split's tiles [ub, ue) of the list. */
+    const int tps = (ntile + S - 1) / S;
     const int ub = min(ntile, split * tps), ue = min(ntile, ub + tps);
     const int nk = ue - ub > warp ? (ue - ub - warp + W - 1) / W : 0;
 
@@ -511,26 +604,27 @@ decode_mma_kernel(dec_params P)
     for (int k = 0; k < NST - 1; k++)
         issue(k);
 
-    /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
-    const int qp = cache ? len - 1 : P.q_pos[seq];
-    for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
+    /* Per pair: the query's (cos, sin), exact, and the keys' inverse
+     * frequency (one powf a pair for the block, not D/8 a thread). */
+    if (threadIdx.x < D / 2) {
+        int i = threadIdx.x;
         float s, c;
-        rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
+        if (P.warp_tiles > 0)
+            q_sincos(qp, P.rope_l2theta, P.rope_inv_scale, i, D, &s, &c);
+        else
+            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
         sang[i] = make_float2(c, s);
+        sinv[i] = rope_inv_freq(P.rope.theta, P.rope.scale, i, D);
     }
     __syncthreads();
-    for (int it = threadIdx.x; it < 16 * D / 2; it += blockDim.x) {
-        int h = it / (D / 2), i = it % (D / 2);
+    /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
+#pragma unroll
+    for (int j = 0; j < QI; j++) {
+        int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
         int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
-        float y0 = 0.0f, y1 = 0.0f;
-        if (h < G) {
-            const float *qr = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D;
-            float2 cs = sang[i];
-            y0 = (qr[e0] * cs.x - qr[e1] * cs.y) * P.qscale;
-            y1 = (qr[e0] * cs.y + qr[e1] * cs.x) * P.qscale;
-        }
-        sQ[h * RS + e0] = kv_traits<T>::from_f(y0);
-        sQ[h * RS + e1] = kv_traits<T>::from_f(y1);
+        float2 cs = sang[i];
+        sQ[h * RS + e0] = kv_traits<T>::from_f((qx[j].x * cs.x - qx[j].y * cs.y) * P.qscale);
+        sQ[h * RS + e1] = kv_traits<T>::from_f((qx[j].x * cs.y + qx[j].y * cs.x) * P.qscale);
     }
 
     /* Inverse frequencies of the pairs this thread rotates (see the tile
@@ -540,7 +634,7 @@ decode_mma_kernel(dec_params P)
     for (int f = 0; f < D / 8; f++) {
         int pair = neox ? 16 * (f / 4) + 8 * ((f / 2) % 2) + 2 * t4 + f % 2
                         : 8 * (f / 2) + 4 * (f % 2) + t4;
-        inv[f] = rope_inv_freq(P.rope.theta, P.rope.scale, pair, D);
+        inv[f] = sinv[pair];
     }
 
     __syncthreads(); /* sQ complete */
@@ -554,6 +648,7 @@ decode_mma_kernel(dec_params P)
     for (int j = 0; j < D / 8; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    trace_stamp(P, 1, 0);
     /* ldmatrix row addresses: K non-transposed (keys x dims), V transposed */
     const int k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
     const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
@@ -632,6 +727,7 @@ decode_mma_kernel(dec_params P)
         __syncwarp(); /* the stage is refilled by the next issue */
     }
     cp_async_wait<0>();
+    trace_stamp(P, 2, 0);
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -673,7 +769,7 @@ decode_mma_kernel(dec_params P)
                 a += s_o[(w * 16 + h) * D + e] * f;
             }
         }
-        if (P.n_split == 1) {
+        if (S == 1) {
             size_t oi = ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D + e;
             P.out[oi] = lsum > 0.0f ? a / lsum : 0.0f;
             if (e == 0 && P.lse)
@@ -688,13 +784,14 @@ decode_mma_kernel(dec_params P)
         }
     }
 
-    if (P.n_split > 1) {
+    int role = 1;
+    if (S > 1) {
         /* Publish the partial; the lane's last block merges. */
         int *s_last = reinterpret_cast<int *>(smeta);
         __threadfence();
         __syncthreads();
         if (threadIdx.x == 0) {
-            int last = atomicAdd(P.split_cnt + l, 1) == P.n_split - 1;
+            int last = atomicAdd(P.split_cnt + l, 1) == S - 1;
             if (last)
                 P.split_cnt[l] = 0; /* every block of the lane has counted */
             *s_last = last;
@@ -702,9 +799,12 @@ decode_mma_kernel(dec_params P)
         __syncthreads();
         if (*s_last) { /* block-uniform */
             __threadfence();
-            merge_lane(P, l, s_o);
+            merge_lane(P, l, S, s_o);
+            role = 2;
         }
     }
+    trace_stamp(P, 3, 0);
+    trace_stamp(P, 4, role);
 }
 
 /* One block per (lane, head of the group), one thread per element (v1). */
@@ -837,8 +937,102 @@ static int decode_splits(int units, int slots)
     return 1;
 }
 
+/* SINKD_DECODE_SPLITS, read once: the fewest tiles a warp of a v2 split
+ * takes (a lane of n tiles uses at most ceil(n / (4 * that)) of the grid's
+ * splits), 1..64, default DEC_WARP_TILES; "legacy" (0) keeps v3: every lane
+ * takes all the grid's splits and the query angles come from double pow
+ * and sincos. */
+#define DEC_WARP_TILES 2
+static int decode_env_warp_tiles(void)
+{
+    const char *env = getenv("SINKD_DECODE_SPLITS");
+    if (!env || !*env || strcmp(env, "auto") == 0)
+        return DEC_WARP_TILES;
+    if (strcmp(env, "legacy") == 0) {
+        fprintf(stderr, "<6>decode: SINKD_DECODE_SPLITS=legacy\n");
+        return 0;
+    }
+    char *end;
+    long v = strtol(env, &end, 10);
+    if (*end || v < 1 || v > 64) {
+        fprintf(stderr, "<4>decode: SINKD_DECODE_SPLITS=%s is not legacy, auto or 1..64; using auto\n", env);
+        return DEC_WARP_TILES;
+    }
+    return (int)v;
+}
+
+/* SINKD_DECODE_TRACE=1 (read once): each v2 call outside a graph recording
+ * stamps its blocks (trace_stamp), then syncs the stream and prints one
+ * line of the timeline, in us after the first block began. A diagnostic:
+ * it serialises the host with the GPU. */
+static bool decode_env_trace(void)
+{
+    const char *env = getenv("SINKD_DECODE_TRACE");
+    return env && strcmp(env, "1") == 0;
+}
+
+static int decode_trace_begin(sinkd_cuda *c, dec_params *P, size_t blocks)
+{
+    cudaStreamCaptureStatus st;
+    SINKD_CUDA_TRY(cudaStreamIsCapturing(c->stream, &st));
+    if (st != cudaStreamCaptureStatusNone)
+        return 0;
+    size_t bytes = blocks * DEC_TRACE_N * sizeof(long long);
+    SINKD_CUDA_TRY(cudaMallocAsync((void **)&P->trace, bytes, c->stream));
+    SINKD_CUDA_TRY(cudaMemsetAsync(P->trace, 0, bytes, c->stream));
+    return 0;
+}
+
+static int decode_trace_end(sinkd_cuda *c, const dec_params &P, size_t blocks)
+{
+    long long *h = (long long *)malloc(blocks * DEC_TRACE_N * sizeof(long long));
+    cudaError_t e = h ? cudaMemcpyAsync(h, P.trace, blocks * DEC_TRACE_N * sizeof(long long),
+                                        cudaMemcpyDeviceToHost, c->stream)
+                      : cudaErrorMemoryAllocation;
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(c->stream);
+    cudaFreeAsync(P.trace, c->stream);
+    if (e == cudaSuccess) {
+        long long t0 = LLONG_MAX, entry = 0, staged = 0, looped = 0, split_end = 0, merge_end = 0;
+        double pro = 0.0, loop = 0.0, merge = 0.0;
+        int active = 0, merges = 0;
+        for (size_t b = 0; b < blocks; b++)
+            t0 = h[b * DEC_TRACE_N] < t0 ? h[b * DEC_TRACE_N] : t0;
+        for (size_t b = 0; b < blocks; b++) {
+            const long long *r = h + b * DEC_TRACE_N;
+            entry = r[0] - t0 > entry ? r[0] - t0 : entry;
+            if (r[4] == 0)
+                continue;
+            active++;
+            pro += (double)(r[1] - r[0]);
+            loop += (double)(r[2] - r[1]);
+            staged = r[1] - t0 > staged ? r[1] - t0 : staged;
+            looped = r[2] - t0 > looped ? r[2] - t0 : looped;
+            if (r[4] == 2) {
+                merges++;
+                merge += (double)(r[3] - r[2]);
+                merge_end = r[3] - t0 > merge_end ? r[3] - t0 : merge_end;
+            } else {
+                split_end = r[3] - t0 > split_end ? r[3] - t0 : split_end;
+            }
+        }
+        int n = active > 0 ? active : 1;
+        fprintf(stderr,
+                "<7>decode trace: grid %d x %d, %d blocks active, %d merged; us from the first block: "
+                "last entry %.2f, staged %.2f, tiles done %.2f, splits done %.2f, merged %.2f; "
+                "per active block: prologue %.2f, tiles %.2f, merge %.2f\n",
+                P.n_split, (int)(blocks / P.n_split), active, merges, entry * 1e-3, staged * 1e-3,
+                looped * 1e-3, split_end * 1e-3, merge_end * 1e-3, pro / n * 1e-3, loop / n * 1e-3,
+                merges ? merge / merges * 1e-3 : 0.0);
+    }
+    free(h);
+    return sinkd_cuda__err(e);
+}
+
 int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
 {
+    static const int warp_tiles = decode_env_warp_tiles(); /* thread-safe, once */
+    static const bool trace = decode_env_trace();
     if (!a)
         return -EINVAL;
     int rc = sinkd_cuda_check_attn(a->pool, a->head_dim, a->n_q_heads, a->n_kv_heads, &a->rope);
@@ -888,6 +1082,9 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     if (S < 1)
         S = 1;
     P.n_split = S;
+    P.warp_tiles = warp_tiles;
+    P.rope_l2theta = log2((double)a->rope.theta);
+    P.rope_inv_scale = 1.0 / (double)a->rope.scale;
     P.logits_tiled = mma;
     P.score_op = a->score_op;
     P.score_decay = a->score_decay;
@@ -921,7 +1118,15 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     }
 
     dim3 grid(S, nl, hblocks);
-    if (mma)
+    if (mma && trace) {
+        rc = decode_trace_begin(c, &P, (size_t)S * nl);
+        if (!rc)
+            rc = decode_mma_dispatch(c, P, grid, a->pool->dtype);
+        if (P.trace) {
+            int rt = decode_trace_end(c, P, (size_t)S * nl);
+            rc = rc ? rc : rt;
+        }
+    } else if (mma)
         rc = decode_mma_dispatch(c, P, grid, a->pool->dtype);
     else
         rc = a->pool->dtype == SINKD_F16 ? decode_launch<__half>(c, P, grid)
