@@ -30,8 +30,7 @@
  * rebuilt as soon as the ops that read them have been issued.
  *
  * Typical decode step, one layer:
- *     sinkd_kv_append_batch(kv, seqs, n, layer, k, v, pos);      // 1 token each
- *     sinkd_kv_lanes_batch(kv, seqs, n, layer, &lanes);
+ *     sinkd_kv_append_batch_lanes(kv, seqs, n, layer, k, v, pos, &lanes); // 1 token each
  *     args.pool = sinkd_kv_pool_get(kv); args.lanes = lanes; ...
  *     be->ops->attn_decode(be, &args);
  * Prefill of a chunk: sinkd_kv_append(seq, layer, n, k, v, pos) then
@@ -186,13 +185,22 @@ int sinkd_kv_append_batch(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seq
                           int32_t layer, const float *k, const float *v,
                           const int32_t *pos);
 
+/* sinkd_kv_append_batch that also returns in *@lanes what
+ * sinkd_kv_lanes_batch would build right after it: the append uploads its
+ * lane arrays to the same scratch, so a decode step's attention needs no
+ * second h2d. Same ownership and lifetime as sinkd_kv_lanes_batch's *@out. */
+int sinkd_kv_append_batch_lanes(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
+                                int32_t layer, const float *k, const float *v,
+                                const int32_t *pos, sinkd_lanes *lanes);
+
 /* ---- lane arrays for the attention ops --------------------------------- */
 
 /* Build the sinkd_lanes of @layer for a batch of sequences (lane
  * s * n_kv_heads + h, as attn_decode and topk_pages expect) in the store's
  * device scratch, with one h2d. *@out's arrays are owned by the store and
- * stay valid until the next sinkd_kv_lanes_* call on this store (ops issued
- * before that call are ordered before the rewrite on the backend stream).
+ * stay valid until the next sinkd_kv_lanes_* or sinkd_kv_append* call on
+ * this store (ops issued before that call are ordered before the rewrite on
+ * the backend stream).
  * Errors: -EINVAL (arguments, sequences of different n_kv_heads/head_dim,
  * layer out of range), -ENOMEM, or the backend's error. */
 int sinkd_kv_lanes_batch(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,

@@ -331,15 +331,19 @@ static void lanes_shrink(sinkd_kv_seq *seq, int32_t lane0, int32_t count, const 
 /* Reserve, then issue kv_append for the layer's lanes of the batch. k/v
  * layout: token-major [n][n_kv_heads][hd] (one sequence) or, for n == 1,
  * [n_seqs][n_kv_heads][hd]; pos: host, [n] for one sequence or [n_seqs]. */
+/* The lane arrays go to lanes_scr, where sinkd_kv_lanes_batch would build
+ * the same ones after the append (the caller may take them as @lanes_out),
+ * with the positions behind them: one h2d. */
 static int append_issue(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs, int32_t layer,
-                        int32_t n, const float *k, const float *v, const int32_t *pos)
+                        int32_t n, const float *k, const float *v, const int32_t *pos,
+                        sinkd_lanes *lanes_out)
 {
     int32_t nkv = seqs[0]->n_kv_heads, nl = n_seqs * nkv;
     int rc = batch_grow(kv, seqs, n_seqs, layer, n);
     if (rc)
         return rc;
     size_t need = packed_size(seqs, n_seqs, layer * nkv, nkv) + (size_t)nl * n;
-    rc = kv__scratch_fit(kv, &kv->op_scr, need);
+    rc = kv__scratch_fit(kv, &kv->lanes_scr, need);
     sinkd_append_args a = {
         .pool = &kv->pool,
         .n = n,
@@ -350,14 +354,14 @@ static int append_issue(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
         .kv_token_major = 1,
     };
     if (!rc) {
-        size_t o = pack_lanes(kv->op_scr.host, kv->op_scr.dev, seqs, n_seqs, layer * nkv, nkv,
-                              &a.lanes);
+        size_t o = pack_lanes(kv->lanes_scr.host, kv->lanes_scr.dev, seqs, n_seqs, layer * nkv,
+                              nkv, &a.lanes);
         /* pos is [n_lanes][n]: the sequence's positions for each of its lanes */
         for (int32_t l = 0; l < nl; l++)
-            memcpy(kv->op_scr.host + o + (size_t)l * n, pos + (size_t)(l / nkv) * n,
+            memcpy(kv->lanes_scr.host + o + (size_t)l * n, pos + (size_t)(l / nkv) * n,
                    (size_t)n * sizeof(int32_t));
-        a.pos = (const int32_t *)kv->op_scr.dev + o;
-        rc = kv__scratch_upload(kv, &kv->op_scr, need);
+        a.pos = (const int32_t *)kv->lanes_scr.dev + o;
+        rc = kv__scratch_upload(kv, &kv->lanes_scr, need);
     }
     /* one rope per kv_append: a batch mixing ropes goes per sequence */
     int same_rope = 1;
@@ -381,6 +385,8 @@ static int append_issue(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
     if (rc)
         for (int32_t s = 0; s < n_seqs; s++)
             lanes_shrink(seqs[s], layer * nkv, nkv, NULL, n);
+    else if (lanes_out)
+        *lanes_out = a.lanes;
     return rc;
 }
 
@@ -389,15 +395,22 @@ int sinkd_kv_append(sinkd_kv_seq *seq, int32_t layer, int32_t n,
 {
     if (!seq || n < 1 || !k || !v || !pos || layer < 0 || layer >= seq->n_layers)
         return -EINVAL;
-    return append_issue(seq->kv, &seq, 1, layer, n, k, v, pos);
+    return append_issue(seq->kv, &seq, 1, layer, n, k, v, pos, NULL);
+}
+
+int sinkd_kv_append_batch_lanes(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
+                                int32_t layer, const float *k, const float *v,
+                                const int32_t *pos, sinkd_lanes *lanes)
+{
+    if (!k || !v || !pos || batch_check(kv, seqs, n_seqs, layer))
+        return -EINVAL;
+    return append_issue(kv, seqs, n_seqs, layer, 1, k, v, pos, lanes);
 }
 
 int sinkd_kv_append_batch(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
                           int32_t layer, const float *k, const float *v, const int32_t *pos)
 {
-    if (!k || !v || !pos || batch_check(kv, seqs, n_seqs, layer))
-        return -EINVAL;
-    return append_issue(kv, seqs, n_seqs, layer, 1, k, v, pos);
+    return sinkd_kv_append_batch_lanes(kv, seqs, n_seqs, layer, k, v, pos, NULL);
 }
 
 /* ---- compaction ------------------------------------------------------------------ */

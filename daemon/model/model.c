@@ -542,8 +542,8 @@ static int fwd__attention(const fwd *f, int32_t layer)
             return rc;
         return be->ops->attn_prefill(be, &a);
     }
-    if ((rc = sinkd_kv_append_batch(f->kv, f->seqs, f->n_seqs, layer, m->k, m->v, f->pos)) ||
-        (rc = sinkd_kv_lanes_batch(f->kv, f->seqs, f->n_seqs, layer, &lanes)))
+    if ((rc = sinkd_kv_append_batch_lanes(f->kv, f->seqs, f->n_seqs, layer, m->k, m->v, f->pos,
+                                          &lanes)))
         return rc;
     sinkd_decode_args a = {
         .pool = sinkd_kv_pool_get(f->kv), .lanes = lanes, .n_seqs = f->n_seqs,

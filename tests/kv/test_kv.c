@@ -239,15 +239,27 @@ Test(kv, append_then_lanes_feed_attention)
     int32_t dpos[2] = {50, 51};
     t_fill(k, 2 * 2 * 64);
     t_fill(v, 2 * 2 * 64);
-    cr_assert_eq(sinkd_kv_append_batch(kv, seqs, 2, 1, k, v, dpos), 0);
+    sinkd_lanes lanes, from_append;
+    cr_assert_eq(sinkd_kv_append_batch_lanes(kv, seqs, 2, 1, k, v, dpos, &from_append), 0);
+    /* the append's own lane arrays (valid until the next lane build: keep
+     * a copy) are the ones lanes_batch builds after it */
+    int32_t snap[4 + 5 + 64];
+    int32_t n_ids = from_append.page_off[4];
+    cr_assert(n_ids <= 64);
+    memcpy(snap, from_append.len, 4 * sizeof(int32_t));
+    memcpy(snap + 4, from_append.page_off, 5 * sizeof(int32_t));
+    memcpy(snap + 9, from_append.page_ids, (size_t)n_ids * sizeof(int32_t));
     m_append(&a, SINKD_F16, 1, 1, k, v, &dpos[0], 2);
     m_append(&b, SINKD_F16, 1, 1, k + 2 * 64, v + 2 * 64, &dpos[1], 2);
     m_check(kv, &a);
     m_check(kv, &b);
 
     /* the batch lanes drive attn_decode; compare with the reference */
-    sinkd_lanes lanes;
     cr_assert_eq(sinkd_kv_lanes_batch(kv, seqs, 2, 1, &lanes), 0);
+    cr_assert_eq(lanes.n_lanes, from_append.n_lanes);
+    cr_assert_arr_eq(snap, lanes.len, 4 * sizeof(int32_t));
+    cr_assert_arr_eq(snap + 4, lanes.page_off, 5 * sizeof(int32_t));
+    cr_assert_arr_eq(snap + 9, lanes.page_ids, (size_t)n_ids * sizeof(int32_t));
     float q[2 * 4 * 64], out[2 * 4 * 64];
     t_fill(q, sizeof q / sizeof q[0]);
     sinkd_decode_args d = {
