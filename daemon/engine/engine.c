@@ -527,9 +527,11 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     e->seqs = calloc((size_t)e->max_batch, sizeof *e->seqs);
     e->ids = calloc((size_t)e->max_batch, sizeof *e->ids);
     e->pos = calloc((size_t)e->max_batch, sizeof *e->pos);
+    e->picked = calloc((size_t)e->max_batch, sizeof *e->picked);
     e->logits = calloc((size_t)e->max_batch * (size_t)(e->n_vocab_max ? e->n_vocab_max : 1),
                        sizeof *e->logits);
-    if (!e->batch || !e->ab_sess || !e->ab_jobs || !e->seqs || !e->ids || !e->pos || !e->logits) {
+    if (!e->batch || !e->ab_sess || !e->ab_jobs || !e->seqs || !e->ids || !e->pos || !e->picked ||
+        !e->logits) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -586,6 +588,7 @@ void sinkd_engine_close(sinkd_engine *e)
     free(e->seqs);
     free(e->ids);
     free(e->pos);
+    free(e->picked);
     free(e->logits);
     sinkd_kv_close(e->kv);
     for (size_t i = 0; i < e->n_models; i++) {

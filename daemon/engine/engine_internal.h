@@ -17,7 +17,7 @@
 /* Longest stop string accepted, bytes. */
 #define ENG_STOP_MAX 256
 /* Device (and host staging) buffer slots of the engine. */
-#define ENG_DBUF 9
+#define ENG_DBUF 10
 
 /* Decode batch selection (sched.c): scratch grown on demand and a step
  * counter that stamps the sessions each step serves. */
@@ -109,6 +109,7 @@ struct sinkd_engine {
     eng_session **batch;
     sinkd_kv_seq **seqs;
     int32_t *ids, *pos;
+    int32_t *picked;              /* tokens the backend's argmax chose */
     float *logits;                /* [max_batch][n_vocab_max] */
     eng_session **ab_sess;        /* one-token appends waiting to run as */
     sinkd_job **ab_jobs;          /* one batch, [max_batch] each */
@@ -217,6 +218,7 @@ enum {
     ENG_SLOT_PREV = 6,
     ENG_SLOT_PSCORE = 7,
     ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
+    ENG_SLOT_PICKED = 9,     /* the argmax's ids of a greedy step */
 };
 
 /* What a plan asks of a forward; sessions whose exec compare equal (and

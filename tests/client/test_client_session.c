@@ -212,6 +212,49 @@ Test(client, logits_in_shared_memory_equal_the_golden)
     sinkd_client_close(c);
 }
 
+/* A greedy generation picks its tokens on the backend and keeps no host
+ * logits while it runs; once it ends, session.logits holds the last step's
+ * row, as after a generation sampled on the host. The twin session samples
+ * on the host (a repetition penalty over no tokens changes nothing but the
+ * path): same tokens, same logits. */
+Test(client, logits_after_a_greedy_generation_are_the_last_steps)
+{
+    check_golden_load(golden);
+    sinkd_client *c = check_connect();
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    ASSERT_OK(c, sinkd_client_shm_create(c, 8192, T, &shm), "shm");
+    const float *row[2];
+    char *text[2];
+    for (int twin = 0; twin < 2; twin++) {
+        uint64_t s = open_with_prompt(c, 0);
+        sinkd_client_gen_params p = SINKD_CLIENT_GEN_PARAMS_INIT;
+        p.max_tokens = 6;
+        p.ignore_eos = true;
+        p.stream = false;
+        if (twin) {
+            p.repeat_penalty = 1.5;
+            p.repeat_last_n = 0;
+        }
+        sinkd_client_gen_result res = SINKD_CLIENT_GEN_RESULT_INIT;
+        ASSERT_OK(c, sinkd_client_session_generate(c, s, &p, NULL, NULL, T, &res), "generate");
+        cr_assert_eq(res.n_tokens, 6);
+        text[twin] = strdup(res.text);
+        sinkd_client_gen_result_free(&res);
+        uint32_t n_vocab = 0;
+        sinkd_client_region dst = { shm.handle, (uint64_t)twin * 4096 };
+        ASSERT_OK(c, sinkd_client_session_logits(c, s, dst, T, &n_vocab), "session.logits");
+        cr_assert_eq(n_vocab, golden[0].n_logits);
+        row[twin] = (const float *)((const char *)shm.base + (size_t)twin * 4096);
+    }
+    cr_expect_str_eq(text[0], text[1], "device and host greedy chose different tokens");
+    cr_expect_arr_eq(row[0], row[1], golden[0].n_logits * sizeof(float),
+                     "the logits after a greedy generation differ");
+    free(text[0]);
+    free(text[1]);
+    sinkd_client_shm_free(c, &shm, T);
+    sinkd_client_close(c);
+}
+
 Test(client, text_models_and_policies)
 {
     check_golden_load(golden);
