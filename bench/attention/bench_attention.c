@@ -14,7 +14,8 @@
  *   small    decode on a Llama-3.2-1B layer (32 q / 8 kv heads, head_dim 64,
  *            f16, ADJACENT pairs), batch 1..16 x 576..4K keys: the per-call
  *            fixed cost of short lanes. `sinkd-bench-attention OUT --small`
- *            runs the copy and this table only.
+ *            runs the copy and this table only; `--prefill` the copy and the
+ *            prefill table only.
  *
  * Times are medians of 7 runs of events around a batch of calls.
  */
@@ -300,6 +301,7 @@ int main(int argc, char **argv)
 {
     const char *path = argc > 1 ? argv[1] : "bench-attention.json";
     const int small_only = argc > 2 && strcmp(argv[2], "--small") == 0;
+    const int prefill_only = argc > 2 && strcmp(argv[2], "--prefill") == 0;
     int rc = sinkd_cuda_backend_open(&be);
     if (rc) {
         fprintf(stderr, "<3>no CUDA backend: %d\n", rc);
@@ -318,7 +320,8 @@ int main(int argc, char **argv)
     fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"spec_gbs\": %.0f, \"rows\": [", info.device,
             copy, spec);
     printf("device %s, d2d copy %.0f GB/s (read+write), spec %.0f GB/s\n", info.device, copy, spec);
-    decode_small(spec);
+    if (!prefill_only)
+        decode_small(spec);
     if (small_only) {
         fprintf(js, "\n]}\n");
         fclose(js);
@@ -346,9 +349,10 @@ int main(int argc, char **argv)
                        .mode = SINKD_ROPE_ABSOLUTE};
     static const int batches[] = {1, 8, 32, 64, 128};
     static const int ctxs[] = {512, 4096, 16384, 65536, 131072};
-    printf("\n%-8s %8s %10s %10s %8s %8s %10s %8s\n", "batch", "context", "us", "GB/s", "%spec",
+    if (!prefill_only)
+        printf("\n%-8s %8s %10s %10s %8s %8s %10s %8s\n", "batch", "context", "us", "GB/s", "%spec",
            "%copy", "score_us", "+score%");
-    for (int bi = 0; bi < 5; bi++) {
+    for (int bi = 0; bi < (prefill_only ? 0 : 5); bi++) {
         for (int ci = 0; ci < 5; ci++) {
             int B = batches[bi], L = ctxs[ci], nl = B * NKV;
             size_t pages = (size_t)nl * (L / PT);
@@ -371,7 +375,7 @@ int main(int argc, char **argv)
     }
 
     /* sparse decode at 32K: keep every f-th page (selection precomputed) */
-    {
+    if (!prefill_only) {
         int B = 16, L = 32768, nl = B * NKV, np = L / PT;
         int nsets = 1;
         lanes LS;

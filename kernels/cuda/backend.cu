@@ -265,7 +265,7 @@ static const sinkd_ops cuda_ops = {
 
 static void cuda_state_free(sinkd_cuda *c)
 {
-    sinkd_cuda_buf *bufs[] = {&c->conv, &c->part, &c->lse, &c->logits, &c->pscore};
+    sinkd_cuda_buf *bufs[] = {&c->conv, &c->part, &c->lse, &c->logits, &c->pscore, &c->kvrot};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]->p)
             cudaFree(bufs[i]->p);

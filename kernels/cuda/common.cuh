@@ -43,6 +43,7 @@ typedef struct sinkd_cuda {
     int32_t n_graphs;
     void **retired;
     size_t n_retired, cap_retired;
+    sinkd_cuda_buf kvrot;   /* prefill v3: the lanes' keys rotated, and their values, contiguous */
 } sinkd_cuda;
 
 /* Map a CUDA error to the backend's errno convention. */

@@ -10,6 +10,13 @@
  * FLOPs 4*n*G*D*(len - n + (n+1)/2) per kv head (causal); bytes ~ n*n_q*D*8
  * plus K/V reads of about (n*G/64) * len/2 tiles, mostly from L2.
  *
+ * v3 (the default, head_dim 64/128): prefill_gather_kernel writes each kv
+ * head's keys, rotated and rounded, and values into a contiguous scratch;
+ * prefill_dense_kernel is then FlashAttention-2 over it (cp.async ring of
+ * 64-key tiles, one barrier a tile, no rotation in the loop, Q straight to
+ * registers). Inside a graph recording, or when the scratch cannot be had,
+ * v2 runs instead.
+ *
  * v2 (prefill_mma_kernel, head_dim 64/128): 8 warps x 16 rows, cp.async
  * double-buffered K/V tiles rotated in place, ldmatrix; described below.
  * Other head dims run v1.
@@ -24,6 +31,9 @@
  * group of exp2(s - lse), with lse saved by the main kernel; one warp a key.
  */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 #include "mma.cuh"
@@ -43,11 +53,41 @@ struct pf_params {
     float *out;
     const int32_t *q_pos;
     float *lse;              /* [n][n_q] log2 domain */
+    /* v3: lane h's rotated keys 0..len-1 at kr + h * kv_stride * d, its
+     * values at vr likewise, in the pool dtype */
+    const void *kr, *vr;
+    int64_t kv_stride;
 };
 
 static __device__ __forceinline__ uint32_t ld32(const void *p)
 {
     return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* Causal mask of a warp's S tile (v1, v2, v3): key kc of row a (columns
+ * c < 2) or b is dropped past the row's last key or the range's end. */
+template <int NT>
+static __device__ __forceinline__ void pf_mask(float (&s)[NT][4], int k0, int t4, int lim_a, int lim_b,
+                                               int kend)
+{
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int kc = k0 + j * 8 + 2 * t4 + (c & 1);
+            if (kc > (c < 2 ? lim_a : lim_b) || kc >= kend)
+                s[j][c] = -INFINITY;
+        }
+}
+
+/* P's accumulators of keys 16*kk .. 16*kk + 15 as an A operand. */
+template <typename T, int NT>
+static __device__ __forceinline__ void pf_p_frag(const float (&s)[NT][4], int kk, uint32_t *a)
+{
+    a[0] = mma_op<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = mma_op<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = mma_op<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = mma_op<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
 template <typename T, int DP>
@@ -171,26 +211,14 @@ prefill_kernel(pf_params P)
         }
 
         /* Causal mask and online softmax (rows a = g, b = g + 8). */
-#pragma unroll
-        for (int j = 0; j < PF_BN / 8; j++) {
-            int key = k0 + j * 8 + 2 * t4;
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                int kc = key + (c & 1);
-                if (kc > (c < 2 ? lim_a : lim_b) || kc >= kend)
-                    s[j][c] = -INFINITY;
-            }
-        }
+        pf_mask(s, k0, t4, lim_a, lim_b, kend);
         online_softmax(s, o, mrow, lrow);
 
         /* O += P V: P's accumulators are the A operand, two n-tiles a step. */
 #pragma unroll
         for (int kk = 0; kk < PF_BN / 16; kk++) {
             uint32_t a[4];
-            a[0] = mma_op<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = mma_op<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = mma_op<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = mma_op<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            pf_p_frag<T>(s, kk, a);
 #pragma unroll
             for (int j = 0; j < DP / 8; j++) {
                 const T *vr = sVt + (j * 8 + g) * SV + kk * 16 + 2 * t4;
@@ -241,6 +269,99 @@ prefill_kernel(pf_params P)
 #define PF2_BM (PF2_WARPS * 16)
 #define PF2_BN 64
 
+/* Where a warp's 16 rows (of 128-row tiles starting at @r0) stand: the
+ * thread's rows Ra and Ra + 8 attend keys up to lim_a and lim_b (-1: a row
+ * past the end); the warp's rows end between wlim_lo and wlim_hi; k_off and
+ * v_off are the lane's ldmatrix offsets into K and V tiles of stride RS. */
+struct pf_warp {
+    int Ra, lim_a, lim_b, wlim_lo, wlim_hi, k_off, v_off, t4;
+};
+
+template <int RS>
+static __device__ __forceinline__ pf_warp pf_warp_at(int r0, int rows, int past, int G)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    pf_warp W;
+    W.t4 = lane % 4;
+    W.Ra = r0 + warp * 16 + lane / 4;
+    const int Rb = W.Ra + 8;
+    W.lim_a = W.Ra < rows ? past + W.Ra / G : -1;
+    W.lim_b = Rb < rows ? past + Rb / G : -1;
+    const int R_lo = r0 + warp * 16, R_hi = min(rows - 1, R_lo + 15);
+    W.wlim_lo = R_lo < rows ? past + R_lo / G : -1;
+    W.wlim_hi = R_lo < rows ? past + R_hi / G : -1;
+    W.k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
+    W.v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
+    return W;
+}
+
+/* One 64-key tile of a warp's 16 rows (v2 and v3), every operand from
+ * shared memory with ldmatrix (K and V rows of RS elements): S = Q K^T,
+ * the causal mask where the tile crosses one of the warp's row limits or
+ * the key range's end @kend, the online softmax, then O += P V. */
+template <typename T, int D, int RS>
+static __device__ __forceinline__ void pf_tile(const uint32_t (&qa)[D / 16][4], const T *sK, const T *sV,
+                                               const pf_warp &W, int k0, int kend, float (&o)[D / 8][4],
+                                               float *mrow, float *lrow)
+{
+    float s[PF2_BN / 8][4];
+#pragma unroll
+    for (int j = 0; j < PF2_BN / 8; j++)
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < PF2_BN / 16; np++) {
+            uint32_t kb[4];
+            ldsm_x4(kb, sK + W.k_off + np * 16 * RS + kk * 16);
+            mma_op<T>::run(s[2 * np], qa[kk], kb[0], kb[1]);
+            mma_op<T>::run(s[2 * np + 1], qa[kk], kb[2], kb[3]);
+        }
+    if (k0 + PF2_BN - 1 > W.wlim_lo || k0 + PF2_BN > kend)
+        pf_mask(s, k0, W.t4, W.lim_a, W.lim_b, kend);
+    online_softmax(s, o, mrow, lrow);
+#pragma unroll
+    for (int kk = 0; kk < PF2_BN / 16; kk++) {
+        uint32_t a[4];
+        pf_p_frag<T>(s, kk, a);
+#pragma unroll
+        for (int j2 = 0; j2 < D / 16; j2++) {
+            uint32_t vb[4];
+            ldsm_x4_t(vb, sV + W.v_off + kk * 16 * RS + j2 * 16);
+            mma_op<T>::run(o[2 * j2], a, vb[0], vb[1]);
+            mma_op<T>::run(o[2 * j2 + 1], a, vb[2], vb[3]);
+        }
+    }
+}
+
+/* A warp's 16 rows out (v2 and v3): O / l and the row's log2-sum-exp. */
+template <int D>
+static __device__ __forceinline__ void pf_store(const pf_params &P, const pf_warp &W,
+                                                const float (&o)[D / 8][4], const float *mrow,
+                                                float *lrow, int rows, int kvh)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int R = W.Ra + 8 * h;
+        if (R >= rows)
+            continue;
+        int qi = R / P.group, qh = kvh * P.group + R % P.group;
+        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
+        float *orow = P.out + ((size_t)qi * P.n_q + qh) * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            *reinterpret_cast<float2 *>(orow + j * 8 + 2 * W.t4) =
+                make_float2(o[j][2 * h] * inv_l, o[j][2 * h + 1] * inv_l);
+        if (W.t4 == 0 && P.lse)
+            P.lse[(size_t)qi * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
+    }
+}
+
 template <typename T, int D>
 struct pf2_shape {
     static constexpr int RS = D + 8; /* row stride in elements: ldmatrix rows hit distinct banks */
@@ -264,7 +385,6 @@ prefill_mma_kernel(pf_params P)
     const int kvh = blockIdx.y;
     const int G = P.group, n = P.n, pt = P.pool.page_tokens;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane / 4, t4 = lane % 4;
     const bool neox = P.rope.style == SINKD_ROPE_NEOX;
     const bool cache = P.rope.mode == SINKD_ROPE_CACHE;
     const int len = P.ln.len[kvh];
@@ -330,14 +450,7 @@ prefill_mma_kernel(pf_params P)
     for (int j = 0; j < D / 8; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-    const int Ra = r0 + warp * 16 + g, Rb = Ra + 8;
-    const int lim_a = Ra < rows ? past + Ra / G : -1; /* last key of the row */
-    const int lim_b = Rb < rows ? past + Rb / G : -1;
-    const int R_lo = r0 + warp * 16, R_hi = min(rows - 1, R_lo + 15);
-    const int wlim_lo = R_lo < rows ? past + R_lo / G : -1; /* the warp's row limits */
-    const int wlim_hi = R_lo < rows ? past + R_hi / G : -1;
-    const int k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
-    const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
+    const pf_warp W = pf_warp_at<RS>(r0, rows, past, G);
     /* The rotation pass gives each thread the same chunk of every row it
      * touches (the block's thread count is a multiple of D/8). */
     const int ru = threadIdx.x % (D / 8);
@@ -374,73 +487,192 @@ prefill_mma_kernel(pf_params P)
             store_row(row, ru, D, neox, x);
         }
         __syncthreads();
-        const T *sK = reinterpret_cast<const T *>(stg);
-        const T *sV = reinterpret_cast<const T *>(stg + SH::KV);
-        if (k0 <= wlim_hi) {
-            float s[PF2_BN / 8][4];
-#pragma unroll
-            for (int j = 0; j < PF2_BN / 8; j++)
-                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-                for (int np = 0; np < PF2_BN / 16; np++) {
-                    uint32_t kb[4];
-                    ldsm_x4(kb, sK + k_off + np * 16 * RS + kk * 16);
-                    mma_op<T>::run(s[2 * np], qa[kk], kb[0], kb[1]);
-                    mma_op<T>::run(s[2 * np + 1], qa[kk], kb[2], kb[3]);
-                }
-            if (k0 + PF2_BN - 1 > wlim_lo || k0 + PF2_BN > kend) {
-#pragma unroll
-                for (int j = 0; j < PF2_BN / 8; j++)
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        int kc = k0 + j * 8 + 2 * t4 + (c & 1);
-                        if (kc > (c < 2 ? lim_a : lim_b) || kc >= kend)
-                            s[j][c] = -INFINITY;
-                    }
-            }
-            online_softmax(s, o, mrow, lrow);
-#pragma unroll
-            for (int kk = 0; kk < PF2_BN / 16; kk++) {
-                uint32_t a[4];
-                a[0] = mma_op<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-                a[1] = mma_op<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-                a[2] = mma_op<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                a[3] = mma_op<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-                for (int j2 = 0; j2 < D / 16; j2++) {
-                    uint32_t vb[4];
-                    ldsm_x4_t(vb, sV + v_off + kk * 16 * RS + j2 * 16);
-                    mma_op<T>::run(o[2 * j2], a, vb[0], vb[1]);
-                    mma_op<T>::run(o[2 * j2 + 1], a, vb[2], vb[3]);
-                }
-            }
-        }
+        if (k0 <= W.wlim_hi)
+            pf_tile<T, D, RS>(qa, reinterpret_cast<const T *>(stg), reinterpret_cast<const T *>(stg + SH::KV),
+                              W, k0, kend, o, mrow, lrow);
         __syncthreads(); /* this stage is refilled by the next issue */
     }
     cp_async_wait<0>();
+    pf_store<D>(P, W, o, mrow, lrow, rows, kvh);
+}
 
+/* ---- v3: keys rotated once into a contiguous scratch, then dense tiles -- */
+
+/*
+ * Two launches. prefill_gather_kernel writes each lane's keys 0..len-1,
+ * rotated at their effective position and rounded to the pool dtype (what
+ * v2 does to a tile in shared memory, done once per key instead of once
+ * per key and row tile), and its values, to the scratch [lane][kv_stride][D]
+ * (keys on missing pages are zero, as v1/v2 read them).
+ *
+ * prefill_dense_kernel is then FlashAttention-2 over that scratch: NW warps
+ * x 16 rows, 64-key K/V tiles in a STAGES-deep cp.async ring with one
+ * barrier a tile (it both publishes the landed tile and frees the stage the
+ * next copy refills), Q fragments loaded, rotated and rounded straight from
+ * global memory into registers, the tile step and epilogue of v2.
+ */
+#define PF3_THREADS 256
+
+template <typename T>
+__global__ void __launch_bounds__(PF3_THREADS)
+prefill_gather_kernel(pf_params P)
+{
+    const int kvh = blockIdx.y, d = P.d, nu = d / 8, pt = P.pool.page_tokens;
+    const int per = PF3_THREADS / nu; /* rows a block */
+    const int tok = blockIdx.x * per + threadIdx.x / nu, u = threadIdx.x % nu;
+    const int len = P.ln.len[kvh];
+    if (threadIdx.x >= per * nu || tok >= len || tok >= P.kv_stride)
+        return;
+    const bool neox = P.rope.style == SINKD_ROPE_NEOX;
+    const int have = P.ln.page_off[kvh + 1] - P.ln.page_off[kvh];
+    const int lp = tok / pt;
+    const int pg = lp < have ? P.ln.page_ids[P.ln.page_off[kvh] + lp] : -1;
+    const size_t row = ((size_t)kvh * P.kv_stride + tok) * d;
+    float kx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    uint4 vx = make_uint4(0, 0, 0, 0);
+    if (pg >= 0 && pg < P.pool.n_pages) {
+        const T *kr = (const T *)((const char *)P.pool.pages + (size_t)pg * P.pool.page_bytes) +
+                      (size_t)(tok % pt) * d;
+        load_row(kr, u, d, neox, kx);
+        vx = *reinterpret_cast<const uint4 *>(kr + (size_t)pt * d + 8 * u);
+        int kp = P.rope.mode == SINKD_ROPE_CACHE ? tok : P.pool.pos[(int64_t)pg * pt + tok % pt];
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            float sn, cs;
+            rope_sincos_fast(kp, rope_inv_freq(P.rope.theta, P.rope.scale, 4 * u + m, d), &sn, &cs);
+            float x0 = kx[2 * m], x1 = kx[2 * m + 1];
+            kx[2 * m] = x0 * cs - x1 * sn;
+            kx[2 * m + 1] = x0 * sn + x1 * cs;
+        }
+    }
+    store_row((T *)P.kr + row, u, d, neox, kx);
+    *reinterpret_cast<uint4 *>((T *)P.vr + row + 8 * u) = vx;
+}
+
+template <typename T, int D, int NW, int STAGES>
+struct pf3_shape {
+    static constexpr int RS = D + 8; /* as v2: ldmatrix rows hit distinct banks */
+    static constexpr int BM = NW * 16;
+    static constexpr int KV = PF2_BN * RS * (int)sizeof(T);
+    static constexpr int STAGE = 2 * KV;
+    static constexpr int SMEM = STAGES * STAGE;
+};
+
+/* Fragments of the thread's Q rows @Ra and Ra + 8 (m16n8k16 A layout: row,
+ * columns kk + 2*t4 + {0, 1, 8, 9}), rotated at the query position with the
+ * exact angles, scaled, rounded to T. NEOX partners (c, c + D/2) sit in
+ * fragments kk and kk + D/32 of the same thread, ADJACENT ones side by side. */
+template <typename T, int D>
+static __device__ __forceinline__ void pf_load_q(const pf_params &P, const pf_warp &W, int rows,
+                                                 int past, int kvh, uint32_t (&qa)[D / 16][4])
+{
+    const bool neox = P.rope.style == SINKD_ROPE_NEOX;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
-    }
+        const int R = W.Ra + 8 * h;
+        const bool ok = R < rows && past >= 0;
+        const int qi = ok ? R / P.group : 0;
+        const float *qr = P.q + ((size_t)qi * P.n_q + kvh * P.group + (ok ? R % P.group : 0)) * D;
+        const int qp = P.rope.mode == SINKD_ROPE_CACHE ? past + qi : (ok ? P.q_pos[qi] : 0);
+        float v[D / 16][4];
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        int R = h ? Rb : Ra;
-        if (R >= rows)
-            continue;
-        int qi = R / G, qh = kvh * G + R % G;
-        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
-        float *orow = P.out + ((size_t)qi * P.n_q + qh) * D;
+        for (int kf = 0; kf < D / 16; kf++)
 #pragma unroll
-        for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<float2 *>(orow + j * 8 + 2 * t4) =
-                make_float2(o[j][2 * h] * inv_l, o[j][2 * h + 1] * inv_l);
-        if (t4 == 0 && P.lse)
-            P.lse[(size_t)qi * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
+            for (int c = 0; c < 4; c++)
+                v[kf][c] = ok ? qr[kf * 16 + 2 * W.t4 + (c & 1) + 8 * (c >> 1)] : 0.0f;
+        auto rot = [&](float &x0, float &x1, int i) {
+            float sn, cs;
+            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &sn, &cs);
+            const float y0 = (x0 * cs - x1 * sn) * P.qscale;
+            x1 = (x0 * sn + x1 * cs) * P.qscale;
+            x0 = y0;
+        };
+        if (ok && neox) {
+#pragma unroll
+            for (int kf = 0; kf < D / 32; kf++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    rot(v[kf][c], v[kf + D / 32][c], kf * 16 + 2 * W.t4 + (c & 1) + 8 * (c >> 1));
+        } else if (ok) {
+#pragma unroll
+            for (int kf = 0; kf < D / 16; kf++)
+#pragma unroll
+                for (int p = 0; p < 2; p++)
+                    rot(v[kf][2 * p], v[kf][2 * p + 1], kf * 8 + W.t4 + 4 * p);
+        }
+#pragma unroll
+        for (int kf = 0; kf < D / 16; kf++) {
+            qa[kf][h] = mma_op<T>::pack(v[kf][0], v[kf][1]);
+            qa[kf][h + 2] = mma_op<T>::pack(v[kf][2], v[kf][3]);
+        }
     }
+}
+
+template <typename T, int D, int NW, int STAGES, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB)
+prefill_dense_kernel(pf_params P)
+{
+    using SH = pf3_shape<T, D, NW, STAGES>;
+    constexpr int RS = SH::RS, NT = NW * 32, CH = PF2_BN * D / 8; /* 16-byte chunks a tile */
+    static_assert(CH % NT == 0, "a tile's chunks split evenly over the block");
+    static_assert(STAGES >= 2, "the ring needs a stage in flight");
+    extern __shared__ __align__(16) unsigned char pf3_smem[];
+
+    const int tile = gridDim.x - 1 - blockIdx.x; /* longest rows first */
+    const int kvh = blockIdx.y;
+    const int len = P.ln.len[kvh];
+    const int past = len - P.n;
+    const int rows = P.n * P.group;
+    const int r0 = tile * SH::BM;
+    const int last_i = min(P.n - 1, (r0 + SH::BM - 1) / P.group);
+    const int kend = past < 0 ? 0 : min(len, past + last_i + 1);
+    const int ntiles = (kend + PF2_BN - 1) / PF2_BN;
+    const T *kg = (const T *)P.kr + (size_t)kvh * P.kv_stride * D;
+    const T *vg = (const T *)P.vr + (size_t)kvh * P.kv_stride * D;
+
+    /* Tile kt into its stage (rows past kend zero filled); always commits,
+     * so group kt is tile kt's whether or not it exists. */
+    auto issue = [&](int kt) {
+        if (kt < ntiles) {
+            unsigned char *st = pf3_smem + (kt % STAGES) * SH::STAGE;
+#pragma unroll
+            for (int i = 0; i < CH / NT; i++) {
+                const int c = threadIdx.x + i * NT, j = c / (D / 8), ch = c % (D / 8);
+                const int tok = kt * PF2_BN + j;
+                const bool ok = tok < kend;
+                const size_t off = (size_t)(ok ? tok : 0) * D + ch * 8;
+                const int so = (j * RS + ch * 8) * (int)sizeof(T);
+                cp_async16(st + so, kg + off, ok ? 16 : 0);
+                cp_async16(st + SH::KV + so, vg + off, ok ? 16 : 0);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++)
+        issue(s);
+
+    const pf_warp W = pf_warp_at<RS>(r0, rows, past, P.group);
+    uint32_t qa[D / 16][4];
+    pf_load_q<T, D>(P, W, rows, past, kvh, qa);
+    float o[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+
+    for (int kt = 0; kt < ntiles; kt++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads(); /* tile kt landed for all; tile kt - 1's stage is free */
+        issue(kt + STAGES - 1);
+        const int k0 = kt * PF2_BN;
+        const unsigned char *stg = pf3_smem + (kt % STAGES) * SH::STAGE;
+        if (k0 <= W.wlim_hi)
+            pf_tile<T, D, RS>(qa, reinterpret_cast<const T *>(stg), reinterpret_cast<const T *>(stg + SH::KV),
+                              W, k0, kend, o, mrow, lrow);
+    }
+    cp_async_wait<0>();
+    pf_store<D>(P, W, o, mrow, lrow, rows, kvh);
 }
 
 /* ---- observation window scores ----------------------------------------- */
@@ -567,15 +799,117 @@ static int prefill_mma_launch(sinkd_cuda *c, const pf_params &P)
     return 0;
 }
 
-/* v2 for the head dims it was built for on 16-byte aligned rows, v1 else. */
-template <typename T>
-static int prefill_dispatch(sinkd_cuda *c, const pf_params &P)
+/* Kernel choice, SINKD_PREFILL (read once): v1, v2, v3 (8 warps, 3
+ * stages, one block an SM), v3w4 (the default: 4 warps, 2 stages, 2 blocks
+ * an SM) or v3w4x3 (the same held to 168 registers for 3 blocks an SM). A
+ * call a version does not take runs the next older one. H100, 32q/8kv,
+ * d 128, 4K..32K: v2 109-151 TFLOP/s, v3 148-219, v3w4 155-234, v3w4x3
+ * 148-228 (bench/attention/NOTES.md). */
+enum { PF_V1 = 1, PF_V2 = 2, PF_V3 = 3, PF_V3W4 = 4, PF_V3W4X3 = 5 };
+
+static int prefill_env_version(void)
 {
-    bool aligned = P.pool.page_bytes % 16 == 0 && (uintptr_t)P.pool.pages % 16 == 0;
-    if (aligned && P.d == 64)
-        return prefill_mma_launch<T, 64>(c, P);
-    if (aligned && P.d == 128)
-        return prefill_mma_launch<T, 128>(c, P);
+    static const char *const names[] = {"v1", "v2", "v3", "v3w4", "v3w4x3"};
+    const char *env = getenv("SINKD_PREFILL");
+    if (!env || !*env)
+        return PF_V3W4;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(env, names[i]) == 0) {
+            fprintf(stderr, "<6>prefill: SINKD_PREFILL=%s\n", env);
+            return PF_V1 + i;
+        }
+    fprintf(stderr, "<4>prefill: SINKD_PREFILL=%s is not v1, v2, v3, v3w4 or v3w4x3; using v3w4\n",
+            env);
+    return PF_V3W4;
+}
+
+static int prefill_version(void)
+{
+    static const int v = prefill_env_version();
+    return v;
+}
+
+template <typename T, int D, int NW, int STAGES, int MINB>
+static int prefill_dense_launch(sinkd_cuda *c, const pf_params &P)
+{
+    constexpr int smem = pf3_shape<T, D, NW, STAGES>::SMEM;
+    static const cudaError_t attr = cudaFuncSetAttribute(prefill_dense_kernel<T, D, NW, STAGES, MINB>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    SINKD_CUDA_TRY(attr);
+    dim3 grid((P.n * P.group + NW * 16 - 1) / (NW * 16), P.n_kv);
+    prefill_dense_kernel<T, D, NW, STAGES, MINB><<<grid, NW * 32, smem, c->stream>>>(P);
+    SINKD_CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+template <typename T, int D>
+static int prefill_dense_pick(sinkd_cuda *c, const pf_params &P, int ver)
+{
+    if (ver == PF_V3W4)
+        return prefill_dense_launch<T, D, 4, 2, 2>(c, P);
+    if (ver == PF_V3W4X3)
+        return prefill_dense_launch<T, D, 4, 2, 3>(c, P);
+    return prefill_dense_launch<T, D, 8, 3, 1>(c, P);
+}
+
+/* v3 (head_dim 64/128, 16-byte aligned pages): the scratch is sized by the
+ * longest lane, whose length is read back (a stream sync: prefill is never
+ * recorded in a graph). Returns 1, having launched nothing, when v3 cannot
+ * take the call: inside a graph recording, a lane longer than the pool
+ * could hold (missing pages read as zero keys, so v2 takes it), or no
+ * memory for the scratch. */
+template <typename T>
+static int prefill_v3(sinkd_cuda *c, pf_params &P, int ver)
+{
+    cudaStreamCaptureStatus st;
+    SINKD_CUDA_TRY(cudaStreamIsCapturing(c->stream, &st));
+    if (st != cudaStreamCaptureStatusNone)
+        return 1;
+    int32_t *hl = (int32_t *)malloc((size_t)P.n_kv * sizeof *hl);
+    if (!hl)
+        return -ENOMEM;
+    cudaError_t e = cudaMemcpyAsync(hl, P.ln.len, (size_t)P.n_kv * sizeof *hl, cudaMemcpyDeviceToHost,
+                                    c->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(c->stream);
+    int64_t mx = 0;
+    for (int i = 0; e == cudaSuccess && i < P.n_kv; i++)
+        mx = hl[i] > mx ? hl[i] : mx;
+    free(hl);
+    SINKD_CUDA_TRY(e);
+    if (mx > (int64_t)P.pool.n_pages * P.pool.page_tokens)
+        return 1;
+    P.kv_stride = (mx + PF2_BN - 1) / PF2_BN * PF2_BN;
+    size_t half = (size_t)P.n_kv * (size_t)P.kv_stride * (size_t)P.d * sizeof(T);
+    if (half > 0) {
+        if (sinkd_cuda_buf_reserve(c, &c->kvrot, 2 * half)) {
+            (void)cudaGetLastError(); /* a failed cudaMalloc is no launch error */
+            return 1;
+        }
+        P.kr = c->kvrot.p;
+        P.vr = (const char *)c->kvrot.p + half;
+        int per = PF3_THREADS / (P.d / 8);
+        dim3 grid((unsigned)((mx + per - 1) / per), P.n_kv);
+        prefill_gather_kernel<T><<<grid, PF3_THREADS, 0, c->stream>>>(P);
+        SINKD_CUDA_CHECK_LAUNCH();
+    }
+    return P.d == 64 ? prefill_dense_pick<T, 64>(c, P, ver) : prefill_dense_pick<T, 128>(c, P, ver);
+}
+
+/* The newest version SINKD_PREFILL allows that takes the call: v3 and v2
+ * for head dims 64/128 on 16-byte aligned rows, v1 for every shape. */
+template <typename T>
+static int prefill_dispatch(sinkd_cuda *c, pf_params &P)
+{
+    const int ver = prefill_version();
+    bool fast = P.pool.page_bytes % 16 == 0 && (uintptr_t)P.pool.pages % 16 == 0 && (P.d == 64 || P.d == 128);
+    if (fast && ver >= PF_V3) {
+        int rc = prefill_v3<T>(c, P, ver);
+        if (rc <= 0)
+            return rc;
+    }
+    if (fast && ver >= PF_V2)
+        return P.d == 64 ? prefill_mma_launch<T, 64>(c, P) : prefill_mma_launch<T, 128>(c, P);
     if (P.d <= 64)
         return prefill_launch<T, 64>(c, P);
     if (P.d <= 128)
