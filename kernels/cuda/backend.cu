@@ -31,16 +31,24 @@ static int buf_park(sinkd_cuda *c, void *p)
 
 int sinkd_cuda_buf_reserve(sinkd_cuda *c, sinkd_cuda_buf *b, size_t bytes)
 {
-    if (b->bytes >= bytes)
-        return 0;
     cudaStreamCaptureStatus st;
     SINKD_CUDA_TRY(cudaStreamIsCapturing(c->stream, &st));
+    if (b->bytes >= bytes) {
+        if (st != cudaStreamCaptureStatusNone)
+            b->captured = true;
+        return 0;
+    }
     if (st != cudaStreamCaptureStatusNone)
         return -EBUSY; /* a replay could not repeat the allocation */
-    if (b->p && c->n_graphs > 0) {
+    if (b->p && b->captured && c->n_graphs > 0) {
+        /* Parked blocks stay until the last graph goes: grow by doubling at
+         * least, so that a run of ever larger requests parks a handful of
+         * blocks smaller than the new one, not one block per size. */
         int rc = buf_park(c, b->p);
         if (rc)
             return rc;
+        if (bytes < 2 * b->bytes)
+            bytes = 2 * b->bytes;
     } else if (b->p) {
         /* A kernel queued earlier may still read the old buffer. */
         SINKD_CUDA_TRY(cudaStreamSynchronize(c->stream));
@@ -48,6 +56,7 @@ int sinkd_cuda_buf_reserve(sinkd_cuda *c, sinkd_cuda_buf *b, size_t bytes)
     }
     b->p = NULL;
     b->bytes = 0;
+    b->captured = false;
     SINKD_CUDA_TRY(cudaMalloc(&b->p, bytes));
     b->bytes = bytes;
     return 0;

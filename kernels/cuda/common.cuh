@@ -22,6 +22,7 @@
 typedef struct sinkd_cuda_buf {
     void *p;
     size_t bytes;
+    bool captured;          /* a graph recorded with this block uses it for good */
 } sinkd_cuda_buf;
 
 /* The backend's private state (sinkd_backend.priv). */
@@ -35,10 +36,15 @@ typedef struct sinkd_cuda {
     sinkd_cuda_buf lse;     /* decode/prefill final log2-sum-exp per (row, head) */
     sinkd_cuda_buf logits;  /* decode: stored logits for the score pass */
     sinkd_cuda_buf pscore;  /* topk: per-page bounds */
+    /* stats.cu: floats of shared memory its two whole-lane kernels cache a
+     * lane in, worked out on their first call (per layer and step after) */
+    int32_t lane_cache[2];
+    bool lane_cache_known[2];
     /* CUDA graphs (graph.cu). A recorded graph keeps the addresses of the
-     * buffers its ops used, so while any graph is alive a growing buffer's
-     * old block is parked in @retired instead of freed (freed with the last
-     * graph), and cuBLAS works in the fixed @blas_ws, never allocating. */
+     * buffers its ops used, so while any graph is alive a growing buffer
+     * that a recording used has its old block parked in @retired instead of
+     * freed (freed with the last graph), and cuBLAS works in the fixed
+     * @blas_ws, never allocating. */
     sinkd_cuda_buf blas_ws;
     int32_t n_graphs;
     void **retired;

@@ -320,24 +320,34 @@ __global__ void __launch_bounds__(LANE_THREADS)
 
 /* Floats of shared memory a whole-lane kernel caches a lane in: the device's
  * opt-in limit less the static part, at most STAT_CACHE_MAX bytes; 0 when
- * SINKD_STAT_CACHE=0 (every pass reads the pool). Sets the kernel's limit. */
-template <typename K> static int lane_cache_floats(const sinkd_cuda *c, K kernel, int32_t *out)
+ * SINKD_STAT_CACHE=0 (every pass reads the pool). Sets the kernel's limit.
+ * Worked out once per kernel (@slot) and backend: this runs per layer. */
+template <typename K>
+static int lane_cache_floats(sinkd_cuda *c, K kernel, int slot, int32_t *out)
 {
     const char *env = getenv("SINKD_STAT_CACHE");
     cudaFuncAttributes fa;
     int optin = 0;
 
     *out = 0;
-    if (env && !strcmp(env, "0"))
+    if (c->lane_cache_known[slot]) {
+        *out = c->lane_cache[slot];
         return 0;
-    SINKD_CUDA_TRY(cudaFuncGetAttributes(&fa, kernel));
-    SINKD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device));
-    long bytes = (long)optin - (long)fa.sharedSizeBytes - 1024;
-    bytes = bytes > STAT_CACHE_MAX ? STAT_CACHE_MAX : bytes;
-    if (bytes < 4096)
-        return 0;
-    SINKD_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *out = (int32_t)(bytes / 4);
+    }
+    if (!env || strcmp(env, "0") != 0) {
+        SINKD_CUDA_TRY(cudaFuncGetAttributes(&fa, kernel));
+        SINKD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                              c->device));
+        long bytes = (long)optin - (long)fa.sharedSizeBytes - 1024;
+        bytes = bytes > STAT_CACHE_MAX ? STAT_CACHE_MAX : bytes;
+        if (bytes >= 4096) {
+            SINKD_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)bytes));
+            *out = (int32_t)(bytes / 4);
+        }
+    }
+    c->lane_cache[slot] = *out;
+    c->lane_cache_known[slot] = true;
     return 0;
 }
 
@@ -354,7 +364,7 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
         return 0;
     /* the pool struct is host memory: it travels by value */
     if (a->op == SINKD_STAT_OP_QUANTILE || a->op == SINKD_STAT_OP_GUMBEL) {
-        if ((rc = lane_cache_floats(c, stat_lane_kernel, &cap)) < 0)
+        if ((rc = lane_cache_floats(c, stat_lane_kernel, 0, &cap)) < 0)
             return rc;
         stat_lane_kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(*a->pool, *a,
                                                                                        cap);
@@ -454,7 +464,7 @@ extern "C" int sinkd_cuda_topk_tokens(sinkd_cuda *c, const sinkd_topk_tokens_arg
         return -EINVAL;
     if (a->lanes.n_lanes == 0)
         return 0;
-    if ((rc = lane_cache_floats(c, topk_tokens_kernel, &cap)) < 0)
+    if ((rc = lane_cache_floats(c, topk_tokens_kernel, 1, &cap)) < 0)
         return rc;
     topk_tokens_kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(
         *a->pool, a->lanes, a->k, a->out_pages, cap);
