@@ -17,6 +17,13 @@
  * registers). Inside a graph recording, or when the scratch cannot be had,
  * v2 runs instead.
  *
+ * v4 (head_dim 64/128): the same two launches, but each warp of the dense
+ * kernel takes two 16-row tiles (32 rows) and uses every K and V fragment
+ * it loads with ldmatrix for both: 256 mma a warp and 64-key tile against
+ * 64 ldmatrix.x4 and 16 Q fragment loads (v3: 128 against 64), and half
+ * v3's K/V tile reads from L2 per FLOP. Q then lives in shared memory (its
+ * registers hold the second row tile's accumulators).
+ *
  * v2 (prefill_mma_kernel, head_dim 64/128): 8 warps x 16 rows, cp.async
  * double-buffered K/V tiles rotated in place, ldmatrix; described below.
  * Other head dims run v1.
@@ -269,70 +276,107 @@ prefill_kernel(pf_params P)
 #define PF2_BM (PF2_WARPS * 16)
 #define PF2_BN 64
 
-/* Where a warp's 16 rows (of 128-row tiles starting at @r0) stand: the
- * thread's rows Ra and Ra + 8 attend keys up to lim_a and lim_b (-1: a row
- * past the end); the warp's rows end between wlim_lo and wlim_hi; k_off and
- * v_off are the lane's ldmatrix offsets into K and V tiles of stride RS. */
+/* Where a warp's 16 rows starting at @rw stand: the thread's rows Ra and
+ * Ra + 8 attend keys up to lim_a and lim_b (-1: a row past the end); the
+ * 16 rows end between wlim_lo and wlim_hi; k_off and v_off are the lane's
+ * ldmatrix offsets into K and V tiles of stride RS. */
 struct pf_warp {
     int Ra, lim_a, lim_b, wlim_lo, wlim_hi, k_off, v_off, t4;
 };
 
 template <int RS>
-static __device__ __forceinline__ pf_warp pf_warp_at(int r0, int rows, int past, int G)
+static __device__ __forceinline__ pf_warp pf_warp_at(int rw, int rows, int past, int G)
 {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int lane = threadIdx.x % 32;
     pf_warp W;
     W.t4 = lane % 4;
-    W.Ra = r0 + warp * 16 + lane / 4;
+    W.Ra = rw + lane / 4;
     const int Rb = W.Ra + 8;
     W.lim_a = W.Ra < rows ? past + W.Ra / G : -1;
     W.lim_b = Rb < rows ? past + Rb / G : -1;
-    const int R_lo = r0 + warp * 16, R_hi = min(rows - 1, R_lo + 15);
-    W.wlim_lo = R_lo < rows ? past + R_lo / G : -1;
-    W.wlim_hi = R_lo < rows ? past + R_hi / G : -1;
+    const int R_hi = min(rows - 1, rw + 15);
+    W.wlim_lo = rw < rows ? past + rw / G : -1;
+    W.wlim_hi = rw < rows ? past + R_hi / G : -1;
     W.k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
     W.v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
     return W;
 }
 
-/* One 64-key tile of a warp's 16 rows (v2 and v3), every operand from
- * shared memory with ldmatrix (K and V rows of RS elements): S = Q K^T,
- * the causal mask where the tile crosses one of the warp's row limits or
- * the key range's end @kend, the online softmax, then O += P V. */
-template <typename T, int D, int RS>
-static __device__ __forceinline__ void pf_tile(const uint32_t (&qa)[D / 16][4], const T *sK, const T *sV,
-                                               const pf_warp &W, int k0, int kend, float (&o)[D / 8][4],
-                                               float *mrow, float *lrow)
+/* One 64-key tile of a warp's MT row tiles of 16 (v2, v3, v4), K and V
+ * from shared memory with ldmatrix (rows of RS elements), each K or V
+ * fragment loaded once and used by all MT row tiles; qf(m, kk, a) gives
+ * row tile m's Q fragment kk. S = Q K^T, the causal mask where the tile
+ * crosses one of a row tile's limits or the key range's end @kend, the
+ * online softmax, then O += P V. */
+template <typename T, int D, int RS, int MT, typename QF>
+static __device__ __forceinline__ void pf_tile(const QF &qf, const T *sK, const T *sV,
+                                               const pf_warp (&W)[MT], int k0, int kend,
+                                               float (&o)[MT][D / 8][4], float (&mrow)[2 * MT],
+                                               float (&lrow)[2 * MT])
 {
-    float s[PF2_BN / 8][4];
+    float s[MT][PF2_BN / 8][4];
 #pragma unroll
-    for (int j = 0; j < PF2_BN / 8; j++)
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
+        for (int j = 0; j < PF2_BN / 8; j++)
+            s[m][j][0] = s[m][j][1] = s[m][j][2] = s[m][j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t qa[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+            qf(m, kk, qa[m]);
 #pragma unroll
         for (int np = 0; np < PF2_BN / 16; np++) {
             uint32_t kb[4];
-            ldsm_x4(kb, sK + W.k_off + np * 16 * RS + kk * 16);
-            mma_op<T>::run(s[2 * np], qa[kk], kb[0], kb[1]);
-            mma_op<T>::run(s[2 * np + 1], qa[kk], kb[2], kb[3]);
+            ldsm_x4(kb, sK + W[0].k_off + np * 16 * RS + kk * 16);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                mma_op<T>::run(s[m][2 * np], qa[m], kb[0], kb[1]);
+                mma_op<T>::run(s[m][2 * np + 1], qa[m], kb[2], kb[3]);
+            }
         }
-    if (k0 + PF2_BN - 1 > W.wlim_lo || k0 + PF2_BN > kend)
-        pf_mask(s, k0, W.t4, W.lim_a, W.lim_b, kend);
-    online_softmax(s, o, mrow, lrow);
+    }
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        if (k0 + PF2_BN - 1 > W[m].wlim_lo || k0 + PF2_BN > kend)
+            pf_mask(s[m], k0, W[m].t4, W[m].lim_a, W[m].lim_b, kend);
+        online_softmax(s[m], o[m], mrow + 2 * m, lrow + 2 * m);
+    }
+    /* P rounded to T before the first P V step: half the registers of S. */
+    uint32_t a[MT][PF2_BN / 16][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int kk = 0; kk < PF2_BN / 16; kk++)
+            pf_p_frag<T>(s[m], kk, a[m][kk]);
 #pragma unroll
     for (int kk = 0; kk < PF2_BN / 16; kk++) {
-        uint32_t a[4];
-        pf_p_frag<T>(s, kk, a);
 #pragma unroll
         for (int j2 = 0; j2 < D / 16; j2++) {
             uint32_t vb[4];
-            ldsm_x4_t(vb, sV + W.v_off + kk * 16 * RS + j2 * 16);
-            mma_op<T>::run(o[2 * j2], a, vb[0], vb[1]);
-            mma_op<T>::run(o[2 * j2 + 1], a, vb[2], vb[3]);
+            ldsm_x4_t(vb, sV + W[0].v_off + kk * 16 * RS + j2 * 16);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                mma_op<T>::run(o[m][2 * j2], a[m][kk], vb[0], vb[1]);
+                mma_op<T>::run(o[m][2 * j2 + 1], a[m][kk], vb[2], vb[3]);
+            }
         }
     }
 }
+
+/* Q fragments kept in registers (v2, v3: one row tile a warp). */
+template <int D>
+struct pf_q_regs {
+    const uint32_t (&qa)[D / 16][4];
+    __device__ __forceinline__ void operator()(int, int kk, uint32_t (&a)[4]) const
+    {
+        a[0] = qa[kk][0];
+        a[1] = qa[kk][1];
+        a[2] = qa[kk][2];
+        a[3] = qa[kk][3];
+    }
+};
 
 /* A warp's 16 rows out (v2 and v3): O / l and the row's log2-sum-exp. */
 template <int D>
@@ -445,12 +489,12 @@ prefill_mma_kernel(pf_params P)
     for (int kk = 0; kk < D / 16; kk++)
         ldsm_x4(qa[kk], sQ + (warp * 16 + (lane / 8) % 2 * 8 + lane % 8) * RS + kk * 16 + (lane / 16) * 8);
 
-    float o[D / 8][4];
+    float o[1][D / 8][4];
 #pragma unroll
     for (int j = 0; j < D / 8; j++)
-        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+        o[0][j][0] = o[0][j][1] = o[0][j][2] = o[0][j][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-    const pf_warp W = pf_warp_at<RS>(r0, rows, past, G);
+    const pf_warp W[1] = {pf_warp_at<RS>(r0 + warp * 16, rows, past, G)};
     /* The rotation pass gives each thread the same chunk of every row it
      * touches (the block's thread count is a multiple of D/8). */
     const int ru = threadIdx.x % (D / 8);
@@ -487,13 +531,13 @@ prefill_mma_kernel(pf_params P)
             store_row(row, ru, D, neox, x);
         }
         __syncthreads();
-        if (k0 <= W.wlim_hi)
-            pf_tile<T, D, RS>(qa, reinterpret_cast<const T *>(stg), reinterpret_cast<const T *>(stg + SH::KV),
-                              W, k0, kend, o, mrow, lrow);
+        if (k0 <= W[0].wlim_hi)
+            pf_tile<T, D, RS, 1>(pf_q_regs<D>{qa}, reinterpret_cast<const T *>(stg),
+                                 reinterpret_cast<const T *>(stg + SH::KV), W, k0, kend, o, mrow, lrow);
         __syncthreads(); /* this stage is refilled by the next issue */
     }
     cp_async_wait<0>();
-    pf_store<D>(P, W, o, mrow, lrow, rows, kvh);
+    pf_store<D>(P, W[0], o[0], mrow, lrow, rows, kvh);
 }
 
 /* ---- v3: keys rotated once into a contiguous scratch, then dense tiles -- */
@@ -506,10 +550,11 @@ prefill_mma_kernel(pf_params P)
  * (keys on missing pages are zero, as v1/v2 read them).
  *
  * prefill_dense_kernel is then FlashAttention-2 over that scratch: NW warps
- * x 16 rows, 64-key K/V tiles in a STAGES-deep cp.async ring with one
- * barrier a tile (it both publishes the landed tile and frees the stage the
- * next copy refills), Q fragments loaded, rotated and rounded straight from
- * global memory into registers, the tile step and epilogue of v2.
+ * x MT row tiles of 16, 64-key K/V tiles in a STAGES-deep cp.async ring
+ * with one barrier a tile (it both publishes the landed tile and frees the
+ * stage the next copy refills), Q fragments loaded, rotated and rounded
+ * straight from global memory into registers (MT 1, v3) or into shared
+ * memory in thread order (MT 2, v4), the tile step and epilogue of v2.
  */
 #define PF3_THREADS 256
 
@@ -549,13 +594,31 @@ prefill_gather_kernel(pf_params P)
     *reinterpret_cast<uint4 *>((T *)P.vr + row + 8 * u) = vx;
 }
 
-template <typename T, int D, int NW, int STAGES>
+template <typename T, int D, int NW, int MT, int STAGES>
 struct pf3_shape {
     static constexpr int RS = D + 8; /* as v2: ldmatrix rows hit distinct banks */
-    static constexpr int BM = NW * 16;
+    static constexpr int BM = NW * MT * 16;
     static constexpr int KV = PF2_BN * RS * (int)sizeof(T);
     static constexpr int STAGE = 2 * KV;
-    static constexpr int SMEM = STAGES * STAGE;
+    static constexpr int QF = MT > 1 ? BM * D * (int)sizeof(T) : 0; /* v4's Q fragments */
+    static constexpr int SMEM = STAGES * STAGE + QF;
+};
+
+/* Q fragments in shared memory (v4: MT row tiles a warp would not fit in
+ * registers beside their accumulators), in thread order: fragment kk of
+ * row tile m at q[(m * D/16 + kk) * 32], the thread's own slot, so a read
+ * (16 bytes a lane, conflict free) needs no barrier after the write. */
+template <int D>
+struct pf_q_smem {
+    const uint4 *q;
+    __device__ __forceinline__ void operator()(int m, int kk, uint32_t (&a)[4]) const
+    {
+        /* volatile, as the mma and ldmatrix around it: not hoisted into
+         * registers the accumulators need */
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                     : "r"(smem_u32(q + (m * (D / 16) + kk) * 32)));
+    }
 };
 
 /* Fragments of the thread's Q rows @Ra and Ra + 8 (m16n8k16 A layout: row,
@@ -608,11 +671,11 @@ static __device__ __forceinline__ void pf_load_q(const pf_params &P, const pf_wa
     }
 }
 
-template <typename T, int D, int NW, int STAGES, int MINB>
+template <typename T, int D, int NW, int MT, int STAGES, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB)
 prefill_dense_kernel(pf_params P)
 {
-    using SH = pf3_shape<T, D, NW, STAGES>;
+    using SH = pf3_shape<T, D, NW, MT, STAGES>;
     constexpr int RS = SH::RS, NT = NW * 32, CH = PF2_BN * D / 8; /* 16-byte chunks a tile */
     static_assert(CH % NT == 0, "a tile's chunks split evenly over the block");
     static_assert(STAGES >= 2, "the ring needs a stage in flight");
@@ -631,19 +694,25 @@ prefill_dense_kernel(pf_params P)
     const T *vg = (const T *)P.vr + (size_t)kvh * P.kv_stride * D;
 
     /* Tile kt into its stage (rows past kend zero filled); always commits,
-     * so group kt is tile kt's whether or not it exists. */
+     * so group kt is tile kt's whether or not it exists. A thread copies
+     * chunk ch of rows j0 + i * RSTEP; every row of an issued tile lies
+     * within the lane's kv_stride rows (a multiple of the tile), so the
+     * source address is valid even where nothing is read. The addresses
+     * are a per-thread base plus constants: no per-chunk registers. */
+    constexpr int RSTEP = NT / (D / 8);
+    const int j0 = threadIdx.x / (D / 8), ch = threadIdx.x % (D / 8);
+    const T *kt0 = kg + (size_t)j0 * D + ch * 8, *vt0 = vg + (size_t)j0 * D + ch * 8;
+    const int so0 = (j0 * RS + ch * 8) * (int)sizeof(T);
     auto issue = [&](int kt) {
         if (kt < ntiles) {
-            unsigned char *st = pf3_smem + (kt % STAGES) * SH::STAGE;
+            unsigned char *st = pf3_smem + (kt % STAGES) * SH::STAGE + so0;
+            const size_t adv = (size_t)kt * PF2_BN * D;
 #pragma unroll
             for (int i = 0; i < CH / NT; i++) {
-                const int c = threadIdx.x + i * NT, j = c / (D / 8), ch = c % (D / 8);
-                const int tok = kt * PF2_BN + j;
-                const bool ok = tok < kend;
-                const size_t off = (size_t)(ok ? tok : 0) * D + ch * 8;
-                const int so = (j * RS + ch * 8) * (int)sizeof(T);
-                cp_async16(st + so, kg + off, ok ? 16 : 0);
-                cp_async16(st + SH::KV + so, vg + off, ok ? 16 : 0);
+                const int nb = kt * PF2_BN + j0 + i * RSTEP < kend ? 16 : 0;
+                const int so = i * RSTEP * RS * (int)sizeof(T);
+                cp_async16(st + so, kt0 + adv + i * RSTEP * D, nb);
+                cp_async16(st + SH::KV + so, vt0 + adv + i * RSTEP * D, nb);
             }
         }
         cp_async_commit();
@@ -652,14 +721,37 @@ prefill_dense_kernel(pf_params P)
     for (int s = 0; s < STAGES - 1; s++)
         issue(s);
 
-    const pf_warp W = pf_warp_at<RS>(r0, rows, past, P.group);
-    uint32_t qa[D / 16][4];
-    pf_load_q<T, D>(P, W, rows, past, kvh, qa);
-    float o[D / 8][4];
+    /* Warp w holds rows r0 + 16 * (w * MT + m), m < MT: its row tiles
+     * are neighbours, so they leave the causal loop together. */
+    const int warp = threadIdx.x / 32;
+    pf_warp W[MT];
+    int whi = -1;
 #pragma unroll
-    for (int j = 0; j < D / 8; j++)
-        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    for (int m = 0; m < MT; m++) {
+        W[m] = pf_warp_at<RS>(r0 + (warp * MT + m) * 16, rows, past, P.group);
+        whi = max(whi, W[m].wlim_hi);
+    }
+    uint32_t qa[D / 16][4];
+    uint4 *qs = reinterpret_cast<uint4 *>(pf3_smem + STAGES * SH::STAGE) + warp * MT * (D / 16) * 32 +
+                threadIdx.x % 32;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+        pf_load_q<T, D>(P, W[m], rows, past, kvh, qa);
+        if (MT > 1)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                qs[(m * (D / 16) + kk) * 32] = make_uint4(qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3]);
+    }
+    float o[MT][D / 8][4];
+    float mrow[2 * MT], lrow[2 * MT];
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+#pragma unroll
+        for (int j = 0; j < D / 8; j++)
+            o[m][j][0] = o[m][j][1] = o[m][j][2] = o[m][j][3] = 0.0f;
+        mrow[2 * m] = mrow[2 * m + 1] = -INFINITY;
+        lrow[2 * m] = lrow[2 * m + 1] = 0.0f;
+    }
 
     for (int kt = 0; kt < ntiles; kt++) {
         cp_async_wait<STAGES - 2>();
@@ -667,12 +759,18 @@ prefill_dense_kernel(pf_params P)
         issue(kt + STAGES - 1);
         const int k0 = kt * PF2_BN;
         const unsigned char *stg = pf3_smem + (kt % STAGES) * SH::STAGE;
-        if (k0 <= W.wlim_hi)
-            pf_tile<T, D, RS>(qa, reinterpret_cast<const T *>(stg), reinterpret_cast<const T *>(stg + SH::KV),
-                              W, k0, kend, o, mrow, lrow);
+        if (k0 > whi)
+            continue;
+        const T *sK = reinterpret_cast<const T *>(stg), *sV = reinterpret_cast<const T *>(stg + SH::KV);
+        if constexpr (MT == 1)
+            pf_tile<T, D, RS, 1>(pf_q_regs<D>{qa}, sK, sV, W, k0, kend, o, mrow, lrow);
+        else
+            pf_tile<T, D, RS, MT>(pf_q_smem<D>{qs}, sK, sV, W, k0, kend, o, mrow, lrow);
     }
     cp_async_wait<0>();
-    pf_store<D>(P, W, o, mrow, lrow, rows, kvh);
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+        pf_store<D>(P, W[m], o[m], mrow + 2 * m, lrow + 2 * m, rows, kvh);
 }
 
 /* ---- observation window scores ----------------------------------------- */
@@ -800,27 +898,33 @@ static int prefill_mma_launch(sinkd_cuda *c, const pf_params &P)
 }
 
 /* Kernel choice, SINKD_PREFILL (read once): v1, v2, v3 (8 warps, 3
- * stages, one block an SM), v3w4 (the default: 4 warps, 2 stages, 2 blocks
- * an SM) or v3w4x3 (the same held to 168 registers for 3 blocks an SM). A
- * call a version does not take runs the next older one. H100, 32q/8kv,
- * d 128, 4K..32K: v2 109-151 TFLOP/s, v3 148-219, v3w4 155-234, v3w4x3
- * 148-228 (bench/attention/NOTES.md). */
-enum { PF_V1 = 1, PF_V2 = 2, PF_V3 = 3, PF_V3W4 = 4, PF_V3W4X3 = 5 };
+ * stages, one block an SM), v3w4 (4 warps, 2 stages, 2 blocks an SM),
+ * v3w4x3 (the same held to 168 registers for 3 blocks an SM), v4 (4 warps
+ * x 32 rows, 2 stages, 2 blocks an SM), v4w8 (8 warps x 32 rows, 3 stages,
+ * one block an SM), or auto (the default): v4 when its grid makes at least
+ * PF_V4_WAVES waves, else v3w4, whose 64-row blocks fill the machine better
+ * on short calls. A call a version does not take runs the next older one.
+ * H100, 32q/8kv, d 128, n = 4K / 8K / 16K / 32K, TFLOP/s: v3w4 150.8 /
+ * 186.4 / 211.2 / 224.5, v4 136.6 / 196.0 / 232.6 / 255.0, v4w8 131.0 /
+ * 191.8 / 223.2 / 240.7, v3 144.9 / 176.7 / 197.6 / 209.8, v2 109-151
+ * (bench/attention/NOTES.md). */
+#define PF_V4_WAVES 6
+enum { PF_V1 = 1, PF_V2 = 2, PF_V3 = 3, PF_V3W4 = 4, PF_V3W4X3 = 5, PF_V4 = 6, PF_V4W8 = 7, PF_AUTO = 8 };
 
 static int prefill_env_version(void)
 {
-    static const char *const names[] = {"v1", "v2", "v3", "v3w4", "v3w4x3"};
+    static const char *const names[] = {"v1", "v2", "v3", "v3w4", "v3w4x3", "v4", "v4w8", "auto"};
     const char *env = getenv("SINKD_PREFILL");
     if (!env || !*env)
-        return PF_V3W4;
-    for (int i = 0; i < 5; i++)
+        return PF_AUTO;
+    for (int i = 0; i < (int)(sizeof names / sizeof *names); i++)
         if (strcmp(env, names[i]) == 0) {
             fprintf(stderr, "<6>prefill: SINKD_PREFILL=%s\n", env);
             return PF_V1 + i;
         }
-    fprintf(stderr, "<4>prefill: SINKD_PREFILL=%s is not v1, v2, v3, v3w4 or v3w4x3; using v3w4\n",
-            env);
-    return PF_V3W4;
+    fprintf(stderr, "<4>prefill: SINKD_PREFILL=%s is not v1, v2, v3, v3w4, v3w4x3, v4, v4w8 or "
+                    "auto; using auto\n", env);
+    return PF_AUTO;
 }
 
 static int prefill_version(void)
@@ -829,15 +933,15 @@ static int prefill_version(void)
     return v;
 }
 
-template <typename T, int D, int NW, int STAGES, int MINB>
+template <typename T, int D, int NW, int MT, int STAGES, int MINB>
 static int prefill_dense_launch(sinkd_cuda *c, const pf_params &P)
 {
-    constexpr int smem = pf3_shape<T, D, NW, STAGES>::SMEM;
-    static const cudaError_t attr = cudaFuncSetAttribute(prefill_dense_kernel<T, D, NW, STAGES, MINB>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    using SH = pf3_shape<T, D, NW, MT, STAGES>;
+    static const cudaError_t attr = cudaFuncSetAttribute(prefill_dense_kernel<T, D, NW, MT, STAGES, MINB>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, SH::SMEM);
     SINKD_CUDA_TRY(attr);
-    dim3 grid((P.n * P.group + NW * 16 - 1) / (NW * 16), P.n_kv);
-    prefill_dense_kernel<T, D, NW, STAGES, MINB><<<grid, NW * 32, smem, c->stream>>>(P);
+    dim3 grid((P.n * P.group + SH::BM - 1) / SH::BM, P.n_kv);
+    prefill_dense_kernel<T, D, NW, MT, STAGES, MINB><<<grid, NW * 32, SH::SMEM, c->stream>>>(P);
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }
@@ -845,11 +949,20 @@ static int prefill_dense_launch(sinkd_cuda *c, const pf_params &P)
 template <typename T, int D>
 static int prefill_dense_pick(sinkd_cuda *c, const pf_params &P, int ver)
 {
+    if (ver == PF_AUTO) {
+        constexpr int bm = pf3_shape<T, D, 4, 2, 2>::BM;
+        int64_t v4_blocks = ((int64_t)P.n * P.group + bm - 1) / bm * P.n_kv;
+        ver = v4_blocks >= (int64_t)PF_V4_WAVES * 2 * c->n_sm ? PF_V4 : PF_V3W4;
+    }
     if (ver == PF_V3W4)
-        return prefill_dense_launch<T, D, 4, 2, 2>(c, P);
+        return prefill_dense_launch<T, D, 4, 1, 2, 2>(c, P);
     if (ver == PF_V3W4X3)
-        return prefill_dense_launch<T, D, 4, 2, 3>(c, P);
-    return prefill_dense_launch<T, D, 8, 3, 1>(c, P);
+        return prefill_dense_launch<T, D, 4, 1, 2, 3>(c, P);
+    if (ver == PF_V4)
+        return prefill_dense_launch<T, D, 4, 2, 2, 2>(c, P);
+    if (ver == PF_V4W8)
+        return prefill_dense_launch<T, D, 8, 2, 3, 1>(c, P);
+    return prefill_dense_launch<T, D, 8, 1, 3, 1>(c, P);
 }
 
 /* v3 (head_dim 64/128, 16-byte aligned pages): the scratch is sized by the
