@@ -97,6 +97,36 @@ static __device__ __forceinline__ void pf_p_frag(const float (&s)[NT][4], int kk
     a[3] = mma_op<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
+/* A warp's 16 rows out (Ra and Ra + 8, for every version): O / l in the
+ * first @d of DP columns (d a multiple of 16), and the row's log2-sum-exp. */
+template <int DP>
+static __device__ __forceinline__ void pf_store(const pf_params &P, int Ra, int t4, int d,
+                                                const float (&o)[DP / 8][4], const float *mrow,
+                                                float *lrow, int rows, int kvh)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
+        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int R = Ra + 8 * h;
+        if (R >= rows)
+            continue;
+        int qi = R / P.group, qh = kvh * P.group + R % P.group;
+        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
+        float *orow = P.out + ((size_t)qi * P.n_q + qh) * d;
+#pragma unroll
+        for (int j = 0; j < DP / 8; j++)
+            if (j * 8 < d)
+                *reinterpret_cast<float2 *>(orow + j * 8 + 2 * t4) =
+                    make_float2(o[j][2 * h] * inv_l, o[j][2 * h + 1] * inv_l);
+        if (t4 == 0 && P.lse)
+            P.lse[(size_t)qi * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
+    }
+}
+
 template <typename T, int DP>
 __global__ void __launch_bounds__(PF_WARPS * 32)
 prefill_kernel(pf_params P)
@@ -234,30 +264,7 @@ prefill_kernel(pf_params P)
         }
     }
 
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        int R = h ? Rb : Ra;
-        if (R >= rows)
-            continue;
-        int i = R / G, qh = kvh * G + R % G;
-        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
-        float *orow = P.out + ((size_t)i * P.n_q + qh) * d;
-#pragma unroll
-        for (int j = 0; j < DP / 8; j++) {
-            int col = j * 8 + 2 * t4;
-            if (col < d) {
-                orow[col] = o[j][2 * h] * inv_l;
-                orow[col + 1] = o[j][2 * h + 1] * inv_l;
-            }
-        }
-        if (t4 == 0 && P.lse)
-            P.lse[(size_t)i * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
-    }
+    pf_store<DP>(P, Ra, t4, d, o, mrow, lrow, rows, kvh);
 }
 
 /* ---- v2: rotated keys in a workspace, cp.async tiles, 8 warps ----------- */
@@ -377,34 +384,6 @@ struct pf_q_regs {
         a[3] = qa[kk][3];
     }
 };
-
-/* A warp's 16 rows out (v2 and v3): O / l and the row's log2-sum-exp. */
-template <int D>
-static __device__ __forceinline__ void pf_store(const pf_params &P, const pf_warp &W,
-                                                const float (&o)[D / 8][4], const float *mrow,
-                                                float *lrow, int rows, int kvh)
-{
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        int R = W.Ra + 8 * h;
-        if (R >= rows)
-            continue;
-        int qi = R / P.group, qh = kvh * P.group + R % P.group;
-        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
-        float *orow = P.out + ((size_t)qi * P.n_q + qh) * D;
-#pragma unroll
-        for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<float2 *>(orow + j * 8 + 2 * W.t4) =
-                make_float2(o[j][2 * h] * inv_l, o[j][2 * h + 1] * inv_l);
-        if (W.t4 == 0 && P.lse)
-            P.lse[(size_t)qi * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
-    }
-}
 
 template <typename T, int D>
 struct pf2_shape {
@@ -537,7 +516,7 @@ prefill_mma_kernel(pf_params P)
         __syncthreads(); /* this stage is refilled by the next issue */
     }
     cp_async_wait<0>();
-    pf_store<D>(P, W[0], o[0], mrow, lrow, rows, kvh);
+    pf_store<D>(P, W[0].Ra, W[0].t4, D, o[0], mrow, lrow, rows, kvh);
 }
 
 /* ---- v3: keys rotated once into a contiguous scratch, then dense tiles -- */
@@ -770,7 +749,7 @@ prefill_dense_kernel(pf_params P)
     cp_async_wait<0>();
 #pragma unroll
     for (int m = 0; m < MT; m++)
-        pf_store<D>(P, W[m], o[m], mrow + 2 * m, lrow + 2 * m, rows, kvh);
+        pf_store<D>(P, W[m].Ra, W[m].t4, D, o[m], mrow + 2 * m, lrow + 2 * m, rows, kvh);
 }
 
 /* ---- observation window scores ----------------------------------------- */
