@@ -556,13 +556,13 @@ static int fwd__attention(const fwd *f, int32_t layer)
     return be->ops->attn_decode(be, &a);
 }
 
-/* ops->matvec for calls of few rows; -ENOTSUP tells the caller to compose
+/* ops->matvec over @rows rows of x; -ENOTSUP tells the caller to compose
  * the same result from single ops (more rows, or shapes it does not take). */
-static int fwd__matvec(const fwd *f, sinkd_matvec_args *a)
+static int fwd__matvec(const fwd *f, int32_t rows, sinkd_matvec_args *a)
 {
-    if (f->n > f->m->fused_rows)
+    if (rows > f->m->fused_rows)
         return -ENOTSUP;
-    a->m = f->n;
+    a->m = rows;
     return f->m->be->ops->matvec(f->m->be, a);
 }
 
@@ -579,14 +579,14 @@ static int fwd__ffn(const fwd *f, int32_t l)
     int64_t nd = (int64_t)n * hp->dim;
     sinkd_matvec_args o = {.n_w = 1, .x = m->att, .epilogue = SINKD_MATVEC_ADD,
                            .w = {&w->wo}, .y = {m->x}};
-    int rc = fwd__matvec(f, &o);
+    int rc = fwd__matvec(f, n, &o);
     if (rc == -ENOTSUP && !(rc = ops->matmul(be, m->xb2, m->att, n, &w->wo, NULL)))
         rc = ops->add(be, m->x, m->xb2, nd);
     if (rc)
         return rc;
     sinkd_matvec_args gu = {.n_w = 2, .x = m->x, .norm = w->ffn_norm, .norm_eps = hp->norm_eps,
                             .epilogue = SINKD_MATVEC_SWIGLU, .w = {&w->wg, &w->wu}, .y = {m->hb}};
-    rc = fwd__matvec(f, &gu);
+    rc = fwd__matvec(f, n, &gu);
     if (rc == -ENOTSUP &&
         !(rc = ops->rmsnorm(be, m->xb, m->x, w->ffn_norm, n, hp->dim, hp->norm_eps)) &&
         !(rc = ops->matmul(be, m->hb, m->xb, n, &w->wg, NULL)) &&
@@ -596,7 +596,7 @@ static int fwd__ffn(const fwd *f, int32_t l)
         return rc;
     sinkd_matvec_args d = {.n_w = 1, .x = m->hb, .epilogue = SINKD_MATVEC_ADD,
                            .w = {&w->wd}, .y = {m->x}};
-    rc = fwd__matvec(f, &d);
+    rc = fwd__matvec(f, n, &d);
     if (rc == -ENOTSUP && !(rc = ops->matmul(be, m->xb2, m->hb, n, &w->wd, NULL)))
         rc = ops->add(be, m->x, m->xb2, nd);
     return rc;
@@ -625,7 +625,7 @@ static int fwd__stretch(const void *arg, int32_t i)
                                .norm_eps = hp->norm_eps, .epilogue = SINKD_MATVEC_STORE,
                                .w = {&w->wq, &w->wk, &w->wv}, .bias = {w->bq, w->bk, w->bv},
                                .y = {m->q, m->k, m->v}};
-        if ((rc = fwd__matvec(f, &a)) != -ENOTSUP)
+        if ((rc = fwd__matvec(f, n, &a)) != -ENOTSUP)
             return rc;
         if ((rc = ops->rmsnorm(be, m->xb, m->x, w->attn_norm, n, hp->dim, hp->norm_eps)) ||
             (rc = ops->matmul(be, m->q, m->xb, n, &w->wq, w->bq)) ||
@@ -638,12 +638,12 @@ static int fwd__stretch(const void *arg, int32_t i)
         return 0;
     size_t first = (size_t)f->logit_first * hp->dim;
     int32_t rows = n - f->logit_first, block = rows < m->cfg.logit_rows ? rows : m->cfg.logit_rows;
-    if (block == rows && rows <= m->fused_rows) {
+    if (block == rows) {
         /* one block of logits: nothing reads the normalised rows after it */
-        sinkd_matvec_args a = {.m = rows, .n_w = 1, .x = m->x + first, .norm = m->out_norm,
+        sinkd_matvec_args a = {.n_w = 1, .x = m->x + first, .norm = m->out_norm,
                                .norm_eps = hp->norm_eps, .epilogue = SINKD_MATVEC_STORE,
                                .w = {&m->output}, .y = {m->logits}};
-        if ((rc = ops->matvec(be, &a)) != -ENOTSUP)
+        if ((rc = fwd__matvec(f, rows, &a)) != -ENOTSUP)
             return rc;
     }
     if ((rc = ops->rmsnorm(be, m->xb + first, m->x + first, m->out_norm, rows, hp->dim,

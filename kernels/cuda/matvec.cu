@@ -29,6 +29,7 @@
  * norm, and 2-4 warps splitting an 8192-column row.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -44,7 +45,7 @@ struct mv_params {
     const float *x;
     const float *norm;
     float eps;
-    int cols, m, n_w, epilogue;
+    int cols, m, epilogue;
     const void *w[SINKD_MATVEC_MAX_W];
     const float *bias[SINKD_MATVEC_MAX_W];
     float *y[SINKD_MATVEC_MAX_W];
@@ -280,18 +281,16 @@ static int mv_fit(size_t smem)
 }
 
 /* SINKD_MATVEC_PDL=0: plain launches (read once). */
-static int mv_env(const char *name, int dflt)
+static bool mv_pdl(void)
 {
-    const char *e = getenv(name);
-    return e && *e ? atoi(e) : dflt;
+    const char *e = getenv("SINKD_MATVEC_PDL");
+    return !(e && strcmp(e, "0") == 0);
 }
 
 template <typename T, int M>
 static int mv_launch_m(sinkd_cuda *c, const mv_params &p)
 {
-    static int pdl = -1;
-    if (pdl < 0)
-        pdl = mv_env("SINKD_MATVEC_PDL", 1) != 0;
+    static const bool pdl = mv_pdl();
     size_t smem = (size_t)p.m * p.cols * sizeof(float);
     int nb = mv_fit<T, M>(smem);
     if (nb <= 0)
@@ -340,7 +339,6 @@ int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a)
     p.norm = a->norm;
     p.eps = a->norm_eps;
     p.m = a->m;
-    p.n_w = a->n_w;
     p.epilogue = a->epilogue;
     for (int i = 0; i < a->n_w; i++) {
         const sinkd_weight *w = a->w[i];
