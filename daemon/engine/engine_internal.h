@@ -152,6 +152,10 @@ void eng_beat(sinkd_engine *e, bool busy);
 void eng_pack_session(sinkd_fw *w, const eng_session *s);
 /* The geometry a policy instance of @s is created with. */
 void eng_policy_geometry(const sinkd_engine *e, const eng_session *s, sinkd_policy_geometry *g);
+/* The session @j names if @j's uid may use it, else NULL (another uid's
+ * session looks like one that does not exist). */
+eng_session *eng_session_lookup(const sinkd_engine *e, const sinkd_job *j);
+/* eng_session_lookup, with a not_found reply to @j when it finds none. */
 eng_session *eng_session_find(sinkd_engine *e, const sinkd_job *j);
 void eng_session_destroy(sinkd_engine *e, eng_session *s);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);

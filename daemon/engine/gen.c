@@ -237,13 +237,11 @@ void eng_job_append(sinkd_engine *e, sinkd_job *j)
 
 eng_session *eng_append_single(sinkd_engine *e, const sinkd_job *j)
 {
-    eng_session *s = NULL;
+    eng_session *s;
 
     if (j->kind != SINKD_JOB_SESSION_APPEND || j->has_text || j->n_ids != 1)
         return NULL;
-    for (size_t i = 0; i < e->n_sess && !s; i++)
-        if (e->sess[i]->id == j->session && (e->sess[i]->uid == j->uid || j->admin))
-            s = e->sess[i];
+    s = eng_session_lookup(e, j);
     if (!s || !s->m || s->gen || s->pending >= 0 || s->tokens >= INT32_MAX ||
         j->ids[0] < 0 || j->ids[0] >= s->m->hp->n_vocab)
         return NULL;

@@ -9,16 +9,24 @@
 #include <string.h>
 #include <sys/random.h>
 
-eng_session *eng_session_find(sinkd_engine *e, const sinkd_job *j)
+eng_session *eng_session_lookup(const sinkd_engine *e, const sinkd_job *j)
 {
     for (size_t i = 0; i < e->n_sess; i++) {
         eng_session *s = e->sess[i];
         if (s->id == j->session && (s->uid == j->uid || j->admin))
             return s;
     }
-    /* Another uid's session reads exactly like one that does not exist. */
-    eng_error(e, j, SINKD_ERR_NOT_FOUND, "no session %llu", (unsigned long long)j->session);
     return NULL;
+}
+
+eng_session *eng_session_find(sinkd_engine *e, const sinkd_job *j)
+{
+    eng_session *s = eng_session_lookup(e, j);
+
+    /* Another uid's session reads exactly like one that does not exist. */
+    if (!s)
+        eng_error(e, j, SINKD_ERR_NOT_FOUND, "no session %llu", (unsigned long long)j->session);
+    return s;
 }
 
 void eng_session_destroy(sinkd_engine *e, eng_session *s)
