@@ -389,7 +389,11 @@ typedef struct sinkd_ops {
     int (*sync)(sinkd_backend *be);
     int (*info)(sinkd_backend *be, sinkd_backend_info *out);
 
-    /* KV and attention */
+    /* KV and attention. kv_append and attn_decode may read their lane
+     * arrays and positions (pos, q_pos) before the op ahead of them on the
+     * stream has finished (the CUDA backend's programmatic dependent
+     * launch): pass arrays written by a copy (h2d, d2d), as the KV store
+     * and the engine do, never the output of the op just before. */
     int (*kv_append)(sinkd_backend *be, const sinkd_append_args *a);
     int (*kv_compact)(sinkd_backend *be, const sinkd_compact_args *a);
     int (*attn_decode)(sinkd_backend *be, const sinkd_decode_args *a);

@@ -34,12 +34,14 @@
 
 #include "common.cuh"
 #include "mma.cuh"
+#include "pdl.cuh"
 
 #define DEC_WARPS 4
 #define DEC_HG 4        /* query heads per block */
 #define DEC_NP 4        /* keys per thread loaded before use */
 #define DEC_LOG2E 1.4426950408889634f
 #define DEC_CNT_BYTES (65536 * 4) /* split counters: one int per lane (<= 65535) */
+#define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this let the next kernel start early */
 
 struct dec_params {
     sinkd_kv_pool pool;
@@ -66,6 +68,7 @@ struct dec_params {
     long long *trace;        /* SINKD_DECODE_TRACE (v2): [block][DEC_TRACE_N] or NULL */
     int score_op;
     float score_decay;
+    int early_next;          /* v2: let the next kernel launch after the tiles */
 };
 
 /* The lane's attended list: n list pages, list base (for the logits index),
@@ -534,19 +537,6 @@ decode_mma_kernel(dec_params P)
         return; /* block-uniform, before any barrier */
     }
 
-    /* The query's rows, in flight with the first tiles' page ids: thread
-     * item j is (head, pair) = divmod(threadIdx.x + 128 j, D / 2). */
-    constexpr int QI = 16 * D / 2 / (W * 32);
-    const int qp = cache ? len - 1 : P.q_pos[seq];
-    const float *qg = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G) * D;
-    float2 qx[QI];
-#pragma unroll
-    for (int j = 0; j < QI; j++) {
-        int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
-        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
-        qx[j] = h < G ? make_float2(qg[h * D + e0], qg[h * D + e1]) : make_float2(0.0f, 0.0f);
-    }
-
     /* This split's tiles [ub, ue) of the list. */
     const int tps = (ntile + S - 1) / S;
     const int ub = min(ntile, split * tps), ue = min(ntile, ub + tps);
@@ -572,9 +562,43 @@ decode_mma_kernel(dec_params P)
             }
         }
     };
+    /* Before the kernel ahead is done (pdl.cuh): the dense lane's first page
+     * ids (lane arrays come from copies; a sparse list may be that kernel's
+     * output) and the angles. The query and the pool's newest rows are the
+     * output of kernels ahead: read after pdl_wait. */
+    const bool meta_early = !L.sel;
+    if (meta_early)
+        load_meta(0);
+    const int qp = cache ? len - 1 : P.q_pos[seq];
+    /* Per pair: the query's (cos, sin), exact, and the keys' inverse
+     * frequency (one powf a pair for the block, not D/8 a thread). */
+    if (threadIdx.x < D / 2) {
+        int i = threadIdx.x;
+        float s, c;
+        if (P.warp_tiles > 0)
+            q_sincos(qp, P.rope_l2theta, P.rope_inv_scale, i, D, &s, &c);
+        else
+            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
+        sang[i] = make_float2(c, s);
+        sinv[i] = rope_inv_freq(P.rope.theta, P.rope.scale, i, D);
+    }
+    pdl_wait();
+
+    /* The query's rows, in flight with the first tiles: thread item j is
+     * (head, pair) = divmod(threadIdx.x + 128 j, D / 2). */
+    constexpr int QI = 16 * D / 2 / (W * 32);
+    const float *qg = P.q + ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G) * D;
+    float2 qx[QI];
+#pragma unroll
+    for (int j = 0; j < QI; j++) {
+        int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
+        int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
+        qx[j] = h < G ? make_float2(qg[h * D + e0], qg[h * D + e1]) : make_float2(0.0f, 0.0f);
+    }
+
     unsigned char *wring = ring + (size_t)warp * NST * SH::STAGE;
     auto issue = [&](int k) {
-        if ((k & 31) == 0)
+        if ((k & 31) == 0 && (k > 0 || !meta_early))
             load_meta(k);
         int pg = __shfl_sync(0xffffffffu, m_pg, k & 31);
         int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
@@ -603,20 +627,7 @@ decode_mma_kernel(dec_params P)
 #pragma unroll
     for (int k = 0; k < NST - 1; k++)
         issue(k);
-
-    /* Per pair: the query's (cos, sin), exact, and the keys' inverse
-     * frequency (one powf a pair for the block, not D/8 a thread). */
-    if (threadIdx.x < D / 2) {
-        int i = threadIdx.x;
-        float s, c;
-        if (P.warp_tiles > 0)
-            q_sincos(qp, P.rope_l2theta, P.rope_inv_scale, i, D, &s, &c);
-        else
-            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &s, &c);
-        sang[i] = make_float2(c, s);
-        sinv[i] = rope_inv_freq(P.rope.theta, P.rope.scale, i, D);
-    }
-    __syncthreads();
+    __syncthreads(); /* the angles */
     /* Q: rotated at the query position, scaled, rounded; rows >= G zero. */
 #pragma unroll
     for (int j = 0; j < QI; j++) {
@@ -728,6 +739,13 @@ decode_mma_kernel(dec_params P)
     }
     cp_async_wait<0>();
     trace_stamp(P, 2, 0);
+    /* Small batches let the next kernel (the output projection's matvec)
+     * launch once every block is past its tiles, so its weight loads
+     * overlap the merge. Larger ones do not: back to back, 16 x 4K, the
+     * early launch measured 9% slower, and past 4 rows the next kernel is
+     * cuBLAS's, which cannot start early anyway. */
+    if (P.early_next)
+        pdl_trigger();
 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -840,6 +858,7 @@ __global__ void decode_score_kernel(dec_params P)
 {
     int l = blockIdx.y, pt = P.pool.page_tokens, G = P.group;
     int len = P.ln.len[l];
+    pdl_wait(); /* the logits and the lse are the attention's output */
     dec_list L = lane_list(P, l, len);
     int have = P.ln.page_off[l + 1] - P.ln.page_off[l];
     for (int kk = blockIdx.x * blockDim.x + threadIdx.x; kk < L.n * pt;
@@ -891,7 +910,8 @@ static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
     static const cudaError_t attr =
         cudaFuncSetAttribute(decode_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     SINKD_CUDA_TRY(attr);
-    decode_mma_kernel<T, D><<<grid, DV2_WARPS * 32, smem, c->stream>>>(P);
+    SINKD_CUDA_TRY(pdl_launch(pdl_env_on(), c->stream, decode_mma_kernel<T, D>, grid,
+                              dim3(DV2_WARPS * 32), smem, P));
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }
@@ -1088,6 +1108,7 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     P.logits_tiled = mma;
     P.score_op = a->score_op;
     P.score_decay = a->score_decay;
+    P.early_next = a->n_seqs <= DEC_EARLY_NEXT_SEQS;
 
     size_t need_lse = a->score_op != SINKD_SCORE_NONE ? (size_t)nl * G * sizeof(float) : 0;
     /* part: the per-lane split counters (a fixed prefix, zeroed whenever
@@ -1141,7 +1162,8 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         /* a thread per key up to 16 * 256 threads an SM in all (one pass
          * at 1 x 64K): each thread's loads form a dependent chain */
         int sx = (c->n_sm * 16 + nl - 1) / nl;
-        decode_score_kernel<<<dim3(sx < 1 ? 1 : sx > 512 ? 512 : sx, nl), 256, 0, c->stream>>>(P);
+        SINKD_CUDA_TRY(pdl_launch(pdl_env_on(), c->stream, decode_score_kernel,
+                                  dim3(sx < 1 ? 1 : sx > 512 ? 512 : sx, nl), dim3(256), 0, P));
         SINKD_CUDA_CHECK_LAUNCH();
     }
     return 0;

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 /* Slot of token @t of lane @l, or -1 when the page list cannot hold it. */
 static __device__ __forceinline__ int64_t lane_slot(const sinkd_kv_pool &pool,
@@ -58,6 +59,9 @@ __global__ void append_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n, int d,
                               const float *k, const float *v, const int32_t *pos, int token_major,
                               sinkd_rope rope, int bounds)
 {
+    /* the slot from the lane arrays and pos (copies: see pdl.cuh) while the
+     * projection that wrote k and v drains */
+    pdl_trigger();
     int i = blockIdx.x, l = blockIdx.y;
     int len = ln.len[l];
     if (len < n)
@@ -69,6 +73,7 @@ __global__ void append_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n, int d,
     T *vr = kr + (size_t)pool.page_tokens * d;
     size_t src = (token_major ? (size_t)i * ln.n_lanes + l : (size_t)l * n + i) * d;
     int p = pos[(size_t)l * n + i];
+    pdl_wait();
     for (int e = threadIdx.x; e < d; e += blockDim.x) {
         kr[e] = kv_traits<T>::from_f(k[src + e]);
         vr[e] = kv_traits<T>::from_f(v[src + e]);
@@ -131,14 +136,10 @@ int sinkd_cuda_kv_append(sinkd_cuda *c, const sinkd_append_args *a)
     dim3 grid(a->n, a->lanes.n_lanes);
     int th = a->head_dim < 128 ? a->head_dim : 128;
     int fused = a->n == 1 && append_bounds_fused();
-    if (a->pool->dtype == SINKD_F16)
-        append_kernel<__half><<<grid, th, 0, c->stream>>>(*a->pool, a->lanes, a->n, a->head_dim,
-                                                          a->k, a->v, a->pos, a->kv_token_major,
-                                                          a->rope, fused);
-    else
-        append_kernel<__nv_bfloat16><<<grid, th, 0, c->stream>>>(*a->pool, a->lanes, a->n,
-                                                                  a->head_dim, a->k, a->v, a->pos,
-                                                                  a->kv_token_major, a->rope, fused);
+    auto kern = a->pool->dtype == SINKD_F16 ? append_kernel<__half> : append_kernel<__nv_bfloat16>;
+    SINKD_CUDA_TRY(pdl_launch(pdl_env_on(), c->stream, kern, grid, dim3(th), 0, *a->pool, a->lanes,
+                              (int)a->n, (int)a->head_dim, a->k, a->v, a->pos,
+                              (int)a->kv_token_major, a->rope, fused));
     SINKD_CUDA_CHECK_LAUNCH();
     return fused ? 0 : sinkd_cuda_page_bounds(c, a->pool, &a->lanes, a->head_dim, &a->rope, a->n);
 }

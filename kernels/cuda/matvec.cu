@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 #define MV_WARPS 8
 #define MV_R 2
@@ -121,13 +122,6 @@ static __device__ void mv_stage(const mv_params &p, float *xs)
     __syncthreads();
 }
 
-/* Programmatic dependent launch (sm_90): the next kernel of the stream may
- * start its blocks while ours finish; ours waits for the previous kernel
- * before touching anything it wrote. Both are no-ops without the launch
- * attribute. */
-static __device__ __forceinline__ void mv_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-static __device__ __forceinline__ void mv_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
-
 /* Persistent: each block stages x once, then its warps take warp items
  * (MV_R rows of one matrix, or a gate/up row pair) until none is left. A
  * warp's first loads (weights only: nothing earlier in the stream writes
@@ -175,8 +169,8 @@ __global__ void __launch_bounds__(MV_WARPS * 32) matvec_kernel(mv_params p)
         setup();
         issue(ln);
     }
-    mv_pdl_trigger();
-    mv_pdl_wait();
+    pdl_trigger();
+    pdl_wait();
     mv_stage<M>(p, xs);
     for (bool first = true; it < p.n_items; it += gridDim.x * MV_WARPS, first = false) {
         if (!first)
@@ -297,17 +291,8 @@ static int mv_launch_m(sinkd_cuda *c, const mv_params &p)
         return nb == 0 ? -ENOTSUP : -EIO;
     int64_t need = (p.n_items + MV_WARPS - 1) / MV_WARPS;
     int64_t grid = (int64_t)c->n_sm * nb < need ? (int64_t)c->n_sm * nb : need;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)grid);
-    cfg.blockDim = dim3(MV_WARPS * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = c->stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    SINKD_CUDA_TRY(cudaLaunchKernelEx(&cfg, matvec_kernel<T, M>, p));
+    SINKD_CUDA_TRY(pdl_launch(pdl && pdl_env_on(), c->stream, matvec_kernel<T, M>, dim3((unsigned)grid),
+                              dim3(MV_WARPS * 32), smem, p));
     return 0;
 }
 
