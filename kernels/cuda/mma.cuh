@@ -101,6 +101,17 @@ static __device__ __forceinline__ void cp_async_wait(void)
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* 2^x on the special-function unit with subnormal results flushed to zero
+ * (one MUFU.EX2; exp2f without fast math adds the scaling that keeps
+ * subnormals): the probabilities it makes are rounded to 16 bits, where
+ * nothing that small survives, and 2^-inf = +0. */
+static __device__ __forceinline__ float ex2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 /* One online-softmax step (log2 domain) on a warp's S accumulators: rows
  * g and g + 8 take their max over the tile (quad shuffles) and @mrow, the
  * running sum @lrow and the output @o are rescaled, and @s becomes
@@ -117,7 +128,10 @@ static __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (
             mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        float corr = mx == -INFINITY ? 1.0f : exp2f(mrow[h] - mx);
+        /* with nothing valid yet (mx -inf) every exponent below is -inf:
+         * p and corr are 0, and o, l were 0 */
+        const float mref = mx == -INFINITY ? 0.0f : mx;
+        float corr = ex2_ftz(mrow[h] - mref);
         mrow[h] = mx;
         lrow[h] *= corr;
 #pragma unroll
@@ -129,7 +143,7 @@ static __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int c = 2 * h; c < 2 * h + 2; c++) {
-                float p = mx == -INFINITY ? 0.0f : exp2f(s[j][c] - mx);
+                float p = ex2_ftz(s[j][c] - mref);
                 s[j][c] = p;
                 lrow[h] += p;
             }
