@@ -171,7 +171,12 @@ typedef struct sinkd_prefill_args {
     int32_t obs_w;
     int32_t score_op;
     float score_decay;
-    int32_t _pad;
+    /* The longest lane's len when the caller knows it (the KV store does),
+     * 0 when not: the CUDA backend then reads the lengths back, a stream
+     * sync each call. A value below some lane's len is an error on the
+     * CPU; on CUDA it gives that lane wrong attention, never an access
+     * outside the op's buffers. */
+    int32_t max_len;
 } sinkd_prefill_args;
 
 /* Quest page scoring: for each lane of the batch (query = seq's q, rotated at

@@ -529,14 +529,17 @@ static int fwd__attention(const fwd *f, int32_t layer)
     int rc;
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     if (f->prefill) {
+        sinkd_kv_lane_stats st;
         if ((rc = sinkd_kv_append(f->seqs[0], layer, f->n, m->k, m->v, f->pos)) ||
-            (rc = sinkd_kv_lanes_seq(f->seqs[0], layer, &lanes)))
+            (rc = sinkd_kv_lanes_seq(f->seqs[0], layer, &lanes)) ||
+            (rc = sinkd_kv_lane_stats_get(f->seqs[0], layer, &st)))
             return rc;
         sinkd_prefill_args a = {
             .pool = sinkd_kv_pool_get(f->kv), .lanes = lanes, .n = f->n,
             .n_q_heads = hp->n_heads, .n_kv_heads = hp->n_kv_heads, .head_dim = hp->head_dim,
             .rope = sinkd_model_rope(m, f->o->rope_mode), .softmax_scale = scale,
             .q = m->q, .out = m->att, .q_pos = m->pos,
+            .max_len = st.len_max, /* no read-back of the lengths */
         };
         if (hook && hook->prefill && (rc = hook->prefill(hook->ctx, layer, &a)))
             return rc;

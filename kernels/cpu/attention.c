@@ -343,8 +343,10 @@ int cpu__attn_prefill(sinkd_backend *be, const sinkd_prefill_args *a)
         (a->rope.mode == SINKD_ROPE_ABSOLUTE && !a->q_pos))
         return -EINVAL;
     for (int32_t h = 0; h < a->n_kv_heads; h++)
-        if (a->lanes.len[h] < a->n)
+        if (a->lanes.len[h] < a->n || (a->max_len > 0 && a->lanes.len[h] > a->max_len))
             return -EINVAL;
+    if (a->max_len < 0)
+        return -EINVAL;
     int64_t max_pos = max_len;
     if (a->rope.mode == SINKD_ROPE_ABSOLUTE)
         for (int32_t i = 0; i < a->n; i++)

@@ -64,6 +64,7 @@ struct pf_params {
      * values at vr likewise, in the pool dtype */
     const void *kr, *vr;
     int64_t kv_stride;
+    int max_len;             /* the caller's longest lane, 0: unknown */
 };
 
 static __device__ __forceinline__ uint32_t ld32(const void *p)
@@ -662,7 +663,7 @@ prefill_dense_kernel(pf_params P)
 
     const int tile = gridDim.x - 1 - blockIdx.x; /* longest rows first */
     const int kvh = blockIdx.y;
-    const int len = P.ln.len[kvh];
+    const int len = (int)min((int64_t)P.ln.len[kvh], P.kv_stride); /* the scratch's rows */
     const int past = len - P.n;
     const int rows = P.n * P.group;
     const int r0 = tile * SH::BM;
@@ -945,11 +946,13 @@ static int prefill_dense_pick(sinkd_cuda *c, const pf_params &P, int ver)
 }
 
 /* v3 (head_dim 64/128, 16-byte aligned pages): the scratch is sized by the
- * longest lane, whose length is read back (a stream sync: prefill is never
- * recorded in a graph). Returns 1, having launched nothing, when v3 cannot
- * take the call: inside a graph recording, a lane longer than the pool
- * could hold (missing pages read as zero keys, so v2 takes it), or no
- * memory for the scratch. */
+ * longest lane, which the caller names (max_len) or whose length is read
+ * back (a stream sync: prefill is never recorded in a graph). The kernels
+ * clamp each lane to the scratch, so a max_len below a lane's length
+ * costs that lane's attention, never memory safety. Returns 1, having
+ * launched nothing, when v3 cannot take the call: inside a graph
+ * recording, a lane longer than the pool could hold (missing pages read as
+ * zero keys, so v2 takes it), or no memory for the scratch. */
 template <typename T>
 static int prefill_v3(sinkd_cuda *c, pf_params &P, int ver)
 {
@@ -957,18 +960,20 @@ static int prefill_v3(sinkd_cuda *c, pf_params &P, int ver)
     SINKD_CUDA_TRY(cudaStreamIsCapturing(c->stream, &st));
     if (st != cudaStreamCaptureStatusNone)
         return 1;
-    int32_t *hl = (int32_t *)malloc((size_t)P.n_kv * sizeof *hl);
-    if (!hl)
-        return -ENOMEM;
-    cudaError_t e = cudaMemcpyAsync(hl, P.ln.len, (size_t)P.n_kv * sizeof *hl, cudaMemcpyDeviceToHost,
-                                    c->stream);
-    if (e == cudaSuccess)
-        e = cudaStreamSynchronize(c->stream);
-    int64_t mx = 0;
-    for (int i = 0; e == cudaSuccess && i < P.n_kv; i++)
-        mx = hl[i] > mx ? hl[i] : mx;
-    free(hl);
-    SINKD_CUDA_TRY(e);
+    int64_t mx = P.max_len;
+    if (mx <= 0) {
+        int32_t *hl = (int32_t *)malloc((size_t)P.n_kv * sizeof *hl);
+        if (!hl)
+            return -ENOMEM;
+        cudaError_t e = cudaMemcpyAsync(hl, P.ln.len, (size_t)P.n_kv * sizeof *hl,
+                                        cudaMemcpyDeviceToHost, c->stream);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(c->stream);
+        for (int i = 0; e == cudaSuccess && i < P.n_kv; i++)
+            mx = hl[i] > mx ? hl[i] : mx;
+        free(hl);
+        SINKD_CUDA_TRY(e);
+    }
     if (mx > (int64_t)P.pool.n_pages * P.pool.page_tokens)
         return 1;
     P.kv_stride = (mx + PF2_BN - 1) / PF2_BN * PF2_BN;
@@ -1022,7 +1027,8 @@ int sinkd_cuda_attn_prefill(sinkd_cuda *c, const sinkd_prefill_args *a)
         return -EINVAL;
     if (a->rope.mode == SINKD_ROPE_ABSOLUTE && !a->q_pos)
         return -EINVAL;
-    if (a->obs_w < 0 || a->score_op < SINKD_SCORE_NONE || a->score_op > SINKD_SCORE_DECAY)
+    if (a->obs_w < 0 || a->score_op < SINKD_SCORE_NONE || a->score_op > SINKD_SCORE_DECAY ||
+        a->max_len < 0)
         return -EINVAL;
     if (a->n == 0)
         return 0;
@@ -1042,6 +1048,7 @@ int sinkd_cuda_attn_prefill(sinkd_cuda *c, const sinkd_prefill_args *a)
     P.d = a->head_dim;
     P.rope = a->rope;
     P.qscale = a->softmax_scale * PF_LOG2E;
+    P.max_len = a->max_len;
     P.q = a->q;
     P.out = a->out;
     P.q_pos = a->q_pos;

@@ -313,5 +313,13 @@ Test(attention, rejects_bad_arguments)
         .head_dim = 32, .rope = {10000, 1, 0, 1, {0}}, .softmax_scale = 0.2f, .q = q, .out = out,
     };
     cr_assert_eq(be->ops->attn_prefill(be, &p), -EINVAL); /* lane 0 shorter than the chunk */
+    p.n = 1;
+    cr_assert_eq(be->ops->attn_prefill(be, &p), 0);
+    p.max_len = tp.len[1]; /* the longest lane named */
+    cr_assert_eq(be->ops->attn_prefill(be, &p), 0);
+    p.max_len = tp.len[1] - 1; /* a lane longer than the caller says */
+    cr_assert_eq(be->ops->attn_prefill(be, &p), -EINVAL);
+    p.max_len = -1;
+    cr_assert_eq(be->ops->attn_prefill(be, &p), -EINVAL);
     t_pool_free(&tp);
 }
