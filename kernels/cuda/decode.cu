@@ -41,7 +41,7 @@
 #define DEC_NP 4        /* keys per thread loaded before use */
 #define DEC_LOG2E 1.4426950408889634f
 #define DEC_CNT_BYTES (65536 * 4) /* split counters: one int per lane (<= 65535) */
-#define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this let the next kernel start early */
+#define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this start early and let the next kernel */
 
 struct dec_params {
     sinkd_kv_pool pool;
@@ -743,7 +743,8 @@ decode_mma_kernel(dec_params P)
      * launch once every block is past its tiles, so its weight loads
      * overlap the merge. Larger ones do not: back to back, 16 x 4K, the
      * early launch measured 9% slower, and past 4 rows the next kernel is
-     * cuBLAS's, which cannot start early anyway. */
+     * cuBLAS's, which cannot start early anyway. (Larger batches are not
+     * launched early either: decode_mma_launch.) */
     if (P.early_next)
         pdl_trigger();
 
@@ -910,8 +911,11 @@ static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
     static const cudaError_t attr =
         cudaFuncSetAttribute(decode_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     SINKD_CUDA_TRY(attr);
-    SINKD_CUDA_TRY(pdl_launch(pdl_env_on(), c->stream, decode_mma_kernel<T, D>, grid,
-                              dim3(DV2_WARPS * 32), smem, P));
+    /* Early start for small batches only: at 16 sequences x 32K the
+     * policy bench's whole step measured 9% slower with it (8.9 -> 9.7 ms),
+     * where the kernel ahead is a tiny append and nothing is gained. */
+    SINKD_CUDA_TRY(pdl_launch(pdl_env_on() && P.early_next, c->stream, decode_mma_kernel<T, D>,
+                              grid, dim3(DV2_WARPS * 32), smem, P));
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
 }
