@@ -41,7 +41,7 @@
 #define DEC_NP 4        /* keys per thread loaded before use */
 #define DEC_LOG2E 1.4426950408889634f
 #define DEC_CNT_BYTES (65536 * 4) /* split counters: one int per lane (<= 65535) */
-#define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this start early and let the next kernel */
+#define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this many sequences start early (PDL) */
 
 struct dec_params {
     sinkd_kv_pool pool;
