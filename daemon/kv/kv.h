@@ -33,8 +33,8 @@
  *     sinkd_kv_append_batch_lanes(kv, seqs, n, layer, k, v, pos, &lanes); // 1 token each
  *     args.pool = sinkd_kv_pool_get(kv); args.lanes = lanes; ...
  *     be->ops->attn_decode(be, &args);
- * Prefill of a chunk: sinkd_kv_append(seq, layer, n, k, v, pos) then
- * sinkd_kv_lanes_seq(seq, layer, &lanes) and ops->attn_prefill.
+ * Prefill of a chunk: sinkd_kv_append_lanes(seq, layer, n, k, v, pos, &lanes)
+ * and ops->attn_prefill.
  */
 #ifndef SINKD_KV_H
 #define SINKD_KV_H
@@ -174,6 +174,13 @@ int sinkd_kv_lane_stats_get(const sinkd_kv_seq *seq, int32_t layer, sinkd_kv_lan
  * the reservation returns the pages reserved by this call). */
 int sinkd_kv_append(sinkd_kv_seq *seq, int32_t layer, int32_t n,
                     const float *k, const float *v, const int32_t *pos);
+
+/* sinkd_kv_append that also returns in *@lanes the layer's lane arrays, as
+ * sinkd_kv_lanes_seq would build them right after it (the append uploads
+ * them already: a prefill chunk's attention needs no second h2d). Same
+ * ownership and lifetime as sinkd_kv_lanes_batch's *@out. */
+int sinkd_kv_append_lanes(sinkd_kv_seq *seq, int32_t layer, int32_t n, const float *k,
+                          const float *v, const int32_t *pos, sinkd_lanes *lanes);
 
 /* Append one token to every lane of @layer of each of @n_seqs sequences in
  * one kv_append (the decode step). All sequences belong to @kv and share

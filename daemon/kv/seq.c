@@ -390,12 +390,18 @@ static int append_issue(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,
     return rc;
 }
 
-int sinkd_kv_append(sinkd_kv_seq *seq, int32_t layer, int32_t n,
-                    const float *k, const float *v, const int32_t *pos)
+int sinkd_kv_append_lanes(sinkd_kv_seq *seq, int32_t layer, int32_t n, const float *k,
+                          const float *v, const int32_t *pos, sinkd_lanes *lanes)
 {
     if (!seq || n < 1 || !k || !v || !pos || layer < 0 || layer >= seq->n_layers)
         return -EINVAL;
-    return append_issue(seq->kv, &seq, 1, layer, n, k, v, pos, NULL);
+    return append_issue(seq->kv, &seq, 1, layer, n, k, v, pos, lanes);
+}
+
+int sinkd_kv_append(sinkd_kv_seq *seq, int32_t layer, int32_t n,
+                    const float *k, const float *v, const int32_t *pos)
+{
+    return sinkd_kv_append_lanes(seq, layer, n, k, v, pos, NULL);
 }
 
 int sinkd_kv_append_batch_lanes(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs,

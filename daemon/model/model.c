@@ -530,8 +530,7 @@ static int fwd__attention(const fwd *f, int32_t layer)
     float scale = 1.0f / sqrtf((float)hp->head_dim);
     if (f->prefill) {
         sinkd_kv_lane_stats st;
-        if ((rc = sinkd_kv_append(f->seqs[0], layer, f->n, m->k, m->v, f->pos)) ||
-            (rc = sinkd_kv_lanes_seq(f->seqs[0], layer, &lanes)) ||
+        if ((rc = sinkd_kv_append_lanes(f->seqs[0], layer, f->n, m->k, m->v, f->pos, &lanes)) ||
             (rc = sinkd_kv_lane_stats_get(f->seqs[0], layer, &st)))
             return rc;
         sinkd_prefill_args a = {

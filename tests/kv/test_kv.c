@@ -384,6 +384,36 @@ Test(kv, compaction_moves_tokens_and_frees_pages)
     sinkd_kv_close(kv);
 }
 
+/* A prefill chunk's append hands back the lane arrays sinkd_kv_lanes_seq
+ * builds after it. */
+Test(kv, append_returns_the_lanes)
+{
+    sinkd_kv *kv = open_store(32, 4, 64, SINKD_F16, 0, 0);
+    m_seq a;
+    m_open(&a, kv, 7, 2, 2, 64);
+    int32_t pos[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+    float k[9 * 2 * 64], v[9 * 2 * 64];
+    t_fill(k, sizeof k / sizeof k[0]);
+    t_fill(v, sizeof v / sizeof v[0]);
+    sinkd_lanes got, built;
+    cr_assert_eq(sinkd_kv_append_lanes(a.seq, 1, 9, k, v, pos, &got), 0);
+    m_append(&a, SINKD_F16, 1, 9, k, v, pos, 2);
+    int32_t snap[2 + 3 + 8];
+    cr_assert_eq(got.n_lanes, 2);
+    cr_assert(got.page_off[2] <= 8);
+    memcpy(snap, got.len, 2 * sizeof(int32_t));
+    memcpy(snap + 2, got.page_off, 3 * sizeof(int32_t));
+    memcpy(snap + 5, got.page_ids, (size_t)got.page_off[2] * sizeof(int32_t));
+    cr_assert_eq(sinkd_kv_lanes_seq(a.seq, 1, &built), 0);
+    cr_assert_arr_eq(snap, built.len, 2 * sizeof(int32_t));
+    cr_assert_arr_eq(snap + 2, built.page_off, 3 * sizeof(int32_t));
+    cr_assert_arr_eq(snap + 5, built.page_ids, (size_t)built.page_off[2] * sizeof(int32_t));
+    cr_assert_eq(sinkd_kv_append_lanes(a.seq, 2, 1, k, v, pos, &got), -EINVAL);
+    m_check(kv, &a);
+    m_close(&a);
+    sinkd_kv_close(kv);
+}
+
 Test(kv, pool_exhaustion_changes_nothing)
 {
     sinkd_kv *kv = open_store(10, 4, 16, SINKD_F32, 0, 0);
