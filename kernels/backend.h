@@ -456,8 +456,8 @@ typedef struct sinkd_ops {
      * composes rmsnorm, matmul, swiglu and add instead. -EINVAL for bad
      * arguments, -ENOTSUP for shapes the kernel does not take (m * cols >
      * SINKD_MATVEC_MAX_X, a row of w not a multiple of 16 bytes, x, norm or
-     * w not 16-byte aligned, mixed columns or dtypes): compose those. Results equal the composed ops up
-     * to fp32 summation order. */
+     * w not 16-byte aligned, mixed columns or dtypes): compose those.
+     * Results equal the composed ops up to fp32 summation order. */
     int (*matvec)(sinkd_backend *be, const sinkd_matvec_args *a);
 } sinkd_ops;
 

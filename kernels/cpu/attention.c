@@ -342,11 +342,11 @@ int cpu__attn_prefill(sinkd_backend *be, const sinkd_prefill_args *a)
     if (a->lanes.n_lanes != a->n_kv_heads || a->n < 1 || a->obs_w < 0 || !a->q || !a->out ||
         (a->rope.mode == SINKD_ROPE_ABSOLUTE && !a->q_pos))
         return -EINVAL;
+    if (a->max_len < 0)
+        return -EINVAL;
     for (int32_t h = 0; h < a->n_kv_heads; h++)
         if (a->lanes.len[h] < a->n || (a->max_len > 0 && a->lanes.len[h] > a->max_len))
             return -EINVAL;
-    if (a->max_len < 0)
-        return -EINVAL;
     int64_t max_pos = max_len;
     if (a->rope.mode == SINKD_ROPE_ABSOLUTE)
         for (int32_t i = 0; i < a->n; i++)
