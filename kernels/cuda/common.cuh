@@ -184,6 +184,25 @@ static __device__ __forceinline__ void rope_sincos_exact(int pos, float theta, f
     *c = (float)cd;
 }
 
+/* Pair @i's inverse frequency in double, as rope_sincos_exact has it: a
+ * block computes these once and rotates many rows with rope_sincos_inv. */
+static __device__ __forceinline__ double rope_inv_exact(float theta, float scale, int i, int d)
+{
+    return pow((double)theta, -2.0 * i / d) / (double)scale;
+}
+
+/* sin/cos of pos * @inv: the angle and its reduction to [-pi, pi] in double
+ * (error ~1e-12 rad up to positions of 2^31), the sin/cos in float (~1 ulp).
+ * Agrees with rope_sincos_exact to float rounding, for a few float ops
+ * where that one runs a double pow and a double sincos. */
+static __device__ __forceinline__ void rope_sincos_inv(int pos, double inv, float *s, float *c)
+{
+    double a = (double)pos * inv;
+    double k = rint(a * 0.15915494309189535);
+    float r = (float)fma(-k, 6.283185307179586, a);
+    sincosf(r, s, c);
+}
+
 /* Fast sin/cos of pos * inv_freq for keys read in the attention loops:
  * two-constant reduction to [-pi, pi], then the SFU (abs error ~1e-6). */
 static __device__ __forceinline__ void rope_sincos_fast(int pos, float inv_freq, float *s, float *c)
@@ -193,6 +212,30 @@ static __device__ __forceinline__ void rope_sincos_fast(int pos, float inv_freq,
     float r = fmaf(-k, 6.28318548202514648f, a);
     r = fmaf(-k, -1.7484556e-07f, r);
     __sincosf(r, s, c);
+}
+
+/* Inverse frequencies of the 4 pairs chunk @u of a row holds (row_elem's
+ * layout: pair m has frequency index 4u + m). */
+static __device__ __forceinline__ void rope_chunk_inv(float theta, float scale, int u, int d,
+                                                      float *inv)
+{
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+        inv[m] = rope_inv_freq(theta, scale, 4 * u + m, d);
+}
+
+/* Rotate a chunk's 4 pairs (x[2m], x[2m+1]) to position @pos, pair m at
+ * inverse frequency inv[m] (fast sincos: keys in the attention loops). */
+static __device__ __forceinline__ void rope_rotate_chunk(float *x, int pos, const float *inv)
+{
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        float s, c;
+        rope_sincos_fast(pos, inv[m], &s, &c);
+        float x0 = x[2 * m], x1 = x[2 * m + 1];
+        x[2 * m] = x0 * c - x1 * s;
+        x[2 * m + 1] = x0 * s + x1 * c;
+    }
 }
 
 /* ---- launchers (one per op family) ------------------------------------- */

@@ -123,9 +123,7 @@ decode_kernel(dec_params P)
     int kb = pb * pt, ke = pe * pt;
 
     float inv[4];
-#pragma unroll
-    for (int m = 0; m < 4; m++)
-        inv[m] = rope_inv_freq(P.rope.theta, P.rope.scale, 4 * t + m, d);
+    rope_chunk_inv(P.rope.theta, P.rope.scale, t, d, inv);
 
     float q[DEC_HG][8];
     {
@@ -197,14 +195,7 @@ decode_kernel(dec_params P)
         float s[DEC_NP][DEC_HG];
 #pragma unroll
         for (int r = 0; r < DEC_NP; r++) {
-#pragma unroll
-            for (int m = 0; m < 4; m++) {
-                float sn, cs;
-                rope_sincos_fast(kpos[r], inv[m], &sn, &cs);
-                float x0 = kx[r][2 * m], x1 = kx[r][2 * m + 1];
-                kx[r][2 * m] = x0 * cs - x1 * sn;
-                kx[r][2 * m + 1] = x0 * sn + x1 * cs;
-            }
+            rope_rotate_chunk(kx[r], kpos[r], inv);
 #pragma unroll
             for (int h = 0; h < DEC_HG; h++) {
                 float a = 0.0f;

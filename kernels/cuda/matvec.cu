@@ -28,8 +28,6 @@
  * next kernel's blocks fit beside it, x read in place when there is no
  * norm, and 2-4 warps splitting an 8192-column row.
  */
-#include <stdlib.h>
-#include <string.h>
 
 #include "common.cuh"
 #include "pdl.cuh"
@@ -274,17 +272,10 @@ static int mv_fit(size_t smem)
     return nb;
 }
 
-/* SINKD_MATVEC_PDL=0: plain launches (read once). */
-static bool mv_pdl(void)
-{
-    const char *e = getenv("SINKD_MATVEC_PDL");
-    return !(e && strcmp(e, "0") == 0);
-}
-
 template <typename T, int M>
 static int mv_launch_m(sinkd_cuda *c, const mv_params &p)
 {
-    static const bool pdl = mv_pdl();
+    static const bool pdl = pdl_env_allows("SINKD_MATVEC_PDL"); /* read once */
     size_t smem = (size_t)p.m * p.cols * sizeof(float);
     int nb = mv_fit<T, M>(smem);
     if (nb <= 0)

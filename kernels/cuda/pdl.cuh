@@ -24,13 +24,18 @@
 static __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 static __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
 
+/* False when the environment sets @name to "0" (a switch that turns early
+ * launches off). */
+static inline bool pdl_env_allows(const char *name)
+{
+    const char *e = getenv(name);
+    return !(e && strcmp(e, "0") == 0);
+}
+
 /* Whether pdl_launch sets the attribute: SINKD_PDL unset or not "0". */
 static inline bool pdl_env_on(void)
 {
-    static const bool on = [] {
-        const char *e = getenv("SINKD_PDL");
-        return !(e && strcmp(e, "0") == 0);
-    }();
+    static const bool on = pdl_env_allows("SINKD_PDL");
     return on;
 }
 

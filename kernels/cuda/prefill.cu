@@ -209,15 +209,9 @@ prefill_kernel(pf_params P)
                               (size_t)(tok % pt) * d;
                 load_row(kr, u, d, neox, kx);
                 load_row(kr + (size_t)pt * d, u, d, neox, vx);
-                int kp = cache ? tok : P.pool.pos[slot];
-#pragma unroll
-                for (int m = 0; m < 4; m++) {
-                    float s, c;
-                    rope_sincos_fast(kp, rope_inv_freq(P.rope.theta, P.rope.scale, 4 * u + m, d), &s, &c);
-                    float x0 = kx[2 * m], x1 = kx[2 * m + 1];
-                    kx[2 * m] = x0 * c - x1 * s;
-                    kx[2 * m + 1] = x0 * s + x1 * c;
-                }
+                float inv[4];
+                rope_chunk_inv(P.rope.theta, P.rope.scale, u, d, inv);
+                rope_rotate_chunk(kx, cache ? tok : P.pool.pos[slot], inv);
             }
 #pragma unroll
             for (int e = 0; e < 8; e++) {
@@ -479,9 +473,7 @@ prefill_mma_kernel(pf_params P)
      * touches (the block's thread count is a multiple of D/8). */
     const int ru = threadIdx.x % (D / 8);
     float rinv[4];
-#pragma unroll
-    for (int m = 0; m < 4; m++)
-        rinv[m] = rope_inv_freq(P.rope.theta, P.rope.scale, 4 * ru + m, D);
+    rope_chunk_inv(P.rope.theta, P.rope.scale, ru, D, rinv);
 
     for (int kt = 0; kt < ntiles; kt++) {
         if (kt + 1 < ntiles)
@@ -500,14 +492,7 @@ prefill_mma_kernel(pf_params P)
             int kp = cache ? k0 + j : reinterpret_cast<const int *>(stg + 2 * SH::KV)[j];
             float x[8];
             load_row(row, ru, D, neox, x);
-#pragma unroll
-            for (int m = 0; m < 4; m++) {
-                float sn, cs;
-                rope_sincos_fast(kp, rinv[m], &sn, &cs);
-                float x0 = x[2 * m], x1 = x[2 * m + 1];
-                x[2 * m] = x0 * cs - x1 * sn;
-                x[2 * m + 1] = x0 * sn + x1 * cs;
-            }
+            rope_rotate_chunk(x, kp, rinv);
             store_row(row, ru, D, neox, x);
         }
         __syncthreads();
@@ -560,15 +545,10 @@ prefill_gather_kernel(pf_params P)
                       (size_t)(tok % pt) * d;
         load_row(kr, u, d, neox, kx);
         vx = *reinterpret_cast<const uint4 *>(kr + (size_t)pt * d + 8 * u);
-        int kp = P.rope.mode == SINKD_ROPE_CACHE ? tok : P.pool.pos[(int64_t)pg * pt + tok % pt];
-#pragma unroll
-        for (int m = 0; m < 4; m++) {
-            float sn, cs;
-            rope_sincos_fast(kp, rope_inv_freq(P.rope.theta, P.rope.scale, 4 * u + m, d), &sn, &cs);
-            float x0 = kx[2 * m], x1 = kx[2 * m + 1];
-            kx[2 * m] = x0 * cs - x1 * sn;
-            kx[2 * m + 1] = x0 * sn + x1 * cs;
-        }
+        const int kp = P.rope.mode == SINKD_ROPE_CACHE ? tok : P.pool.pos[(int64_t)pg * pt + tok % pt];
+        float inv[4];
+        rope_chunk_inv(P.rope.theta, P.rope.scale, u, d, inv);
+        rope_rotate_chunk(kx, kp, inv);
     }
     store_row((T *)P.kr + row, u, d, neox, kx);
     *reinterpret_cast<uint4 *>((T *)P.vr + row + 8 * u) = vx;
@@ -602,12 +582,14 @@ struct pf_q_smem {
 };
 
 /* Fragments of the thread's Q rows @Ra and Ra + 8 (m16n8k16 A layout: row,
- * columns kk + 2*t4 + {0, 1, 8, 9}), rotated at the query position with the
- * exact angles, scaled, rounded to T. NEOX partners (c, c + D/2) sit in
- * fragments kk and kk + D/32 of the same thread, ADJACENT ones side by side. */
+ * columns kk + 2*t4 + {0, 1, 8, 9}), rotated at the query position (the
+ * block's inverse frequencies @inv, rope_sincos_inv), scaled, rounded to
+ * T. NEOX partners (c, c + D/2) sit in fragments kk and kk + D/32 of the
+ * same thread, ADJACENT ones side by side. */
 template <typename T, int D>
 static __device__ __forceinline__ void pf_load_q(const pf_params &P, const pf_warp &W, int rows,
-                                                 int past, int kvh, uint32_t (&qa)[D / 16][4])
+                                                 int past, int kvh, const double *inv,
+                                                 uint32_t (&qa)[D / 16][4])
 {
     const bool neox = P.rope.style == SINKD_ROPE_NEOX;
 #pragma unroll
@@ -625,7 +607,7 @@ static __device__ __forceinline__ void pf_load_q(const pf_params &P, const pf_wa
                 v[kf][c] = ok ? qr[kf * 16 + 2 * W.t4 + (c & 1) + 8 * (c >> 1)] : 0.0f;
         auto rot = [&](float &x0, float &x1, int i) {
             float sn, cs;
-            rope_sincos_exact(qp, P.rope.theta, P.rope.scale, i, D, &sn, &cs);
+            rope_sincos_inv(qp, inv[i], &sn, &cs);
             const float y0 = (x0 * cs - x1 * sn) * P.qscale;
             x1 = (x0 * sn + x1 * cs) * P.qscale;
             x0 = y0;
@@ -711,12 +693,18 @@ prefill_dense_kernel(pf_params P)
         W[m] = pf_warp_at<RS>(r0 + (warp * MT + m) * 16, rows, past, P.group);
         whi = max(whi, W[m].wlim_hi);
     }
+    /* the inverse frequencies once a block: a double pow per pair, not per
+     * rotation (64 a thread at MT 2; ~10% of a 4K prefill) */
+    __shared__ double inv[D / 2];
+    for (int i = threadIdx.x; i < D / 2; i += NT)
+        inv[i] = rope_inv_exact(P.rope.theta, P.rope.scale, i, D);
+    __syncthreads();
     uint32_t qa[D / 16][4];
     uint4 *qs = reinterpret_cast<uint4 *>(pf3_smem + STAGES * SH::STAGE) + warp * MT * (D / 16) * 32 +
                 threadIdx.x % 32;
 #pragma unroll
     for (int m = 0; m < MT; m++) {
-        pf_load_q<T, D>(P, W[m], rows, past, kvh, qa);
+        pf_load_q<T, D>(P, W[m], rows, past, kvh, inv, qa);
         if (MT > 1)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)

@@ -325,15 +325,15 @@ __global__ void __launch_bounds__(LANE_THREADS)
 template <typename K>
 static int lane_cache_floats(sinkd_cuda *c, K kernel, int slot, int32_t *out)
 {
-    const char *env = getenv("SINKD_STAT_CACHE");
     cudaFuncAttributes fa;
     int optin = 0;
 
-    *out = 0;
     if (c->lane_cache_known[slot]) {
         *out = c->lane_cache[slot];
         return 0;
     }
+    *out = 0;
+    const char *env = getenv("SINKD_STAT_CACHE");
     if (!env || strcmp(env, "0") != 0) {
         SINKD_CUDA_TRY(cudaFuncGetAttributes(&fa, kernel));
         SINKD_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
