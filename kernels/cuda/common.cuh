@@ -173,7 +173,7 @@ static __device__ __forceinline__ float rope_inv_freq(float theta, float scale, 
 }
 
 /* sin/cos of pair @i's angle at @pos computed in double, as the CPU twin
- * does: used where a row is rotated once (queries, the rope op, bounds). */
+ * does: used where a row is rotated once (the rope op, a decode query). */
 static __device__ __forceinline__ void rope_sincos_exact(int pos, float theta, float scale, int i,
                                                          int d, float *s, float *c)
 {

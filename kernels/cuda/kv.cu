@@ -93,7 +93,7 @@ __global__ void append_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int n, int d,
     for (int j = threadIdx.x; j < d / 2; j += blockDim.x) {
         int ea = neox ? j : 2 * j, eb = neox ? j + d / 2 : 2 * j + 1;
         float sn, cs;
-        rope_sincos_exact(ps, rope.theta, rope.scale, j, d, &sn, &cs);
+        rope_sincos_inv(ps, rope_inv_exact(rope.theta, rope.scale, j, d), &sn, &cs);
         /* the key as stored, like the page pass reads it */
         float x0 = kv_traits<T>::to_f(kv_traits<T>::from_f(k[src + ea]));
         float x1 = kv_traits<T>::to_f(kv_traits<T>::from_f(k[src + eb]));
@@ -172,13 +172,14 @@ __global__ void bounds_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int d, sinkd_r
         int64_t pg = s0 / pt;
         for (int i = threadIdx.x; i < half; i += blockDim.x) {
             int ea = neox ? i : 2 * i, eb = neox ? i + half : 2 * i + 1;
+            const double inv = rope_inv_exact(rope.theta, rope.scale, i, d);
             float mna = INFINITY, mxa = -INFINITY, mnb = INFINITY, mxb = -INFINITY;
             int tend = min(pt, len - p * pt);
             for (int j = 0; j < tend; j++) {
                 const T *kr = slot_k<T>(pool, s0 + j, d);
                 int ps = rope.mode == SINKD_ROPE_CACHE ? p * pt + j : pool.pos[s0 + j];
                 float sn, cs;
-                rope_sincos_exact(ps, rope.theta, rope.scale, i, d, &sn, &cs);
+                rope_sincos_inv(ps, inv, &sn, &cs); /* the pow once a pair, not a key */
                 float x0 = kv_traits<T>::to_f(kr[ea]), x1 = kv_traits<T>::to_f(kr[eb]);
                 float r0 = x0 * cs - x1 * sn, r1 = x0 * sn + x1 * cs;
                 mna = fminf(mna, r0);
