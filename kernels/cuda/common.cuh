@@ -191,16 +191,15 @@ static __device__ __forceinline__ double rope_inv_exact(float theta, float scale
     return pow((double)theta, -2.0 * i / d) / (double)scale;
 }
 
-/* sin/cos of pos * @inv: the angle and its reduction to [-pi, pi] in double
- * (error ~1e-12 rad up to positions of 2^31), the sin/cos in float (~1 ulp).
- * Agrees with rope_sincos_exact to float rounding, for a few float ops
- * where that one runs a double pow and a double sincos. */
+/* sin/cos of pos * @inv: the angle in turns reduced to [-1/2, 1/2] in double
+ * (exact reduction at any position below 2^31), then sincospi in float (no
+ * slow path). Within ~1e-7 of rope_sincos_exact, for a few FP64 ops where
+ * that one runs a double pow and a double sincos. */
 static __device__ __forceinline__ void rope_sincos_inv(int pos, double inv, float *s, float *c)
 {
-    double a = (double)pos * inv;
-    double k = rint(a * 0.15915494309189535);
-    float r = (float)fma(-k, 6.283185307179586, a);
-    sincosf(r, s, c);
+    double turns = (double)pos * inv * 0.15915494309189535;
+    turns -= rint(turns);
+    sincospif((float)(2.0 * turns), s, c);
 }
 
 /* Fast sin/cos of pos * inv_freq for keys read in the attention loops:

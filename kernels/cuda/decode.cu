@@ -439,17 +439,12 @@ struct dv2_shape {
 };
 
 /* sin/cos of pair @i's angle at the query position @pos (v2): the inverse
- * frequency in double as exp2(-2i/D log2(theta)) / scale, the angle in
- * turns reduced to [-1/2, 1/2] in double, then sincospi in float (exact
- * reduction, no slow path). Within ~1e-7 of the CPU twin's double pow and
- * sincos at any position below 2^31, for a fraction of the FP64 work that
- * sits in front of the first tile. */
+ * frequency in double as exp2(-2i/D log2(theta)) / scale, then
+ * rope_sincos_inv: the FP64 work in front of the first tile stays small. */
 static __device__ __forceinline__ void q_sincos(int pos, double l2theta, double inv_scale, int i, int d,
                                                 float *s, float *c)
 {
-    double turns = (double)pos * (exp2(-2.0 * i / d * l2theta) * inv_scale) * 0.15915494309189535;
-    turns -= rint(turns);
-    sincospif((float)(2.0 * turns), s, c);
+    rope_sincos_inv(pos, exp2(-2.0 * i / d * l2theta) * inv_scale, s, c);
 }
 
 /* SINKD_DECODE_TRACE: thread 0 of each v2 block stamps the global timer
