@@ -531,6 +531,12 @@ prefill_gather_kernel(pf_params P)
     const int per = PF3_THREADS / nu; /* rows a block */
     const int tok = blockIdx.x * per + threadIdx.x / nu, u = threadIdx.x % nu;
     const int len = P.ln.len[kvh];
+    /* the inverse frequencies once a block (16 rows at d 128), not a powf
+     * per pair and row: the gather was bound by them */
+    __shared__ float sinv[64];
+    if (threadIdx.x < d / 2)
+        sinv[threadIdx.x] = rope_inv_freq(P.rope.theta, P.rope.scale, threadIdx.x, d);
+    __syncthreads();
     if (threadIdx.x >= per * nu || tok >= len || tok >= P.kv_stride)
         return;
     const bool neox = P.rope.style == SINKD_ROPE_NEOX;
@@ -546,9 +552,7 @@ prefill_gather_kernel(pf_params P)
         load_row(kr, u, d, neox, kx);
         vx = *reinterpret_cast<const uint4 *>(kr + (size_t)pt * d + 8 * u);
         const int kp = P.rope.mode == SINKD_ROPE_CACHE ? tok : P.pool.pos[(int64_t)pg * pt + tok % pt];
-        float inv[4];
-        rope_chunk_inv(P.rope.theta, P.rope.scale, u, d, inv);
-        rope_rotate_chunk(kx, kp, inv);
+        rope_rotate_chunk(kx, kp, sinv + 4 * u);
     }
     store_row((T *)P.kr + row, u, d, neox, kx);
     *reinterpret_cast<uint4 *>((T *)P.vr + row + 8 * u) = vx;
