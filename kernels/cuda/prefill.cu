@@ -876,9 +876,9 @@ static int prefill_mma_launch(sinkd_cuda *c, const pf_params &P)
  * one block an SM), or auto (the default): v4 when its grid makes at least
  * PF_V4_WAVES waves, else v3w4, whose 64-row blocks fill the machine better
  * on short calls. A call a version does not take runs the next older one.
- * H100, 32q/8kv, d 128, n = 4K / 8K / 16K / 32K, TFLOP/s: v3w4 150.8 /
- * 186.4 / 211.2 / 224.5, v4 136.6 / 196.0 / 232.6 / 255.0, v4w8 131.0 /
- * 191.8 / 223.2 / 240.7, v3 144.9 / 176.7 / 197.6 / 209.8, v2 109-151
+ * H100, 32q/8kv, d 128, n = 4K / 8K / 16K / 32K, TFLOP/s: v3w4 238.5 /
+ * 268.2 / 286.3 / 292.0, v4 212.5 / 292.4 / 319.5 / 337.6, v4w8 193.1 /
+ * 268.7 / 290.9 / 305.7, v3w4x3 222.9 / 262.7 / 284.3 / 289.4
  * (bench/attention/NOTES.md). */
 #define PF_V4_WAVES 6
 enum { PF_V1 = 1, PF_V2 = 2, PF_V3 = 3, PF_V3W4 = 4, PF_V3W4X3 = 5, PF_V4 = 6, PF_V4W8 = 7, PF_AUTO = 8 };
