@@ -154,6 +154,7 @@ static __device__ __forceinline__ int lane_len(const sinkd_lanes &ln, const int3
 
 /* One block per (page, lane) in a grid-stride loop over the lane's pages;
  * one thread per rotary pair. */
+#define BD_KEYS 8
 template <typename T>
 __global__ void bounds_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int d, sinkd_rope rope,
                               int from_end, const int32_t *keep_off)
@@ -175,17 +176,29 @@ __global__ void bounds_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int d, sinkd_r
             const double inv = rope_inv_exact(rope.theta, rope.scale, i, d);
             float mna = INFINITY, mxa = -INFINITY, mnb = INFINITY, mxb = -INFINITY;
             int tend = min(pt, len - p * pt);
-            for (int j = 0; j < tend; j++) {
-                const T *kr = slot_k<T>(pool, s0 + j, d);
-                int ps = rope.mode == SINKD_ROPE_CACHE ? p * pt + j : pool.pos[s0 + j];
-                float sn, cs;
-                rope_sincos_inv(ps, inv, &sn, &cs); /* the pow once a pair, not a key */
-                float x0 = kv_traits<T>::to_f(kr[ea]), x1 = kv_traits<T>::to_f(kr[eb]);
-                float r0 = x0 * cs - x1 * sn, r1 = x0 * sn + x1 * cs;
-                mna = fminf(mna, r0);
-                mxa = fmaxf(mxa, r0);
-                mnb = fminf(mnb, r1);
-                mxb = fmaxf(mxb, r1);
+            /* BD_KEYS keys' loads in flight before any math: one at a time,
+             * a 16-token page was 16 dependent trips to memory */
+            for (int j0 = 0; j0 < tend; j0 += BD_KEYS) {
+                float x0[BD_KEYS], x1[BD_KEYS];
+                int ps[BD_KEYS];
+#pragma unroll
+                for (int q = 0; q < BD_KEYS; q++) {
+                    int j = min(j0 + q, tend - 1); /* past the end: the last key again */
+                    const T *kr = slot_k<T>(pool, s0 + j, d);
+                    ps[q] = rope.mode == SINKD_ROPE_CACHE ? p * pt + j : pool.pos[s0 + j];
+                    x0[q] = kv_traits<T>::to_f(kr[ea]);
+                    x1[q] = kv_traits<T>::to_f(kr[eb]);
+                }
+#pragma unroll
+                for (int q = 0; q < BD_KEYS; q++) {
+                    float sn, cs;
+                    rope_sincos_inv(ps[q], inv, &sn, &cs); /* the pow once a pair, not a key */
+                    float r0 = x0[q] * cs - x1[q] * sn, r1 = x0[q] * sn + x1[q] * cs;
+                    mna = fminf(mna, r0);
+                    mxa = fmaxf(mxa, r0);
+                    mnb = fminf(mnb, r1);
+                    mxb = fmaxf(mxb, r1);
+                }
             }
             float *mn = pool.kmin + pg * pool.head_dim_max;
             float *mx = pool.kmax + pg * pool.head_dim_max;
