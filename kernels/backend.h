@@ -459,6 +459,18 @@ typedef struct sinkd_ops {
      * w not 16-byte aligned, mixed columns or dtypes): compose those.
      * Results equal the composed ops up to fp32 summation order. */
     int (*matvec)(sinkd_backend *be, const sinkd_matvec_args *a);
+
+    /* The same products for any m >= 1 (appended), sinkd_matvec_args with
+     * m up to the caller's buffers: a prefill chunk or a large decode batch.
+     * OPTIONAL like matvec (NULL on the CPU: compose). Where matvec is one
+     * kernel, this is GEMMs: x normalised and rounded to the weights' dtype
+     * once for every matrix, the residual added by the GEMM itself (ADD),
+     * SwiGLU after the two products. -EINVAL for bad arguments (m < 1 and
+     * everything matvec refuses as such), -ENOTSUP for mixed columns or
+     * dtypes, -ENOMEM for scratch it could not get (inside a graph
+     * recording: -EBUSY, as matmul). Results equal the composed ops up to
+     * fp32 summation order. */
+    int (*matmul_fused)(sinkd_backend *be, const sinkd_matvec_args *a);
 } sinkd_ops;
 
 struct sinkd_backend {

@@ -43,6 +43,7 @@ struct sinkd_model {
     int32_t *ids, *pos;                 /* (n) */
     model_graphs graphs;                /* decode stretches, by batch size */
     int32_t fused_rows;                 /* calls of <= this many rows use ops->matvec */
+    bool gemm_fused;                    /* larger ones use ops->matmul_fused */
 };
 
 /* ---- hyper-parameters --------------------------------------------------- */
@@ -413,24 +414,28 @@ static int model__load(sinkd_model *m, const sinkd_gguf *g, char *err, size_t er
     return m->be->ops->sync(m->be);
 }
 
-/* Rows up to which a forward uses the backend's fused products (none
- * without ops->matvec); SINKD_MATVEC=0..8 in the environment sets it
- * (0 = composed ops only, for comparing the two). */
+/* An integer in [lo, hi] from the environment variable @name, or @dflt. */
+static long model__env_long(const char *name, long lo, long hi, long dflt)
+{
+    const char *env = getenv(name);
+    if (!env || !*env)
+        return dflt;
+    char *end;
+    long v = strtol(env, &end, 10);
+    return *end == '\0' && v >= lo && v <= hi ? v : dflt;
+}
+
+/* Rows up to which a forward uses the backend's matvec kernel (none
+ * without ops->matvec); SINKD_MATVEC=0..8 in the environment sets it. On
+ * an H100 (1B geometry) the kernel wins up to 4 rows; at 8 cuBLAS does
+ * (bench/e2e/NOTES.md). Larger calls go to ops->matmul_fused, or are
+ * composed from single ops without it (SINKD_MATVEC=0 with
+ * SINKD_MATMUL_FUSED=0: composed ops only, for comparing). */
 static int32_t model__fused_rows(const sinkd_model *m)
 {
     if (!m->be->ops->matvec)
         return 0;
-    /* On an H100 (1B geometry) the fused products win up to 4 rows; at 8
-     * cuBLAS does (bench/e2e/NOTES.md). */
-    int32_t rows = 4;
-    const char *env = getenv("SINKD_MATVEC");
-    if (env && *env) {
-        char *end;
-        long v = strtol(env, &end, 10);
-        if (*end == '\0' && v >= 0 && v <= SINKD_MATVEC_MAX_M)
-            rows = (int32_t)v;
-    }
-    return rows;
+    return (int32_t)model__env_long("SINKD_MATVEC", 0, SINKD_MATVEC_MAX_M, 4);
 }
 
 int sinkd_model_load(sinkd_backend *be, const sinkd_gguf *g, const sinkd_model_config *cfg,
@@ -461,6 +466,8 @@ int sinkd_model_load(sinkd_backend *be, const sinkd_gguf *g, const sinkd_model_c
         return rc;
     }
     m->fused_rows = model__fused_rows(m);
+    /* SINKD_MATMUL_FUSED=0: compose the larger calls (for comparing) */
+    m->gemm_fused = m->be->ops->matmul_fused && model__env_long("SINKD_MATMUL_FUSED", 0, 1, 1);
     *out = m;
     return 0;
 }
@@ -558,14 +565,16 @@ static int fwd__attention(const fwd *f, int32_t layer)
     return be->ops->attn_decode(be, &a);
 }
 
-/* ops->matvec over @rows rows of x; -ENOTSUP tells the caller to compose
- * the same result from single ops (more rows, or shapes it does not take). */
+/* ops->matvec over @rows rows of x, or ops->matmul_fused past fused_rows;
+ * -ENOTSUP tells the caller to compose the same result from single ops (a
+ * backend without them, or shapes they do not take). */
 static int fwd__matvec(const fwd *f, int32_t rows, sinkd_matvec_args *a)
 {
-    if (rows > f->m->fused_rows)
-        return -ENOTSUP;
+    sinkd_backend *be = f->m->be;
     a->m = rows;
-    return f->m->be->ops->matvec(f->m->be, a);
+    if (rows <= f->m->fused_rows)
+        return be->ops->matvec(be, a);
+    return f->m->gemm_fused ? be->ops->matmul_fused(be, a) : -ENOTSUP;
 }
 
 /* The ops of layer @l after its attention: output projection, residual,

@@ -258,6 +258,11 @@ static int cu_matvec(sinkd_backend *be, const sinkd_matvec_args *a)
     return sinkd_cuda_matvec(cu(be), a);
 }
 
+static int cu_matmul_fused(sinkd_backend *be, const sinkd_matvec_args *a)
+{
+    return sinkd_cuda_matmul_fused(cu(be), a);
+}
+
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
     cu_d2d,         cu_sync,         cu_info,       cu_kv_append,
@@ -265,7 +270,7 @@ static const sinkd_ops cuda_ops = {
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
     cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
     cu_graph_begin, cu_graph_end,    cu_graph_launch, cu_graph_free,
-    cu_matvec,
+    cu_matvec,      cu_matmul_fused,
 };
 
 /* cuBLAS's workspace: 32 MiB is what its documentation asks for on Hopper.
@@ -274,7 +279,8 @@ static const sinkd_ops cuda_ops = {
 
 static void cuda_state_free(sinkd_cuda *c)
 {
-    sinkd_cuda_buf *bufs[] = {&c->conv, &c->part, &c->lse, &c->logits, &c->pscore, &c->kvrot};
+    sinkd_cuda_buf *bufs[] = {&c->conv,   &c->part,  &c->lse,  &c->logits,
+                              &c->pscore, &c->kvrot, &c->mm_up};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]->p)
             cudaFree(bufs[i]->p);

@@ -50,6 +50,7 @@ typedef struct sinkd_cuda {
     void **retired;
     size_t n_retired, cap_retired;
     sinkd_cuda_buf kvrot;   /* prefill v3: the lanes' keys rotated, and their values, contiguous */
+    sinkd_cuda_buf mm_up;   /* matmul_fused: the up product before SwiGLU */
 } sinkd_cuda;
 
 /* Map a CUDA error to the backend's errno convention. */
@@ -237,12 +238,39 @@ static __device__ __forceinline__ void rope_rotate_chunk(float *x, int pos, cons
     }
 }
 
+/* Block-wide sum; every thread gets the result. @sh holds 32 floats. */
+static __device__ __forceinline__ float block_sum(float v, float *sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, ln = threadIdx.x % 32;
+    __syncthreads(); /* @sh may still be read by a previous call */
+    if (ln == 0)
+        sh[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) / 32;
+    v = ln < nw ? sh[ln] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* ---- launchers (one per op family) ------------------------------------- */
 
 int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
                       const sinkd_weight *w, const float *bias);
 /* ops->matvec (backend.h); matmul's m == 1 path too. */
 int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a);
+/* The argument checks ops->matvec and ops->matmul_fused share: 0, -EINVAL
+ * (m outside [1, @max_m] among them) or -ENOTSUP (mixed columns or
+ * dtypes), as backend.h states them. */
+int sinkd_cuda_matvec_check(const sinkd_matvec_args *a, int32_t max_m);
+/* ops->matmul_fused (gemm.cu). */
+int sinkd_cuda_matmul_fused(sinkd_cuda *c, const sinkd_matvec_args *a);
+/* y[m][w->rows] = x . w^T + beta * y through cuBLAS, x [m][w->cols] already
+ * in dtype @t (the weight's); then y += bias when @bias (matmul.cu). */
+int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, cudaDataType_t t, int32_t m,
+                    const sinkd_weight *w, float beta, const float *bias);
 int sinkd_cuda_rmsnorm(sinkd_cuda *c, float *y, const float *x, const float *g,
                        int32_t m, int32_t d, float eps);
 int sinkd_cuda_rope(sinkd_cuda *c, float *x, const int32_t *pos, int32_t m,

@@ -16,23 +16,6 @@
 
 #define EW_THREADS 256
 
-/* Block-wide sum; every thread gets the result. @sh holds 32 floats. */
-static __device__ float block_sum(float v, float *sh)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x / 32, ln = threadIdx.x % 32;
-    __syncthreads(); /* @sh may still be read by a previous call */
-    if (ln == 0)
-        sh[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = ln < nw ? sh[ln] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __global__ void rmsnorm_kernel(float *y, const float *x, const float *g, int d, float eps)
 {
     __shared__ float sh[32];

@@ -70,11 +70,17 @@ int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
         SINKD_CUDA_CHECK_LAUNCH();
         b = c->conv.p;
     }
+    return sinkd_cuda_gemm(c, y, b, t, m, w, 0.0f, bias);
+}
+
+int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, cudaDataType_t t, int32_t m,
+                    const sinkd_weight *w, float beta, const float *bias)
+{
     /* Column-major view: y^T (rows x m) = W (rows x cols) . x^T (cols x m),
      * where W's memory is the column-major cols x rows matrix W^T. */
-    const float one = 1.0f, zero = 0.0f;
+    const float one = 1.0f;
     cublasStatus_t st = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, m, w->cols, &one,
-                                     w->data, t, w->cols, b, t, w->cols, &zero, y, CUDA_R_32F,
+                                     w->data, t, w->cols, x, t, w->cols, &beta, y, CUDA_R_32F,
                                      w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS)
         return st == CUBLAS_STATUS_ALLOC_FAILED ? -ENOMEM : -EIO;

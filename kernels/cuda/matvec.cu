@@ -301,21 +301,15 @@ static int mv_launch(sinkd_cuda *c, const mv_params &p)
 
 static bool mv_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a)
+int sinkd_cuda_matvec_check(const sinkd_matvec_args *a, int32_t max_m)
 {
-    if (!a || a->m < 1 || a->m > SINKD_MATVEC_MAX_M || a->n_w < 1 ||
-        a->n_w > SINKD_MATVEC_MAX_W || !a->x || a->epilogue < SINKD_MATVEC_STORE ||
-        a->epilogue > SINKD_MATVEC_SWIGLU || (a->norm && !(a->norm_eps >= 0.0f)))
+    if (!a || a->m < 1 || a->m > max_m || a->n_w < 1 || a->n_w > SINKD_MATVEC_MAX_W || !a->x ||
+        a->epilogue < SINKD_MATVEC_STORE || a->epilogue > SINKD_MATVEC_SWIGLU ||
+        (a->norm && !(a->norm_eps >= 0.0f)))
         return -EINVAL;
     bool swiglu = a->epilogue == SINKD_MATVEC_SWIGLU;
     if (swiglu && a->n_w != 2)
         return -EINVAL;
-    mv_params p = {};
-    p.x = a->x;
-    p.norm = a->norm;
-    p.eps = a->norm_eps;
-    p.m = a->m;
-    p.epilogue = a->epilogue;
     for (int i = 0; i < a->n_w; i++) {
         const sinkd_weight *w = a->w[i];
         if (!w || !w->data || w->rows <= 0 || w->cols <= 0 || (!a->y[i] && !(swiglu && i == 1)))
@@ -325,10 +319,27 @@ int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a)
         if (w->cols != a->w[0]->cols || w->dtype != a->w[0]->dtype ||
             (swiglu && w->rows != a->w[0]->rows))
             return -ENOTSUP;
-        p.w[i] = w->data;
+    }
+    return 0;
+}
+
+int sinkd_cuda_matvec(sinkd_cuda *c, const sinkd_matvec_args *a)
+{
+    int rc = sinkd_cuda_matvec_check(a, SINKD_MATVEC_MAX_M);
+    if (rc)
+        return rc;
+    bool swiglu = a->epilogue == SINKD_MATVEC_SWIGLU;
+    mv_params p = {};
+    p.x = a->x;
+    p.norm = a->norm;
+    p.eps = a->norm_eps;
+    p.m = a->m;
+    p.epilogue = a->epilogue;
+    for (int i = 0; i < a->n_w; i++) {
+        p.w[i] = a->w[i]->data;
         p.bias[i] = a->bias[i];
         p.y[i] = a->y[i];
-        p.rows[i] = w->rows;
+        p.rows[i] = a->w[i]->rows;
     }
     uint8_t dt = a->w[0]->dtype;
     size_t es = dt == SINKD_F32 ? 4 : 2;

@@ -178,96 +178,120 @@ Test(gpu_ops, matmul_and_embed)
 /* ops->matvec (CUDA only) against the CPU composing the same result from
  * rmsnorm, matmul, add and swiglu: every epilogue, dtype, norm on and off,
  * ragged rows, outputs poisoned (STORE, SWIGLU) or holding a residual (ADD). */
+/* One random case of ops->matvec (@gemm false) or ops->matmul_fused
+ * against the CPU composing rmsnorm, matmul, add and swiglu: dtype @dt,
+ * epilogue @ep; rep 0 one row, rep 1 no norm, rep 2 short rows. */
+static void mv_case(twin *t, int dt, int ep, int rep, bool gemm)
+{
+    sinkd_backend *cpu = t->cpu, *gpu = t->gpu;
+    int (*op)(sinkd_backend *, const sinkd_matvec_args *) = gemm ? gpu->ops->matmul_fused : gpu->ops->matvec;
+    int m = rep == 0 ? 1 : gemm ? twin_range(t, 2, 70) : twin_range(t, 2, SINKD_MATVEC_MAX_M);
+    int cols = 8 * twin_range(t, 1, rep == 2 ? 600 : gemm ? 300 : 2048 / m),
+        n_w = ep == SINKD_MATVEC_SWIGLU ? 2 : twin_range(t, 1, 3);
+    bool norm = rep != 1;
+    size_t es = dt == SINKD_F32 ? 4 : 2;
+    float *hx = rand_f32(t, (size_t)m * cols, -1, 1), *hg = rand_f32(t, cols, 0.5f, 1.5f);
+    tbuf x = tbuf_new(t, hx, (size_t)m * cols * 4), g = tbuf_new(t, hg, cols * 4);
+    tbuf xn = tbuf_new(t, NULL, (size_t)m * cols * 4);
+    tbuf w[3], bias[3], y[3], up = {0};
+    sinkd_weight cw[3], gw[3];
+    int rows[3];
+    sinkd_matvec_args a = {.m = m, .n_w = n_w, .x = x.g, .norm = norm ? g.g : NULL,
+                           .norm_eps = 1e-5f, .epilogue = ep};
+    if (norm)
+        cr_assert_eq(cpu->ops->rmsnorm(cpu, xn.c, x.c, g.c, m, cols, 1e-5f), 0);
+    for (int i = 0; i < n_w; i++) {
+        rows[i] = ep == SINKD_MATVEC_SWIGLU && i ? rows[0] : twin_range(t, 1, 600);
+        float *hw = rand_f32(t, (size_t)rows[i] * cols, -1, 1);
+        float *hb = rand_f32(t, rows[i], -1, 1);
+        float *hy = rand_f32(t, (size_t)m * rows[i], -1, 1);
+        void *wb = weight_bytes(hw, (size_t)rows[i] * cols, (uint8_t)dt);
+        w[i] = tbuf_new(t, wb, (size_t)rows[i] * cols * es);
+        bias[i] = tbuf_new(t, hb, rows[i] * 4);
+        y[i] = tbuf_new(t, ep == SINKD_MATVEC_ADD ? hy : NULL, (size_t)m * rows[i] * 4);
+        cw[i] = (sinkd_weight){.data = w[i].c, .rows = rows[i], .cols = cols, .dtype = (uint8_t)dt};
+        gw[i] = cw[i];
+        gw[i].data = w[i].g;
+        bool with_bias = twin_range(t, 0, 1);
+        a.w[i] = &gw[i];
+        a.bias[i] = with_bias ? bias[i].g : NULL;
+        a.y[i] = y[i].g;
+        /* the CPU composes: p_i into up (ADD, SWIGLU's up) or y_i */
+        const float *in = norm ? xn.c : x.c, *cb = with_bias ? bias[i].c : NULL;
+        if (ep == SINKD_MATVEC_STORE || (ep == SINKD_MATVEC_SWIGLU && i == 0)) {
+            cr_assert_eq(cpu->ops->matmul(cpu, y[i].c, in, m, &cw[i], cb), 0);
+        } else {
+            up = tbuf_new(t, NULL, (size_t)m * rows[i] * 4);
+            cr_assert_eq(cpu->ops->matmul(cpu, up.c, in, m, &cw[i], cb), 0);
+            if (ep == SINKD_MATVEC_ADD)
+                cr_assert_eq(cpu->ops->add(cpu, y[i].c, up.c, (int64_t)m * rows[i]), 0);
+            else
+                cr_assert_eq(cpu->ops->swiglu(cpu, y[0].c, up.c, m, rows[0]), 0);
+            tbuf_free(t, &up);
+        }
+        free(hw);
+        free(hb);
+        free(hy);
+        free(wb);
+    }
+    if (!gemm && m * cols > SINKD_MATVEC_MAX_X) {
+        cr_expect_eq(op(gpu, &a), -ENOTSUP, "m %d x cols %d", m, cols);
+        n_w = 0; /* nothing to compare; free below */
+    } else {
+        cr_assert_eq(op(gpu, &a), 0, "m %d cols %d", m, cols);
+    }
+    for (int i = 0; i < (ep == SINKD_MATVEC_SWIGLU && n_w ? 1 : n_w); i++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s %s ep %d norm %d m=%d w%d %dx%d", gemm ? "matmul_fused" : "matvec",
+                 sinkd_dtype_name(dt), ep, norm, m, i, rows[i], cols);
+        check_err(tbuf_rel_err(t, &y[i], (size_t)m * rows[i]), dt == SINKD_F32 ? TOL32 : TOL16, what);
+    }
+    /* shapes it does not take, and bad arguments */
+    sinkd_matvec_args bad = a;
+    if (!gemm) {
+        bad.x = (const float *)x.g + 1;
+        cr_expect_eq(op(gpu, &bad), -ENOTSUP, "x off 16-byte alignment");
+        bad = a;
+        bad.m = SINKD_MATVEC_MAX_M + 1;
+        cr_expect_eq(op(gpu, &bad), -EINVAL, "m too large");
+    } else {
+        bad.m = 0;
+        cr_expect_eq(op(gpu, &bad), -EINVAL, "no rows");
+    }
+    bad = a;
+    bad.epilogue = 7;
+    cr_expect_eq(op(gpu, &bad), -EINVAL, "unknown epilogue");
+    for (int i = 0; i < a.n_w; i++) {
+        tbuf_free(t, &w[i]);
+        tbuf_free(t, &bias[i]);
+        tbuf_free(t, &y[i]);
+    }
+    tbuf_free(t, &x);
+    tbuf_free(t, &g);
+    tbuf_free(t, &xn);
+    free(hx);
+    free(hg);
+}
+
 Test(gpu_ops, matvec)
 {
     TWIN_OR_SKIP(t);
-    sinkd_backend *cpu = t.cpu, *gpu = t.gpu;
-    cr_assert(gpu->ops->matvec && !cpu->ops->matvec);
+    cr_assert(t.gpu->ops->matvec && !t.cpu->ops->matvec);
     for (int dt = 0; dt < 3; dt++)
         for (int ep = SINKD_MATVEC_STORE; ep <= SINKD_MATVEC_SWIGLU; ep++)
-            for (int rep = 0; rep < 3; rep++) {
-                int m = rep == 0 ? 1 : twin_range(&t, 2, SINKD_MATVEC_MAX_M);
-                int cols = 8 * twin_range(&t, 1, rep == 2 ? 600 : 2048 / m), n_w = ep == SINKD_MATVEC_SWIGLU ? 2 : twin_range(&t, 1, 3);
-                bool norm = rep != 1;
-                size_t es = dt == SINKD_F32 ? 4 : 2;
-                float *hx = rand_f32(&t, (size_t)m * cols, -1, 1), *hg = rand_f32(&t, cols, 0.5f, 1.5f);
-                tbuf x = tbuf_new(&t, hx, (size_t)m * cols * 4), g = tbuf_new(&t, hg, cols * 4);
-                tbuf xn = tbuf_new(&t, NULL, (size_t)m * cols * 4);
-                tbuf w[3], bias[3], y[3], up = {0};
-                sinkd_weight cw[3], gw[3];
-                int rows[3];
-                sinkd_matvec_args a = {.m = m, .n_w = n_w, .x = x.g, .norm = norm ? g.g : NULL,
-                                       .norm_eps = 1e-5f, .epilogue = ep};
-                if (norm)
-                    cr_assert_eq(cpu->ops->rmsnorm(cpu, xn.c, x.c, g.c, m, cols, 1e-5f), 0);
-                for (int i = 0; i < n_w; i++) {
-                    rows[i] = ep == SINKD_MATVEC_SWIGLU && i ? rows[0] : twin_range(&t, 1, 600);
-                    float *hw = rand_f32(&t, (size_t)rows[i] * cols, -1, 1);
-                    float *hb = rand_f32(&t, rows[i], -1, 1);
-                    float *hy = rand_f32(&t, (size_t)m * rows[i], -1, 1);
-                    void *wb = weight_bytes(hw, (size_t)rows[i] * cols, (uint8_t)dt);
-                    w[i] = tbuf_new(&t, wb, (size_t)rows[i] * cols * es);
-                    bias[i] = tbuf_new(&t, hb, rows[i] * 4);
-                    y[i] = tbuf_new(&t, ep == SINKD_MATVEC_ADD ? hy : NULL, (size_t)m * rows[i] * 4);
-                    cw[i] = (sinkd_weight){.data = w[i].c, .rows = rows[i], .cols = cols, .dtype = (uint8_t)dt};
-                    gw[i] = cw[i];
-                    gw[i].data = w[i].g;
-                    bool with_bias = twin_range(&t, 0, 1);
-                    a.w[i] = &gw[i];
-                    a.bias[i] = with_bias ? bias[i].g : NULL;
-                    a.y[i] = y[i].g;
-                    /* the CPU composes: p_i into up (ADD, SWIGLU's up) or y_i */
-                    const float *in = norm ? xn.c : x.c, *cb = with_bias ? bias[i].c : NULL;
-                    if (ep == SINKD_MATVEC_STORE || (ep == SINKD_MATVEC_SWIGLU && i == 0)) {
-                        cr_assert_eq(cpu->ops->matmul(cpu, y[i].c, in, m, &cw[i], cb), 0);
-                    } else {
-                        up = tbuf_new(&t, NULL, (size_t)m * rows[i] * 4);
-                        cr_assert_eq(cpu->ops->matmul(cpu, up.c, in, m, &cw[i], cb), 0);
-                        if (ep == SINKD_MATVEC_ADD)
-                            cr_assert_eq(cpu->ops->add(cpu, y[i].c, up.c, (int64_t)m * rows[i]), 0);
-                        else
-                            cr_assert_eq(cpu->ops->swiglu(cpu, y[0].c, up.c, m, rows[0]), 0);
-                        tbuf_free(&t, &up);
-                    }
-                    free(hw);
-                    free(hb);
-                    free(hy);
-                    free(wb);
-                }
-                if (m * cols > SINKD_MATVEC_MAX_X) {
-                    cr_expect_eq(gpu->ops->matvec(gpu, &a), -ENOTSUP, "m %d x cols %d", m, cols);
-                    n_w = 0; /* nothing to compare; free below */
-                } else {
-                    cr_assert_eq(gpu->ops->matvec(gpu, &a), 0, "m %d cols %d", m, cols);
-                }
-                for (int i = 0; i < (ep == SINKD_MATVEC_SWIGLU && n_w ? 1 : n_w); i++) {
-                    char what[96];
-                    snprintf(what, sizeof what, "matvec %s ep %d norm %d m=%d w%d %dx%d",
-                             sinkd_dtype_name(dt), ep, norm, m, i, rows[i], cols);
-                    check_err(tbuf_rel_err(&t, &y[i], (size_t)m * rows[i]),
-                              dt == SINKD_F32 ? TOL32 : TOL16, what);
-                }
-                /* shapes it does not take, and bad arguments */
-                sinkd_matvec_args bad = a;
-                bad.x = (const float *)x.g + 1;
-                cr_expect_eq(gpu->ops->matvec(gpu, &bad), -ENOTSUP, "x off 16-byte alignment");
-                bad = a;
-                bad.m = SINKD_MATVEC_MAX_M + 1;
-                cr_expect_eq(gpu->ops->matvec(gpu, &bad), -EINVAL, "m too large");
-                bad = a;
-                bad.epilogue = 7;
-                cr_expect_eq(gpu->ops->matvec(gpu, &bad), -EINVAL, "unknown epilogue");
-                for (int i = 0; i < a.n_w; i++) {
-                    tbuf_free(&t, &w[i]);
-                    tbuf_free(&t, &bias[i]);
-                    tbuf_free(&t, &y[i]);
-                }
-                tbuf_free(&t, &x);
-                tbuf_free(&t, &g);
-                tbuf_free(&t, &xn);
-                free(hx);
-                free(hg);
-            }
+            for (int rep = 0; rep < 3; rep++)
+                mv_case(&t, dt, ep, rep, false);
+    twin_close(&t);
+}
+
+Test(gpu_ops, matmul_fused)
+{
+    TWIN_OR_SKIP(t);
+    cr_assert(t.gpu->ops->matmul_fused && !t.cpu->ops->matmul_fused);
+    for (int dt = 0; dt < 3; dt++)
+        for (int ep = SINKD_MATVEC_STORE; ep <= SINKD_MATVEC_SWIGLU; ep++)
+            for (int rep = 0; rep < 3; rep++)
+                mv_case(&t, dt, ep, rep, true);
     twin_close(&t);
 }
 
