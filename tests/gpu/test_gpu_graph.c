@@ -6,9 +6,11 @@
  *   the same order on the same buffers; a graph only saves their launches),
  *   and the GPU matches the CPU backend (same weights and cache dtype) within
  *   2e-2 relative error per step, the GPU model tolerance of model_hf_test.
- * The script mixes batch 3 and batch 1 and puts a longer prefill between
- * them, so graphs are replayed after steps of another batch size and after
- * the backend grew the scratch buffer they recorded. Skips without a GPU.
+ * The script mixes batches 3, 1 and 6 (6 is past the matvec kernel's rows:
+ * its products are ops->matmul_fused's GEMMs, recorded too) and puts a
+ * longer prefill between them, so graphs are replayed after steps of
+ * another batch size and after the backend grew the scratch buffers they
+ * recorded. Skips without a GPU.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -21,11 +23,12 @@
 
 #define TINY SINKD_TEST_DATA "/sinkd-ref-tiny-f32.gguf"
 #define GPU_TOL 2e-2
-#define N_SEQ 4 /* 3 decode, 1 for the long prefill */
+#define N_SEQ 7 /* 6 decode, 1 for the long prefill */
 
 /* The script: decode phases of (batch, steps); the long prefill runs
  * before phase LONG_BEFORE. */
-static const struct { int32_t batch, steps; } phases[] = {{3, 4}, {1, 4}, {3, 3}, {1, 2}};
+static const struct { int32_t batch, steps; } phases[] = {{3, 4}, {1, 4}, {6, 3}, {3, 3}, {1, 2}};
+#define N_BATCH_SIZES 3 /* distinct batches above: each records its stretches once */
 #define N_PHASES (sizeof phases / sizeof phases[0])
 #define LONG_BEFORE 2
 #define LONG_PROMPT 48
@@ -138,8 +141,8 @@ Test(gpu_graph, same_bits_with_and_without_graphs)
     sinkd_backend *be = gpu_or_skip();
     outcome off = run_script(be, 0), on = run_script(be, 1);
     cr_assert_eq(off.graphs, 0);
-    /* every stretch (n_layers + 1 per step) of both batch sizes recorded once */
-    cr_assert_eq(on.graphs, 2 * (on.n_layers + 1));
+    /* every stretch (n_layers + 1 per step) of each batch size recorded once */
+    cr_assert_eq(on.graphs, N_BATCH_SIZES * (on.n_layers + 1));
     for (size_t i = 0; i < on.n_logits; i++)
         cr_assert(memcmp(&on.logits[i], &off.logits[i], sizeof(float)) == 0,
                   "logit %zu: %.9g with graphs, %.9g without", i, on.logits[i], off.logits[i]);
@@ -154,7 +157,7 @@ Test(gpu_graph, graphs_match_the_cpu)
     cr_assert_eq(sinkd_backend_open("cpu", 0, &cpu), 0);
     outcome c = run_script(cpu, 1), g = run_script(gpu, 1);
     cr_assert_eq(c.graphs, 0);
-    cr_assert_eq(g.graphs, 2 * (g.n_layers + 1));
+    cr_assert_eq(g.graphs, N_BATCH_SIZES * (g.n_layers + 1));
     size_t V = (size_t)c.n_vocab;
     for (size_t r = 0; r < c.n_logits / V; r++) {
         double e = rel_err(g.logits + r * V, c.logits + r * V, V);
@@ -174,7 +177,7 @@ Test(gpu_graph, environment_turns_graphs_off)
     cr_assert_eq(unsetenv("SINKD_CUDA_GRAPHS"), 0);
     outcome dflt = run_script(be, -1);
     cr_assert_eq(off.graphs, 0);
-    cr_assert_eq(dflt.graphs, 2 * (dflt.n_layers + 1));
+    cr_assert_eq(dflt.graphs, N_BATCH_SIZES * (dflt.n_layers + 1));
     free(off.logits);
     free(dflt.logits);
     sinkd_backend_close(be);
