@@ -238,23 +238,6 @@ static __device__ __forceinline__ void rope_rotate_chunk(float *x, int pos, cons
     }
 }
 
-/* Block-wide sum; every thread gets the result. @sh holds 32 floats. */
-static __device__ __forceinline__ float block_sum(float v, float *sh)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int w = threadIdx.x / 32, ln = threadIdx.x % 32;
-    __syncthreads(); /* @sh may still be read by a previous call */
-    if (ln == 0)
-        sh[w] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) / 32;
-    v = ln < nw ? sh[ln] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* ---- launchers (one per op family) ------------------------------------- */
 
 int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
@@ -268,11 +251,16 @@ int sinkd_cuda_matvec_check(const sinkd_matvec_args *a, int32_t max_m);
 /* ops->matmul_fused (gemm.cu). */
 int sinkd_cuda_matmul_fused(sinkd_cuda *c, const sinkd_matvec_args *a);
 /* y[m][w->rows] = x . w^T + beta * y through cuBLAS, x [m][w->cols] already
- * in dtype @t (the weight's); then y += bias when @bias (matmul.cu). */
-int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, cudaDataType_t t, int32_t m,
-                    const sinkd_weight *w, float beta, const float *bias);
+ * in the weight's dtype; then y += bias when @bias (matmul.cu). */
+int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, int32_t m, const sinkd_weight *w,
+                    float beta, const float *bias);
 int sinkd_cuda_rmsnorm(sinkd_cuda *c, float *y, const float *x, const float *g,
                        int32_t m, int32_t d, float eps);
+/* y[m][d] = x RMS-normalised and scaled by @g when @g (NULL: x as it is),
+ * stored as @dtype (F32, F16 or BF16): rmsnorm, and a GEMM's input rounded
+ * to its weights' dtype (elementwise.cu). Arguments unchecked. */
+int sinkd_cuda_norm_round(sinkd_cuda *c, void *y, uint8_t dtype, const float *x, const float *g,
+                          int32_t m, int32_t d, float eps);
 int sinkd_cuda_rope(sinkd_cuda *c, float *x, const int32_t *pos, int32_t m,
                     int32_t n_heads, int32_t head_dim, const sinkd_rope *rope);
 int sinkd_cuda_swiglu(sinkd_cuda *c, float *gate, const float *up, int32_t m, int32_t d);

@@ -2,6 +2,8 @@
  * Model-forward elementwise ops, all f32 activations:
  *
  *   rmsnorm  y[m][d] = x * rsqrt(mean(x^2) + eps) * g[d]   8*m*d bytes
+ *            (sinkd_cuda_norm_round: also stored as f16/bf16, with or
+ *            without the norm, for a GEMM's input)
  *   rope     x[m][h][hd] rotated in place at pos[m]        8*m*h*hd bytes
  *   swiglu   gate[m][d] = silu(gate) * up                  12*m*d bytes
  *   add      y[n] += x[n]                                  12*n bytes
@@ -16,18 +18,57 @@
 
 #define EW_THREADS 256
 
-__global__ void rmsnorm_kernel(float *y, const float *x, const float *g, int d, float eps)
+/* Block-wide sum; every thread gets the result. @sh holds 32 floats. */
+static __device__ float block_sum(float v, float *sh)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    int w = threadIdx.x / 32, ln = threadIdx.x % 32;
+    __syncthreads(); /* @sh may still be read by a previous call */
+    if (ln == 0)
+        sh[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) / 32;
+    v = ln < nw ? sh[ln] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Row blockIdx.x of x, times rsqrt(mean(x^2) + eps) * g when @g, stored
+ * as T: the rmsnorm op (T float) and the GEMMs' inputs (T the weights'). */
+template <typename T>
+__global__ void norm_round_kernel(T *y, const float *x, const float *g, int d, float eps)
 {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * d;
-    float *yr = y + (size_t)blockIdx.x * d;
-    float ss = 0.0f;
+    T *yr = y + (size_t)blockIdx.x * d;
+    float r = 1.0f;
+    if (g) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < d; i += blockDim.x)
+            ss += xr[i] * xr[i];
+        ss = block_sum(ss, sh);
+        r = rsqrtf(ss / (float)d + eps);
+    }
     for (int i = threadIdx.x; i < d; i += blockDim.x)
-        ss += xr[i] * xr[i];
-    ss = block_sum(ss, sh);
-    float r = rsqrtf(ss / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x)
-        yr[i] = xr[i] * r * g[i];
+        yr[i] = kv_traits<T>::from_f(g ? xr[i] * r * g[i] : xr[i]);
+}
+
+int sinkd_cuda_norm_round(sinkd_cuda *c, void *y, uint8_t dtype, const float *x, const float *g,
+                          int32_t m, int32_t d, float eps)
+{
+    if (m == 0)
+        return 0;
+    if (dtype == SINKD_F32)
+        norm_round_kernel<float><<<m, EW_THREADS, 0, c->stream>>>((float *)y, x, g, d, eps);
+    else if (dtype == SINKD_F16)
+        norm_round_kernel<__half><<<m, EW_THREADS, 0, c->stream>>>((__half *)y, x, g, d, eps);
+    else
+        norm_round_kernel<__nv_bfloat16><<<m, EW_THREADS, 0, c->stream>>>((__nv_bfloat16 *)y, x,
+                                                                          g, d, eps);
+    SINKD_CUDA_CHECK_LAUNCH();
+    return 0;
 }
 
 int sinkd_cuda_rmsnorm(sinkd_cuda *c, float *y, const float *x, const float *g,
@@ -35,11 +76,7 @@ int sinkd_cuda_rmsnorm(sinkd_cuda *c, float *y, const float *x, const float *g,
 {
     if (!y || !x || !g || m < 0 || d <= 0 || !(eps >= 0.0f))
         return -EINVAL;
-    if (m == 0)
-        return 0;
-    rmsnorm_kernel<<<m, EW_THREADS, 0, c->stream>>>(y, x, g, d, eps);
-    SINKD_CUDA_CHECK_LAUNCH();
-    return 0;
+    return sinkd_cuda_norm_round(c, y, SINKD_F32, x, g, m, d, eps);
 }
 
 /* One thread per rotated pair (row, head, i). */

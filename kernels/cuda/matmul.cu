@@ -15,14 +15,6 @@
  */
 #include "common.cuh"
 
-template <typename T>
-__global__ void convert_kernel(T *dst, const float *src, int64_t n)
-{
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        dst[i] = kv_traits<T>::from_f(src[i]);
-}
-
 __global__ void bias_kernel(float *y, const float *bias, int rows, int64_t n)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -52,30 +44,24 @@ int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
             return rc;
     }
     const void *b = x;
-    cudaDataType_t t = CUDA_R_32F;
     int64_t n = (int64_t)m * w->cols;
     if (w->dtype != SINKD_F32) {
         int rc = sinkd_cuda_buf_reserve(c, &c->conv, (size_t)n * 2);
+        if (!rc)
+            rc = sinkd_cuda_norm_round(c, c->conv.p, w->dtype, x, NULL, m, w->cols, 0.0f);
         if (rc)
             return rc;
-        unsigned blocks = (unsigned)((n + 255) / 256);
-        if (w->dtype == SINKD_F16) {
-            convert_kernel<__half><<<blocks, 256, 0, c->stream>>>((__half *)c->conv.p, x, n);
-            t = CUDA_R_16F;
-        } else {
-            convert_kernel<__nv_bfloat16><<<blocks, 256, 0, c->stream>>>(
-                (__nv_bfloat16 *)c->conv.p, x, n);
-            t = CUDA_R_16BF;
-        }
-        SINKD_CUDA_CHECK_LAUNCH();
         b = c->conv.p;
     }
-    return sinkd_cuda_gemm(c, y, b, t, m, w, 0.0f, bias);
+    return sinkd_cuda_gemm(c, y, b, m, w, 0.0f, bias);
 }
 
-int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, cudaDataType_t t, int32_t m,
-                    const sinkd_weight *w, float beta, const float *bias)
+int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, int32_t m, const sinkd_weight *w,
+                    float beta, const float *bias)
 {
+    const cudaDataType_t t = w->dtype == SINKD_F32   ? CUDA_R_32F
+                             : w->dtype == SINKD_F16 ? CUDA_R_16F
+                                                     : CUDA_R_16BF;
     /* Column-major view: y^T (rows x m) = W (rows x cols) . x^T (cols x m),
      * where W's memory is the column-major cols x rows matrix W^T. */
     const float one = 1.0f;
