@@ -145,7 +145,80 @@ typedef struct sinkd_decode_args {
     const int32_t *sel_pages;
     int32_t score_op;        /* sinkd_score_op */
     float score_decay;
+    /* Deferred scores (appended). NULL: the call completes its scores.
+     * Otherwise (score_op != NONE, sel_off NULL) defer is a device array of
+     * n_seqs pointers, defer[s] sequence s's deferral block (below), and
+     * defer_layer (< defer_layers) this call's layer. Where the backend
+     * defers this shape (ops->score_flush != NULL and sinkd_defer_takes),
+     * the call leaves its probabilities pending in the lane's entry instead
+     * of writing them, and applies what was pending there (ADD, DECAY;
+     * WRITE drops it: the newest replaces it) once the entry is full:
+     * with a group of up to 4 heads an entry holds two steps, so the
+     * scores are read and written every other step; with 5 to 8, one.
+     * Elsewhere the call scores now and leaves the block alone, so a block
+     * whose every call had the same shape is always consistent. Scores
+     * are complete again after ops->score_flush. */
+    void *const *defer;
+    int32_t defer_layer, defer_layers;
 } sinkd_decode_args;
+
+/* A sequence's deferral block: device memory the caller owns (zeroed
+ * before its first use, freed after its last call), one entry per lane
+ * x = layer * n_kv_heads + kv head, with G = n_q_heads / n_kv_heads, each
+ * holding up to two pending steps, the older in slot 0:
+ *   q    [x][2][G][head_dim] pool dtype at 0: the query rows as the decode
+ *        kernel used them (rotated at the query position, times
+ *        softmax_scale * log2(e), rounded to the pool dtype)
+ *   lse  [x][2][G] f32 at sinkd_defer_lse_off: their final log-sum-exp, log2
+ *   len  [x][2] int32 at sinkd_defer_len_off: the lane's length at that
+ *        call; 0 = the slot is empty (slot 1 is empty when slot 0 is)
+ * What a slot holds pending for a key of index i < len is
+ * p = sum_h exp2(q[x][slot][h] . rope(k_i) - lse[x][slot][h]), applied with
+ * the session's score_op, slot 0 first. @esize: bytes of a pool element. */
+static inline size_t sinkd_defer_lse_off(int32_t layers, int32_t n_kv, int32_t group,
+                                         int32_t head_dim, size_t esize)
+{
+    return ((size_t)layers * n_kv * 2 * group * head_dim * esize + 15) & ~(size_t)15;
+}
+static inline size_t sinkd_defer_len_off(int32_t layers, int32_t n_kv, int32_t group,
+                                         int32_t head_dim, size_t esize)
+{
+    return sinkd_defer_lse_off(layers, n_kv, group, head_dim, esize) +
+           (((size_t)layers * n_kv * 2 * group * sizeof(float) + 15) & ~(size_t)15);
+}
+static inline size_t sinkd_defer_bytes(int32_t layers, int32_t n_kv, int32_t group,
+                                       int32_t head_dim, size_t esize)
+{
+    return sinkd_defer_len_off(layers, n_kv, group, head_dim, esize) +
+           (size_t)layers * n_kv * 2 * sizeof(int32_t);
+}
+/* Whether a deferring backend defers decode calls of this shape: its
+ * tensor-core kernel (head_dim 64 or 128, pages of a multiple of 16
+ * tokens) with the pending queries in the half of its rows the group
+ * leaves idle (two steps of up to 4 heads, or one of up to 8). */
+static inline bool sinkd_defer_takes(int32_t group, int32_t head_dim, int32_t page_tokens)
+{
+    return group >= 1 && group <= 8 && (head_dim == 64 || head_dim == 128) && page_tokens % 16 == 0;
+}
+
+/* Apply what one sequence's deferral block holds pending for @layer's
+ * lanes to pool->score with score_op (sinkd_decode_args.defer), slot 0
+ * then slot 1, then mark both applied (len 0). lanes: that sequence's n_kv_heads lanes of @layer as
+ * they are now: keys appended since the deferring call are past its len
+ * and keep their score; the lanes must not have been compacted since, so
+ * callers flush before anything reads scores or moves keys (eviction, a
+ * prefill's own scoring, a policy swap, a snapshot). A lane with nothing
+ * pending is left alone. */
+typedef struct sinkd_score_flush_args {
+    const sinkd_kv_pool *pool;
+    sinkd_lanes lanes;       /* n_kv_heads lanes */
+    int32_t n_q_heads, n_kv_heads, head_dim;
+    int32_t layer, layers;
+    sinkd_rope rope;         /* the keys' rotation, as the decode calls had it */
+    void *defer;             /* device: the sequence's block */
+    int32_t score_op;        /* WRITE, ADD or DECAY */
+    float score_decay;
+} sinkd_score_flush_args;
 
 /* Prefill attention of one sequence's chunk of n new tokens, causal. The
  * chunk is the last n tokens of each of the sequence's n_kv_heads lanes
@@ -471,6 +544,12 @@ typedef struct sinkd_ops {
      * recording: -EBUSY, as matmul). Results equal the composed ops up to
      * fp32 summation order. */
     int (*matmul_fused)(sinkd_backend *be, const sinkd_matvec_args *a);
+
+    /* Deferred decode scores (appended), sinkd_score_flush_args. OPTIONAL:
+     * NULL where decode never defers (the CPU). -EINVAL for bad arguments,
+     * -ENOTSUP for a shape sinkd_defer_takes refuses (nothing can be
+     * pending there). */
+    int (*score_flush)(sinkd_backend *be, const sinkd_score_flush_args *a);
 } sinkd_ops;
 
 struct sinkd_backend {

@@ -8,7 +8,10 @@
  *   decode   batch x context; bandwidth = K+V bytes read / kernel time, with
  *            lanes rotated over enough disjoint page sets (>= 512 MiB) that
  *            L2 (50 MB) never holds the next call's pages
- *   score    decode with score_op = ADD (exact probabilities) vs NONE
+ *   score    decode with score_op = ADD (exact probabilities) vs NONE; and
+ *            deferred (each call applies the previous call's probabilities
+ *            in its own pass: sinkd_decode_args.defer), the steady state
+ *            of a model's decode steps
  *   sparse   decode on 1, 1/2, 1/4, 1/8, 1/16 of the pages at 32K context
  *   prefill  one sequence, causal, n = 4K..32K: 4*n*n/2*D*n_q FLOP / time
  *   small    decode on a Llama-3.2-1B layer (32 q / 8 kv heads, head_dim 64,
@@ -199,12 +202,36 @@ static float time_decode(sinkd_decode_args *a, lanes *L, int calls)
     return t[RUNS / 2];
 }
 
+/* Median us per decode call of @a with ADD scores deferred: one deferral
+ * block a sequence (one layer), every call applying the last one's. */
+static float time_decode_defer(sinkd_decode_args *a, lanes *L, int calls)
+{
+    int G = a->n_q_heads / a->n_kv_heads;
+    size_t bytes = sinkd_defer_bytes(1, a->n_kv_heads, G, a->head_dim, 2);
+    void *blk[128];
+    for (int s = 0; s < a->n_seqs; s++) {
+        CK(be->ops->alloc(be, &blk[s], bytes));
+        CK(be->ops->memset0(be, blk[s], bytes));
+    }
+    void **ptrs = bench_upload(be, blk, (size_t)a->n_seqs * sizeof blk[0]);
+    a->defer = ptrs;
+    a->defer_layer = 0;
+    a->defer_layers = 1;
+    a->score_op = SINKD_SCORE_ADD;
+    float ms = time_decode(a, L, calls);
+    a->defer = NULL;
+    be->ops->free(be, ptrs);
+    for (int s = 0; s < a->n_seqs; s++)
+        be->ops->free(be, blk[s]);
+    return ms;
+}
+
 /* Median us per decode call of @a over @nl lanes of @len keys (@pages pages
- * of @bytes a call), without scores (*@us) and with ADD (*@us_score): lanes
- * rotate over >= 512 MiB of a pool of @pool_pages so L2 never holds the next
- * call's pages. */
+ * of @bytes a call), without scores (*@us), with ADD (*@us_score) and with
+ * ADD deferred (*@us_defer): lanes rotate over >= 512 MiB of a pool of
+ * @pool_pages so L2 never holds the next call's pages. */
 static void time_decode_rot(sinkd_decode_args *a, int nl, int len, size_t pages, size_t bytes,
-                            int32_t pool_pages, float *us, float *us_score)
+                            int32_t pool_pages, float *us, float *us_score, float *us_defer)
 {
     const size_t rot_bytes = (size_t)512 << 20;
     int nsets = (int)((rot_bytes + bytes - 1) / bytes);
@@ -217,6 +244,7 @@ static void time_decode_rot(sinkd_decode_args *a, int nl, int len, size_t pages,
     *us = time_decode(a, &LS, calls) * 1e3f;
     a->score_op = SINKD_SCORE_ADD;
     *us_score = time_decode(a, &LS, calls) * 1e3f;
+    *us_defer = time_decode_defer(a, &LS, calls) * 1e3f;
     lanes_free(&LS);
 }
 
@@ -268,8 +296,8 @@ static void decode_small(double spec)
                        .mode = SINKD_ROPE_ABSOLUTE};
     const char *mode = getenv("SINKD_DECODE_SPLITS");
     printf("\ndecode, Llama-3.2-1B layer (32q/8kv, d 64, f16, pages of 16), SINKD_DECODE_SPLITS=%s\n"
-           "%-8s %8s %10s %10s %8s %10s %8s\n", mode ? mode : "(auto)", "batch", "keys", "us", "GB/s", "%spec",
-           "score_us", "+score%");
+           "%-8s %8s %10s %10s %8s %10s %8s %8s\n", mode ? mode : "(auto)", "batch", "keys", "us", "GB/s",
+           "%spec", "score_us", "+score%", "+defer%");
     for (int bi = 0; bi < 3; bi++) {
         for (int ci = 0; ci < 3; ci++) {
             int B = batches[bi], L = ctxs[ci], nl = B * nkv;
@@ -281,14 +309,14 @@ static void decode_small(double spec)
             sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = nq, .n_kv_heads = nkv,
                                    .head_dim = hd, .rope = rope, .softmax_scale = 0.125f,
                                    .q = q, .out = out, .q_pos = qp};
-            float us, us_s;
-            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s);
+            float us, us_s, us_d;
+            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s, &us_d);
             double gbs = bytes / (us * 1e-6) / 1e9;
-            printf("%-8d %8d %10.2f %10.0f %7.1f%% %10.2f %7.1f%%\n", B, L, us, gbs, 100 * gbs / spec, us_s,
-                   100 * (us_s / us - 1));
+            printf("%-8d %8d %10.2f %10.0f %7.1f%% %10.2f %7.1f%% %7.1f%%\n", B, L, us, gbs, 100 * gbs / spec,
+                   us_s, 100 * (us_s / us - 1), 100 * (us_d / us - 1));
             js_row("{\"kind\": \"decode_small\", \"splits\": \"%s\", \"batch\": %d, \"context\": %d, "
-                   "\"us\": %.2f, \"gbs\": %.1f, \"score_us\": %.2f}",
-                   mode ? mode : "auto", B, L, us, gbs, us_s);
+                   "\"us\": %.2f, \"gbs\": %.1f, \"score_us\": %.2f, \"defer_us\": %.2f}",
+                   mode ? mode : "auto", B, L, us, gbs, us_s, us_d);
             be->ops->free(be, qp);
         }
     }
@@ -350,8 +378,8 @@ int main(int argc, char **argv)
     static const int batches[] = {1, 8, 32, 64, 128};
     static const int ctxs[] = {512, 4096, 16384, 65536, 131072};
     if (!prefill_only)
-        printf("\n%-8s %8s %10s %10s %8s %8s %10s %8s\n", "batch", "context", "us", "GB/s", "%spec",
-           "%copy", "score_us", "+score%");
+        printf("\n%-8s %8s %10s %10s %8s %8s %10s %8s %8s\n", "batch", "context", "us", "GB/s", "%spec",
+           "%copy", "score_us", "+score%", "+defer%");
     for (int bi = 0; bi < (prefill_only ? 0 : 5); bi++) {
         for (int ci = 0; ci < 5; ci++) {
             int B = batches[bi], L = ctxs[ci], nl = B * NKV;
@@ -362,15 +390,15 @@ int main(int argc, char **argv)
             sinkd_decode_args a = {.pool = &P.kv, .n_seqs = B, .n_q_heads = NQ, .n_kv_heads = NKV,
                                    .head_dim = HD, .rope = rope, .softmax_scale = 0.08838834764f,
                                    .q = q, .out = out, .q_pos = qp};
-            float us, us_s;
-            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s);
+            float us, us_s, us_d;
+            time_decode_rot(&a, nl, L, pages, bytes, pool_pages, &us, &us_s, &us_d);
             float ms = us * 1e-3f, ms_s = us_s * 1e-3f;
             double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("%-8d %8d %10.1f %10.0f %7.1f%% %7.1f%% %10.1f %7.1f%%\n", B, L, ms * 1e3, gbs,
-                   100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3, 100 * (ms_s / ms - 1));
+            printf("%-8d %8d %10.1f %10.0f %7.1f%% %7.1f%% %10.1f %7.1f%% %7.1f%%\n", B, L, ms * 1e3, gbs,
+                   100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3, 100 * (ms_s / ms - 1), 100 * (us_d / us - 1));
             js_row("{\"kind\": \"decode\", \"batch\": %d, \"context\": %d, \"us\": %.2f, \"gbs\": %.1f, "
-                   "\"pct_spec\": %.1f, \"pct_copy\": %.1f, \"score_us\": %.2f}",
-                   B, L, ms * 1e3, gbs, 100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3);
+                   "\"pct_spec\": %.1f, \"pct_copy\": %.1f, \"score_us\": %.2f, \"defer_us\": %.2f}",
+                   B, L, ms * 1e3, gbs, 100 * gbs / spec, 100 * gbs / copy, ms_s * 1e3, us_d);
         }
     }
 

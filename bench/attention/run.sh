@@ -13,14 +13,15 @@ s = json.load(open(sys.argv[1])); r = json.load(open(sys.argv[2]))
 ref = {(x["kind"], x.get("batch"), x.get("context"), x.get("n")): x for x in r["rows"]}
 print(f"\n{s['device']}: copy {s['copy_gbs']:.0f} GB/s, spec {s['spec_gbs']:.0f} GB/s; torch {r['torch']}")
 print(f"{'decode':<7}{'batch':>6}{'ctx':>8}{'sinkd us':>10}{'GB/s':>7}{'%spec':>7}{'%copy':>7}"
-      f"{'+score':>8}{'sdpa us':>9}{'vs sdpa':>8}")
+      f"{'+score':>8}{'+defer':>8}{'sdpa us':>9}{'vs sdpa':>8}")
 for x in s["rows"]:
     if x["kind"] != "decode":
         continue
     y = ref.get(("decode", x["batch"], x["context"], None))
     sp = f"{y['us']:9.1f}{y['us'] / x['us']:7.2f}x" if y else f"{'-':>9}{'-':>8}"
     print(f"{'':<7}{x['batch']:>6}{x['context']:>8}{x['us']:10.1f}{x['gbs']:7.0f}{x['pct_spec']:6.1f}%"
-          f"{x['pct_copy']:6.1f}%{100 * (x['score_us'] / x['us'] - 1):7.1f}%{sp}")
+          f"{x['pct_copy']:6.1f}%{100 * (x['score_us'] / x['us'] - 1):7.1f}%"
+          f"{100 * (x['defer_us'] / x['us'] - 1):7.1f}%{sp}")
 for x in s["rows"]:
     if x["kind"] == "sparse":
         print(f"sparse  batch {x['batch']} ctx {x['context']} kept {x['fraction']:<8g} {x['us']:9.1f} us"

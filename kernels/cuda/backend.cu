@@ -263,6 +263,13 @@ static int cu_matmul_fused(sinkd_backend *be, const sinkd_matvec_args *a)
     return sinkd_cuda_matmul_fused(cu(be), a);
 }
 
+/* Deferred decode scores (defer.cu). */
+extern "C" int sinkd_cuda_score_flush(sinkd_cuda *c, const sinkd_score_flush_args *a);
+static int cu_score_flush(sinkd_backend *be, const sinkd_score_flush_args *a)
+{
+    return sinkd_cuda_score_flush(cu(be), a);
+}
+
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
     cu_d2d,         cu_sync,         cu_info,       cu_kv_append,
@@ -270,7 +277,7 @@ static const sinkd_ops cuda_ops = {
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
     cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
     cu_graph_begin, cu_graph_end,    cu_graph_launch, cu_graph_free,
-    cu_matvec,      cu_matmul_fused,
+    cu_matvec,      cu_matmul_fused, cu_score_flush,
 };
 
 /* cuBLAS's workspace: 32 MiB is what its documentation asks for on Hopper.

@@ -69,7 +69,28 @@ struct dec_params {
     int score_op;
     float score_decay;
     int early_next;          /* v2: let the next kernel launch after the tiles */
+    void *const *defer;      /* v2 deferred scores: [n_seqs] blocks, or NULL */
+    int defer_layer;
+    int defer_apply;         /* apply the pending probabilities (ADD, DECAY) */
+    size_t defer_lse_off, defer_len_off;
 };
+
+/* Lane @l's entry in its sequence's deferral block (backend.h). */
+struct dec_defer {
+    void *q;    /* [2][G][D] pool dtype */
+    float *lse; /* [2][G] */
+    int *len;   /* [2] */
+};
+static __device__ __forceinline__ dec_defer defer_entry(const dec_params &P, int l, size_t esize)
+{
+    unsigned char *b = (unsigned char *)P.defer[l / P.n_kv];
+    size_t x = (size_t)P.defer_layer * P.n_kv + l % P.n_kv;
+    dec_defer e;
+    e.q = b + x * 2 * P.group * P.d * esize;
+    e.lse = (float *)(b + P.defer_lse_off) + x * 2 * P.group;
+    e.len = (int *)(b + P.defer_len_off) + x * 2;
+    return e;
+}
 
 /* The lane's attended list: n list pages, list base (for the logits index),
  * and logical page of list entry j. */
@@ -330,7 +351,7 @@ static __device__ __forceinline__ int64_t logit_tiled(int64_t slot, int h, int G
  * loads, DV2_MERGE_PF splits in flight. Loads bypass L1: other blocks of
  * this launch wrote the partials. */
 #define DV2_MERGE_PF 16
-static __device__ void merge_lane(const dec_params &P, int l, int S, float *sw)
+static __device__ void merge_lane(const dec_params &P, int l, int S, float *sw, float *dlse)
 {
     const int G = P.group, D = P.d, seq = l / P.n_kv, items = G * D / 4;
     const size_t stride = (size_t)G * (D / 4); /* float4s a split */
@@ -367,8 +388,11 @@ static __device__ void merge_lane(const dec_params &P, int l, int S, float *sw)
             lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
         if (lane == 0) {
             tot[h] = lsum;
+            float lse = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
             if (P.lse)
-                P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+                P.lse[(size_t)l * G + h] = lse;
+            if (dlse)
+                dlse[h] = lse;
         }
     }
     __syncthreads();
@@ -428,7 +452,7 @@ template <typename T, int D>
 struct dv2_shape {
     static constexpr int RS = D + 8;                    /* smem row stride, elements */
     static constexpr int KV = 16 * RS * (int)sizeof(T); /* bytes of K (or V) in a stage */
-    static constexpr int STAGE = 2 * KV + 64;           /* K, V, 16 positions */
+    static constexpr int STAGE = 2 * KV + 128;          /* K, V, 16 positions, 16 scores */
     static constexpr int Q = 16 * RS * (int)sizeof(T);
     static constexpr int META = DV2_WARPS * DV2_STAGES * 16;
     static constexpr int ANG = D / 2 * 8;               /* query (cos, sin) per pair */
@@ -483,7 +507,44 @@ static __device__ __forceinline__ void rot_neox(uint32_t &lo, uint32_t &hi, int 
     hi = mma_op<T>::pack(a.x * s0 + b.x * c0, a.y * s1 + b.y * c1);
 }
 
-template <typename T, int D>
+/* Deferred scores of one tile (DEFER): rows 8 + r of @s hold the pending
+ * queries' logits (pairs, a group of up to 4: r = 4 slot + head; else slot
+ * 0, head r) for keys 8j + 2t4 + c (c = 2, 3 of the C fragment), lse_p
+ * this thread's row's lse (inf for an idle row: exp2 gives 0). A
+ * reduce-scatter over rows (bits 2 and 3 of the lane, 3 shuffles) leaves
+ * lane 4g + t4 with key 8 (g & 1) + 2 t4 + (g >> 1) of its half: lanes 0-15
+ * slot 0's (or, singles, half the group's), lanes 16-31 slot 1's (the other
+ * half). Lane < 16 then updates its key's score, old value from the tile's
+ * stage @ssc, slot 0 for keys below @n0, slot 1 below @n1 (pairs): one
+ * 16-lane store a tile. */
+static __device__ __forceinline__ void defer_apply_tile(const dec_params &P, const float (&s)[2][4],
+                                                        float lse_p, int n0, int n1, bool pairs, int4 mt,
+                                                        const float *ssc, int lane)
+{
+    const int g = lane / 4, t4 = lane % 4;
+    const bool b0 = g & 1, b1 = g & 2;
+    float v0 = ex2_ftz(s[0][2] - lse_p), v1 = ex2_ftz(s[0][3] - lse_p);
+    float v2 = ex2_ftz(s[1][2] - lse_p), v3 = ex2_ftz(s[1][3] - lse_p);
+    float r0 = __shfl_xor_sync(0xffffffffu, b0 ? v0 : v2, 4);
+    float r1 = __shfl_xor_sync(0xffffffffu, b0 ? v1 : v3, 4);
+    float w0 = (b0 ? v2 : v0) + r0, w1 = (b0 ? v3 : v1) + r1;
+    float x = (b1 ? w1 : w0) + __shfl_xor_sync(0xffffffffu, b1 ? w0 : w1, 8);
+    float y = __shfl_xor_sync(0xffffffffu, x, 16);
+    const int col = 8 * b0 + 2 * t4 + b1, k = mt.x + col;
+    const bool in0 = k < n0, in1 = pairs && k < n1;
+    if (lane < 16 && col < mt.y && (in0 || in1)) {
+        const bool add = P.score_op == SINKD_SCORE_ADD;
+        float *dst = P.pool.score + (int64_t)mt.z * P.pool.page_tokens + mt.x % P.pool.page_tokens;
+        float a = pairs ? x : x + y, v = ssc[col];
+        if (in0)
+            v = add ? v + a : P.score_decay * v + a;
+        if (in1)
+            v = add ? v + y : P.score_decay * v + y;
+        dst[col] = v;
+    }
+}
+
+template <typename T, int D, bool DEFER>
 __global__ void __launch_bounds__(DV2_WARPS * 32, 2)
 decode_mma_kernel(dec_params P)
 {
@@ -570,6 +631,31 @@ decode_mma_kernel(dec_params P)
     }
     pdl_wait();
 
+    /* Deferred scores (DEFER, G <= 8): the pending steps' query rows, as
+     * their calls staged them, become rows 8..15 of the A operand, idle
+     * otherwise, so the keys this call streams anyway also give their
+     * probabilities under those queries; with their final lse they are exact
+     * and go straight into the scores (ADD, DECAY) of the keys they had.
+     * A group of up to 4 fits two steps (pairs), so an entry is applied
+     * every other call, when both its slots are full; else every call. */
+    dec_defer de = {NULL, NULL, NULL};
+    const bool pairs = G <= 4;
+    int n0 = 0, n1 = 0, d_out = 0;
+    bool apply = false;
+    float lse_p = INFINITY; /* exp2(s - inf) = 0 for an idle row */
+    if (DEFER) {
+        de = defer_entry(P, l, sizeof(T));
+        if (P.defer_apply) { /* independent loads: one round trip */
+            n0 = de.len[0];
+            n1 = de.len[1];
+            int r = g, sl = pairs ? r / 4 : 0, hd = pairs ? r % 4 : r;
+            float lp = hd < G ? de.lse[sl * G + hd] : INFINITY;
+            lse_p = lp != -INFINITY ? lp : INFINITY;
+            apply = pairs ? n0 > 0 && n1 > 0 : n0 > 0;
+            d_out = pairs && !apply && n0 > 0 ? 1 : 0; /* where this step waits */
+        }
+    }
+
     /* The query's rows, in flight with the first tiles: thread item j is
      * (head, pair) = divmod(threadIdx.x + 128 j, D / 2). */
     constexpr int QI = 16 * D / 2 / (W * 32);
@@ -579,7 +665,17 @@ decode_mma_kernel(dec_params P)
     for (int j = 0; j < QI; j++) {
         int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
         int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
-        qx[j] = h < G ? make_float2(qg[h * D + e0], qg[h * D + e1]) : make_float2(0.0f, 0.0f);
+        if (DEFER && h >= 8) {
+            int r = h - 8, sl = pairs ? r / 4 : 0, hd = pairs ? r % 4 : r;
+            const T *qp = reinterpret_cast<const T *>(de.q) + (sl * G + hd) * D;
+            /* not gated on apply (a load away): rows >= G never reach an
+             * output, and tiles read these rows only when applying */
+            qx[j] = hd < G && P.defer_apply
+                        ? make_float2(kv_traits<T>::to_f(qp[e0]), kv_traits<T>::to_f(qp[e1]))
+                        : make_float2(0.0f, 0.0f);
+        } else {
+            qx[j] = h < G ? make_float2(qg[h * D + e0], qg[h * D + e1]) : make_float2(0.0f, 0.0f);
+        }
     }
 
     unsigned char *wring = ring + (size_t)warp * NST * SH::STAGE;
@@ -607,6 +703,9 @@ decode_mma_kernel(dec_params P)
             }
             if (!cache && lane < 4)
                 cp_async16(sk + 2 * SH::KV + lane * 16, P.pool.pos + (int64_t)pg * pt + r0 + lane * 4, 16);
+            if (DEFER && apply && lane >= 4 && lane < 8)
+                cp_async16(sk + 2 * SH::KV + 64 + (lane - 4) * 16,
+                           P.pool.score + (int64_t)pg * pt + r0 + (lane - 4) * 4, 16);
         }
         cp_async_commit();
     };
@@ -619,6 +718,11 @@ decode_mma_kernel(dec_params P)
     for (int j = 0; j < QI; j++) {
         int it = threadIdx.x + j * W * 32, h = it / (D / 2), i = it % (D / 2);
         int e0 = neox ? i : 2 * i, e1 = neox ? i + D / 2 : 2 * i + 1;
+        if (DEFER && h >= 8) { /* staged before: exact in f32 */
+            sQ[h * RS + e0] = kv_traits<T>::from_f(qx[j].x);
+            sQ[h * RS + e1] = kv_traits<T>::from_f(qx[j].y);
+            continue;
+        }
         float2 cs = sang[i];
         sQ[h * RS + e0] = kv_traits<T>::from_f((qx[j].x * cs.x - qx[j].y * cs.y) * P.qscale);
         sQ[h * RS + e1] = kv_traits<T>::from_f((qx[j].x * cs.y + qx[j].y * cs.x) * P.qscale);
@@ -697,6 +801,9 @@ decode_mma_kernel(dec_params P)
                 for (int c = 0; c < 4; c++)
                     if (j * 8 + 2 * t4 + (c & 1) >= mt.y)
                         s[j][c] = -INFINITY;
+            if (DEFER && apply)
+                defer_apply_tile(P, s, lse_p, n0, n1, pairs, mt,
+                                 reinterpret_cast<const float *>(sk + 2 * SH::KV + 64), lane);
             if (P.logits) {
                 float *lt = P.logits + ((int64_t)mt.z * pt + mt.x % pt) * G; /* the tile's block */
                 if (g < G)
@@ -707,7 +814,7 @@ decode_mma_kernel(dec_params P)
                         make_float4(s[0][2], s[0][3], s[1][2], s[1][3]);
             }
 
-            online_softmax(s, o, mrow, lrow);
+            online_softmax(s, o, mrow, lrow, G > 8 ? 2 : 1);
             uint32_t pa[4];
             pa[0] = mma_op<T>::pack(s[0][0], s[0][1]);
             pa[1] = mma_op<T>::pack(s[0][2], s[0][3]);
@@ -777,8 +884,11 @@ decode_mma_kernel(dec_params P)
         if (S == 1) {
             size_t oi = ((size_t)seq * P.n_q + (size_t)(l % P.n_kv) * G + h) * D + e;
             P.out[oi] = lsum > 0.0f ? a / lsum : 0.0f;
+            float lse = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
             if (e == 0 && P.lse)
-                P.lse[(size_t)l * G + h] = lsum > 0.0f ? m + log2f(lsum) : -INFINITY;
+                P.lse[(size_t)l * G + h] = lse;
+            if (DEFER && e == 0)
+                de.lse[d_out * G + h] = lse;
         } else {
             size_t pi = ((size_t)l * P.n_split + split) * G + h;
             P.part_acc[pi * D + e] = a;
@@ -804,8 +914,20 @@ decode_mma_kernel(dec_params P)
         __syncthreads();
         if (*s_last) { /* block-uniform */
             __threadfence();
-            merge_lane(P, l, S, s_o);
+            merge_lane(P, l, S, s_o, DEFER ? de.lse + d_out * G : NULL);
             role = 2;
+        }
+    }
+    /* Leave this call's probabilities pending: the lane's last block, after
+     * every block of the lane read what was pending before. */
+    if (DEFER && (S == 1 || role == 2)) {
+        T *dq = reinterpret_cast<T *>(de.q) + d_out * G * D;
+        for (int it = threadIdx.x; it < G * D; it += blockDim.x)
+            dq[it] = sQ[(it / D) * RS + it % D];
+        if (threadIdx.x == 0) {
+            de.len[d_out] = len;
+            if (apply && pairs)
+                de.len[1] = 0; /* both applied; this step waits in slot 0 */
         }
     }
     trace_stamp(P, 3, 0);
@@ -887,7 +1009,7 @@ static int decode_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
     return 0;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool DEFER>
 static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
 {
     constexpr int smem = dv2_shape<T, D>::SMEM;
@@ -895,12 +1017,12 @@ static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
      * once (a function-local static is initialised once, thread-safely),
      * which keeps a host call off every decode step. */
     static const cudaError_t attr =
-        cudaFuncSetAttribute(decode_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(decode_mma_kernel<T, D, DEFER>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     SINKD_CUDA_TRY(attr);
     /* Early start for small batches only: at 16 sequences x 32K the
      * policy bench's whole step measured 9% slower with it (8.9 -> 9.7 ms),
      * where the kernel ahead is a tiny append and nothing is gained. */
-    SINKD_CUDA_TRY(pdl_launch(pdl_env_on() && P.early_next, c->stream, decode_mma_kernel<T, D>,
+    SINKD_CUDA_TRY(pdl_launch(pdl_env_on() && P.early_next, c->stream, decode_mma_kernel<T, D, DEFER>,
                               grid, dim3(DV2_WARPS * 32), smem, P));
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
@@ -916,13 +1038,20 @@ static bool decode_mma_fits(const sinkd_decode_args *a)
            (a->rope.mode == SINKD_ROPE_CACHE || (uintptr_t)pl->pos % 16 == 0);
 }
 
-static int decode_mma_dispatch(sinkd_cuda *c, const dec_params &P, dim3 grid, uint8_t dtype)
+template <bool DEFER>
+static int decode_mma_dispatch_t(sinkd_cuda *c, const dec_params &P, dim3 grid, uint8_t dtype)
 {
     if (dtype == SINKD_F16)
-        return P.d == 64 ? decode_mma_launch<__half, 64>(c, P, grid)
-                         : decode_mma_launch<__half, 128>(c, P, grid);
-    return P.d == 64 ? decode_mma_launch<__nv_bfloat16, 64>(c, P, grid)
-                     : decode_mma_launch<__nv_bfloat16, 128>(c, P, grid);
+        return P.d == 64 ? decode_mma_launch<__half, 64, DEFER>(c, P, grid)
+                         : decode_mma_launch<__half, 128, DEFER>(c, P, grid);
+    return P.d == 64 ? decode_mma_launch<__nv_bfloat16, 64, DEFER>(c, P, grid)
+                     : decode_mma_launch<__nv_bfloat16, 128, DEFER>(c, P, grid);
+}
+
+static int decode_mma_dispatch(sinkd_cuda *c, const dec_params &P, dim3 grid, uint8_t dtype)
+{
+    return P.defer ? decode_mma_dispatch_t<true>(c, P, grid, dtype)
+                   : decode_mma_dispatch_t<false>(c, P, grid, dtype);
 }
 
 /* Splits per lane for @units blocks of work (lanes x head chunks) on a
@@ -1058,6 +1187,9 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         return -EINVAL;
     if (a->score_op < SINKD_SCORE_NONE || a->score_op > SINKD_SCORE_DECAY)
         return -EINVAL;
+    if (a->defer && (a->score_op == SINKD_SCORE_NONE || a->sel_off || a->defer_layer < 0 ||
+                     a->defer_layer >= a->defer_layers))
+        return -EINVAL;
     if (a->n_seqs == 0)
         return 0;
     if (!a->lanes.len || !a->lanes.page_off || !a->lanes.page_ids)
@@ -1099,8 +1231,19 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     P.score_op = a->score_op;
     P.score_decay = a->score_decay;
     P.early_next = a->n_seqs <= DEC_EARLY_NEXT_SEQS;
+    /* Deferred: no logits, no score pass; elsewhere scores come now. */
+    const bool defer = a->defer && mma && sinkd_defer_takes(G, a->head_dim, a->pool->page_tokens) &&
+                       (uintptr_t)a->pool->score % 16 == 0;
+    if (defer) {
+        P.defer = a->defer;
+        P.defer_layer = a->defer_layer;
+        P.defer_apply = a->score_op == SINKD_SCORE_ADD || a->score_op == SINKD_SCORE_DECAY;
+        P.defer_lse_off = sinkd_defer_lse_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, 2);
+        P.defer_len_off = sinkd_defer_len_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, 2);
+    }
+    const int score_op = defer ? SINKD_SCORE_NONE : a->score_op;
 
-    size_t need_lse = a->score_op != SINKD_SCORE_NONE ? (size_t)nl * G * sizeof(float) : 0;
+    size_t need_lse = score_op != SINKD_SCORE_NONE ? (size_t)nl * G * sizeof(float) : 0;
     /* part: the per-lane split counters (a fixed prefix, zeroed whenever
      * the buffer is new; each call leaves them at zero), then the partials. */
     size_t need_part = S > 1 ? DEC_CNT_BYTES + (size_t)nl * S * G * (a->head_dim + 2) * sizeof(float) : 0;
@@ -1148,7 +1291,7 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         decode_merge_kernel<<<dim3(nl, G), a->head_dim, 0, c->stream>>>(P);
         SINKD_CUDA_CHECK_LAUNCH();
     }
-    if (a->score_op != SINKD_SCORE_NONE) {
+    if (score_op != SINKD_SCORE_NONE) {
         /* a thread per key up to 16 * 256 threads an SM in all (one pass
          * at 1 x 64K): each thread's loads form a dependent chain */
         int sx = (c->n_sm * 16 + nl - 1) / nl;

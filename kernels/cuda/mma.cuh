@@ -115,13 +115,18 @@ static __device__ __forceinline__ float ex2_ftz(float x)
 /* One online-softmax step (log2 domain) on a warp's S accumulators: rows
  * g and g + 8 take their max over the tile (quad shuffles) and @mrow, the
  * running sum @lrow and the output @o are rescaled, and @s becomes
- * P = exp2(s - max); a row with nothing valid yet stays empty. */
+ * P = exp2(s - max); a row with nothing valid yet stays empty. With
+ * @halves = 1 (warp-uniform) only rows g are done: a decode group of up to
+ * 8 heads leaves rows 8..15 to nothing, or to the deferred scores, and their
+ * P, O, m and l are left as they are, never read. */
 template <int NT, int NO>
 static __device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&o)[NO][4], float *mrow,
-                                                      float *lrow)
+                                                      float *lrow, int halves = 2)
 {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
+        if (h >= halves)
+            break;
         float mx = mrow[h];
 #pragma unroll
         for (int j = 0; j < NT; j++)

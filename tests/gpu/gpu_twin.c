@@ -50,6 +50,29 @@ int twin_range(twin *t, int lo, int hi)
     return lo + (int)(twin_u32(t) % (uint32_t)(hi - lo + 1));
 }
 
+int *twin_perm(twin *t, int n)
+{
+    int *perm = malloc((n > 0 ? n : 1) * sizeof *perm);
+    cr_assert(perm);
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = twin_range(t, 0, i), tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    return perm;
+}
+
+float *twin_rand_f32(twin *t, size_t n, float lo, float hi)
+{
+    float *x = malloc(n * sizeof *x);
+    cr_assert(x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = twin_uniform(t, lo, hi);
+    return x;
+}
+
 tbuf tbuf_new(twin *t, const void *host, size_t bytes)
 {
     tbuf b = {NULL, NULL, bytes};

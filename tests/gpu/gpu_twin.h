@@ -24,11 +24,26 @@ typedef struct tbuf {
 /* Open both backends. Returns 0, or a reason string when no GPU is usable
  * (the caller skips). Fails the test on other errors. */
 const char *twin_open(twin *t);
+/* In a Criterion test: declare twin @t and open it, or skip the test with
+ * twin_open's reason. */
+#define TWIN_OR_SKIP(t)                    \
+    twin t;                                \
+    do {                                   \
+        const char *why_ = twin_open(&t);  \
+        if (why_)                          \
+            cr_skip_test("%s", why_);      \
+    } while (0)
 void twin_close(twin *t);
 
 uint32_t twin_u32(twin *t);
 float twin_uniform(twin *t, float lo, float hi); /* [lo, hi) */
 int twin_range(twin *t, int lo, int hi);         /* [lo, hi] */
+/* @n floats uniform in [lo, hi), malloc'd (the caller frees); fails the
+ * test when out of memory. */
+float *twin_rand_f32(twin *t, size_t n, float lo, float hi);
+/* A random permutation of 0 .. n - 1, malloc'd (the caller frees); fails
+ * the test when out of memory. */
+int *twin_perm(twin *t, int n);
 
 /* Allocate on both and upload @host (NULL: poison both with 0xff bytes,
  * which reads back as NaN for floats). */

@@ -16,23 +16,6 @@
 #define TOL32 1e-5
 #define TOL16 1e-2
 
-#define TWIN_OR_SKIP(t)                    \
-    twin t;                                \
-    do {                                   \
-        const char *why_ = twin_open(&t);  \
-        if (why_)                          \
-            cr_skip_test("%s", why_);      \
-    } while (0)
-
-static float *rand_f32(twin *t, size_t n, float lo, float hi)
-{
-    float *x = malloc(n * sizeof *x);
-    cr_assert(x);
-    for (size_t i = 0; i < n; i++)
-        x[i] = twin_uniform(t, lo, hi);
-    return x;
-}
-
 static void check_err(double e, double tol, const char *what)
 {
     cr_expect(e < tol, "%s: relative error %.3g >= %.3g", what, e, tol);
@@ -45,7 +28,7 @@ Test(gpu_ops, elementwise)
     TWIN_OR_SKIP(t);
     int m = twin_range(&t, 1, 9), d = 16 * twin_range(&t, 1, 300);
     size_t n = (size_t)m * d;
-    float *hx = rand_f32(&t, n, -2, 2), *hg = rand_f32(&t, d, -1, 1), *hu = rand_f32(&t, n, -2, 2);
+    float *hx = twin_rand_f32(&t, n, -2, 2), *hg = twin_rand_f32(&t, d, -1, 1), *hu = twin_rand_f32(&t, n, -2, 2);
     tbuf x = tbuf_new(&t, hx, n * 4), g = tbuf_new(&t, hg, d * 4), u = tbuf_new(&t, hu, n * 4);
     tbuf y = tbuf_new(&t, NULL, n * 4);
     sinkd_backend *be[2] = {t.cpu, t.gpu};
@@ -66,7 +49,7 @@ Test(gpu_ops, elementwise)
     int32_t *hp = malloc(m * sizeof *hp);
     for (int i = 0; i < m; i++)
         hp[i] = twin_range(&t, 0, 4000);
-    float *hr = rand_f32(&t, (size_t)m * nh * hd, -1, 1);
+    float *hr = twin_rand_f32(&t, (size_t)m * nh * hd, -1, 1);
     tbuf pos = tbuf_new(&t, hp, m * 4);
     for (int style = 0; style < 2; style++) {
         sinkd_rope rp = {.theta = style ? 500000.0f : 10000.0f, .scale = style ? 1.0f : 4.0f,
@@ -80,7 +63,7 @@ Test(gpu_ops, elementwise)
 
     /* argmax: plant a tie at two indices, the lower must win */
     int an = twin_range(&t, 2, 5000);
-    float *ha = rand_f32(&t, (size_t)m * an, -1, 1);
+    float *ha = twin_rand_f32(&t, (size_t)m * an, -1, 1);
     for (int i = 0; i < m; i++) {
         int a = twin_range(&t, 0, an - 1), b2 = twin_range(&t, 0, an - 1);
         ha[(size_t)i * an + a] = ha[(size_t)i * an + b2] = 3.0f;
@@ -132,9 +115,9 @@ Test(gpu_ops, matmul_and_embed)
         for (int mi = 0; mi < 3; mi++) {
             int m = mi == 0 ? 1 : mi == 1 ? twin_range(&t, 2, 9) : twin_range(&t, 17, 70);
             int rows = twin_range(&t, 1, 700), cols = 8 * twin_range(&t, 1, 200);
-            float *hw = rand_f32(&t, (size_t)rows * cols, -1, 1);
-            float *hx = rand_f32(&t, (size_t)m * cols, -1, 1);
-            float *hb = rand_f32(&t, rows, -1, 1);
+            float *hw = twin_rand_f32(&t, (size_t)rows * cols, -1, 1);
+            float *hx = twin_rand_f32(&t, (size_t)m * cols, -1, 1);
+            float *hb = twin_rand_f32(&t, rows, -1, 1);
             void *wb = weight_bytes(hw, (size_t)rows * cols, (uint8_t)dt);
             size_t es = dt == SINKD_F32 ? 4 : 2;
             tbuf w = tbuf_new(&t, wb, (size_t)rows * cols * es), x = tbuf_new(&t, hx, (size_t)m * cols * 4);
@@ -190,7 +173,7 @@ static void mv_case(twin *t, int dt, int ep, int rep, bool gemm)
         n_w = ep == SINKD_MATVEC_SWIGLU ? 2 : twin_range(t, 1, 3);
     bool norm = rep != 1;
     size_t es = dt == SINKD_F32 ? 4 : 2;
-    float *hx = rand_f32(t, (size_t)m * cols, -1, 1), *hg = rand_f32(t, cols, 0.5f, 1.5f);
+    float *hx = twin_rand_f32(t, (size_t)m * cols, -1, 1), *hg = twin_rand_f32(t, cols, 0.5f, 1.5f);
     tbuf x = tbuf_new(t, hx, (size_t)m * cols * 4), g = tbuf_new(t, hg, cols * 4);
     tbuf xn = tbuf_new(t, NULL, (size_t)m * cols * 4);
     tbuf w[3], bias[3], y[3], up = {0};
@@ -202,9 +185,9 @@ static void mv_case(twin *t, int dt, int ep, int rep, bool gemm)
         cr_assert_eq(cpu->ops->rmsnorm(cpu, xn.c, x.c, g.c, m, cols, 1e-5f), 0);
     for (int i = 0; i < n_w; i++) {
         rows[i] = ep == SINKD_MATVEC_SWIGLU && i ? rows[0] : twin_range(t, 1, 600);
-        float *hw = rand_f32(t, (size_t)rows[i] * cols, -1, 1);
-        float *hb = rand_f32(t, rows[i], -1, 1);
-        float *hy = rand_f32(t, (size_t)m * rows[i], -1, 1);
+        float *hw = twin_rand_f32(t, (size_t)rows[i] * cols, -1, 1);
+        float *hb = twin_rand_f32(t, rows[i], -1, 1);
+        float *hy = twin_rand_f32(t, (size_t)m * rows[i], -1, 1);
         void *wb = weight_bytes(hw, (size_t)rows[i] * cols, (uint8_t)dt);
         w[i] = tbuf_new(t, wb, (size_t)rows[i] * cols * es);
         bias[i] = tbuf_new(t, hb, rows[i] * 4);
@@ -326,14 +309,7 @@ static void tpool_init_pt(twin *t, tpool *p, uint8_t dt, int d, int pt, int n_la
         p->h_off[l + 1] = p->h_off[l] + (p->h_len[l] + p->pt - 1) / p->pt + spare;
     }
     p->np = p->h_off[n_lanes] + twin_range(t, 1, 8);
-    int *perm = malloc(p->np * sizeof *perm);
-    for (int i = 0; i < p->np; i++)
-        perm[i] = i;
-    for (int i = p->np - 1; i > 0; i--) {
-        int j = twin_range(t, 0, i), tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
+    int *perm = twin_perm(t, p->np);
     p->h_ids = malloc((p->h_off[n_lanes] + 1) * sizeof(int32_t));
     for (int i = 0; i < p->h_off[n_lanes]; i++)
         p->h_ids[i] = perm[i];
@@ -350,7 +326,7 @@ static void tpool_init_pt(twin *t, tpool *p, uint8_t dt, int d, int pt, int n_la
     int32_t *hpos = malloc(ns * 4);
     for (size_t i = 0; i < ns; i++)
         hpos[i] = twin_range(t, 0, 6000);
-    float *hs = rand_f32(t, ns, 0, 1);
+    float *hs = twin_rand_f32(t, ns, 0, 1);
     float *hz = calloc((size_t)p->np * d, 4);
     p->pages = tbuf_new(t, hp, nel * 2);
     p->pos = tbuf_new(t, hpos, ns * 4);
@@ -485,7 +461,7 @@ Test(gpu_ops, append_compact)
         sinkd_rope rope = rand_rope(&t);
         int n = rep < 2 ? 1 : twin_range(&t, 1, 40); /* one token: bounds folded in */
         int tm = twin_range(&t, 0, 1);
-        float *hk = rand_f32(&t, (size_t)nl * n * d, -2, 2), *hv = rand_f32(&t, (size_t)nl * n * d, -2, 2);
+        float *hk = twin_rand_f32(&t, (size_t)nl * n * d, -2, 2), *hv = twin_rand_f32(&t, (size_t)nl * n * d, -2, 2);
         int32_t *hpos = malloc((size_t)nl * n * 4);
         for (int i = 0; i < nl * n; i++)
             hpos[i] = twin_range(&t, 0, 9000);
@@ -596,7 +572,7 @@ static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv
     tpool_bounds(t, &p, &rope);
     int nq = n_kv * G;
     size_t qn = (size_t)n_seqs * nq * d;
-    float *hq = rand_f32(t, qn, -3, 3);
+    float *hq = twin_rand_f32(t, qn, -3, 3);
     int32_t *hqp = malloc(n_seqs * 4);
     for (int s = 0; s < n_seqs; s++)
         hqp[s] = twin_range(t, 0, 7000);
@@ -832,7 +808,7 @@ Test(gpu_ops, prefill)
         tpool_init(&t, &p, dt, d, n_kv, n + past, n + past, 0);
         sinkd_rope rope = rand_rope(&t);
         size_t qn = (size_t)n * nq * d;
-        float *hq = rand_f32(&t, qn, -3, 3);
+        float *hq = twin_rand_f32(&t, qn, -3, 3);
         int32_t *hqp = malloc(n * 4);
         for (int i = 0; i < n; i++)
             hqp[i] = past + i + twin_range(&t, 0, 3);

@@ -24,14 +24,6 @@
 /* topk_tokens' output before the op: neither a page index nor -1 */
 #define OUT_POISON 0x5a5a5a5a
 
-#define TWIN_OR_SKIP(t)                    \
-    twin t;                                \
-    do {                                   \
-        const char *why_ = twin_open(&t);  \
-        if (why_)                          \
-            cr_skip_test("%s", why_);      \
-    } while (0)
-
 /* How a pool's scores are drawn. */
 enum {
     SC_TIES = 1, /* some lanes take only four distinct values */
