@@ -89,6 +89,8 @@ static const sinkd_cfg_key config__keys[] = {
       "sessions decoded together in one step" },
     { "engine", "cuda_graphs", SINKD_CFG_ENUM, OFF(cuda_graphs), "on", 0, 0, config__on_off, 0,
       "replay a decode step's dense stretches from CUDA graphs: on or off" },
+    { "engine", "score_defer", SINKD_CFG_ENUM, OFF(score_defer), "on", 0, 0, config__on_off, 0,
+      "apply a decode step's attention scores in the next step's pass over the keys: on or off" },
 
     { "plugins", "dirs", SINKD_CFG_PATHLIST, OFF(plugin_dirs), "", 1, 4095, NULL, EMPTY,
       "policy plugin directories, colon-separated; empty: the installed plugin directory" },

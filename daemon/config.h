@@ -90,6 +90,7 @@ typedef struct sinkd_config {
     uint64_t prefill_chunk;
     uint64_t max_batch;
     int cuda_graphs;              /* 1 on, 0 off */
+    int score_defer;              /* 1 on, 0 off */
     /* [plugins] */
     char *plugin_dirs;            /* NULL until sinkd_config_resolve */
     /* [model "NAME"] */

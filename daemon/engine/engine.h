@@ -50,6 +50,9 @@ typedef struct sinkd_engine_config {
     bool cuda_graphs_off;         /* [engine] cuda_graphs = off (zero keeps them on;
                                      SINKD_CUDA_GRAPHS=0 in the environment turns
                                      them off as well) */
+    bool score_defer_off;         /* [engine] score_defer = off (zero keeps it on;
+                                     SINKD_SCORE_DEFER=0 in the environment turns
+                                     it off as well) */
     uint32_t sessions_per_uid;    /* [quota], 0 = unlimited */
     uint32_t generations_per_uid; /* [quota], 0 = unlimited */
     uint64_t request_bytes;       /* [quota] shared-memory bytes per request, 0 = unlimited */

@@ -17,7 +17,7 @@
 /* Longest stop string accepted, bytes. */
 #define ENG_STOP_MAX 256
 /* Device (and host staging) buffer slots of the engine. */
-#define ENG_DBUF 10
+#define ENG_DBUF 11
 
 /* Decode batch selection (sched.c): scratch grown on demand and a step
  * counter that stamps the sessions each step serves. */
@@ -65,6 +65,13 @@ typedef struct eng_session {
                                            the generation were sampled */
     double prefill_ms;            /* of the last append */
     uint64_t sched_stamp;         /* sched.c: the step that last served it */
+    /* defer.c: the deferral block (device, NULL until a step defers), which
+     * layers may hold pending probabilities, and the op they were left under */
+    void *defer;
+    uint8_t *defer_pend;          /* [layers] */
+    int32_t defer_op;
+    float defer_decay;
+    uint8_t defer_rope_mode;
 } eng_session;
 
 /* Host scratch for eviction and statistics, grown on demand (never per step
@@ -86,6 +93,7 @@ struct sinkd_engine {
     size_t n_models;
     sinkd_policy_registry *reg;
     int32_t prefill_chunk, max_batch, page_tokens;
+    bool score_defer;             /* [engine] score_defer (defer.c) */
     uint32_t sessions_per_uid, generations_per_uid;
     uint64_t request_bytes;       /* quota.c */
     size_t max_frame;
@@ -223,6 +231,7 @@ enum {
     ENG_SLOT_PSCORE = 7,
     ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
     ENG_SLOT_PICKED = 9,     /* the argmax's ids of a greedy step */
+    ENG_SLOT_DEFER = 10,     /* a deferring step's block pointers, [n] */
 };
 
 /* What a plan asks of a forward; sessions whose exec compare equal (and
@@ -285,7 +294,22 @@ typedef struct eng_fwd_ctx {
     bool fell_back;               /* a select callback failed: dense from here */
     const sinkd_job *req;         /* told of a fallback: the generation or the append */
     uint64_t seed;                /* Gumbel noise of this forward */
+    bool defer;                   /* the step's scores are deferred (defer.c) */
 } eng_fwd_ctx;
+
+/* defer.c: deferred decode scores */
+/* Decide whether @c's decode step defers its scores: settle any session
+ * whose pending probabilities this step would not apply (another op, or no
+ * deferral), give each session its block and upload the step's block
+ * pointers (ENG_SLOT_DEFER). Sets c->defer. Returns 0 or a negative errno. */
+int eng_defer_begin(eng_fwd_ctx *c);
+/* Apply @s's pending probabilities of @layer (-1: every layer) to its
+ * scores; a no-op where none are pending. Call before anything but a
+ * deferring decode step reads scores or moves keys. Returns 0 or a negative
+ * errno. */
+int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer);
+/* Free @s's block (pending probabilities are dropped). */
+void eng_defer_free(sinkd_engine *e, eng_session *s);
 
 /* Prepare @c and @h for a decode step of @ss[0..n) (buffers, selection
  * offsets). Returns 0 or a negative errno. */

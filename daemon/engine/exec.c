@@ -277,6 +277,11 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
     }
     if (c->x.post || pick_tokens)
         return exec__defer(c, layer, &a->lanes, &a->score_op);
+    if (c->defer) {
+        a->defer = c->e->dbuf[ENG_SLOT_DEFER];
+        a->defer_layer = layer;
+        a->defer_layers = c->ss[0]->geom.layers;
+    }
     return 0;
 }
 
@@ -306,6 +311,8 @@ static int exec__prev(sinkd_engine *e)
 
 int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_session *s)
 {
+    int rc;
+
     memset(c, 0, sizeof *c);
     c->e = e;
     c->self = s;
@@ -315,6 +322,8 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
     eng_plan_exec(e, s, &c->x);
     c->n_lanes = s->geom.kv_heads;
     c->seed = exec__mix((uint64_t)s->id ^ exec__mix((uint64_t)s->tokens));
+    if ((rc = eng_defer_settle(e, s, -1)) < 0) /* the chunk scores by itself */
+        return rc;
     h->prefill = exec__prefill_hook;
     h->decode = NULL;
     h->ctx = c;
@@ -379,7 +388,7 @@ int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_s
     }
     if (c->x.post || (c->x.select == SINKD_SELECT_TOKENS && c->width > 0))
         return exec__prev(e);
-    return 0;
+    return eng_defer_begin(c);
 }
 
 int eng_fwd_end(eng_fwd_ctx *c, int rc)

@@ -40,11 +40,14 @@ static void gen__hist_push(eng_session *s, int32_t tok)
 static int gen__truncate_from(sinkd_engine *e, eng_session *s, int32_t p0)
 {
     int32_t n_lanes = s->geom.layers * s->geom.kv_heads;
+    int rc = eng_defer_settle(e, s, -1); /* before keys move */
+
+    if (rc < 0)
+        return rc;
+    rc = -ENOMEM;
     int32_t *off = calloc((size_t)n_lanes + 1, sizeof *off), *keep = NULL, *pos = NULL;
     size_t total = 0;
-    int rc = -ENOMEM;
 
-    (void)e;
     for (int32_t i = 0; i < n_lanes; i++)
         total += (size_t)sinkd_kv_lane_len(s->seq, i / s->geom.kv_heads, i % s->geom.kv_heads);
     keep = malloc((total + 1) * sizeof *keep);

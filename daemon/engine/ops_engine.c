@@ -160,6 +160,7 @@ int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen)
     ec.prefill_chunk = (int32_t)cfg->prefill_chunk;
     ec.max_batch = (int32_t)cfg->max_batch;
     ec.cuda_graphs_off = cfg->cuda_graphs == 0;
+    ec.score_defer_off = cfg->score_defer == 0;
     ec.sessions_per_uid = (uint32_t)cfg->sessions_per_uid;
     ec.generations_per_uid = (uint32_t)cfg->generations_per_uid;
     ec.request_bytes = cfg->request_bytes;

@@ -137,13 +137,15 @@ static int persist__layer(const eng_session *s, int32_t layer, sinkd_snap_layer 
 }
 
 /* Write @s to @dir/<id>.snap atomically. */
-static int persist__save(sinkd_engine *e, const eng_session *s, const char *dir)
+static int persist__save(sinkd_engine *e, eng_session *s, const char *dir)
 {
     sinkd_snap_writer w = SINKD_SNAP_WRITER_INIT;
     sinkd_snap_meta m;
     char name[32];
     int rc;
 
+    if ((rc = eng_defer_settle(e, s, -1)) < 0) /* the scores are saved whole */
+        return rc;
     snprintf(name, sizeof name, "%" PRIu64 PERSIST_EXT, s->id);
     if ((rc = persist__meta(e, s, &m)) < 0)
         return rc;

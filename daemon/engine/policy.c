@@ -262,7 +262,7 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, cons
     }
     if (!over)
         return 0;
-    if ((rc = eng__scratch(sc, total, (size_t)kvh)) < 0)
+    if ((rc = eng_defer_settle(e, s, layer)) < 0 || (rc = eng__scratch(sc, total, (size_t)kvh)) < 0)
         return rc;
     /* Key norms are computed here, on the device, for every kept key: the
      * one place they are read, and right for raw appends and swaps alike. */

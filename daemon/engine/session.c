@@ -39,6 +39,7 @@ void eng_session_destroy(sinkd_engine *e, eng_session *s)
             break;
         }
     }
+    eng_defer_free(e, s);
     sinkd_kv_seq_close(s->seq);
     sinkd_policy_inst_destroy(s->inst);
     sinkd_sampler_free(&s->sampler);
@@ -371,6 +372,12 @@ void eng_job_session_policy(sinkd_engine *e, sinkd_job *j)
 
     if (!s || eng__inst_create(e, j, s, &inst) < 0)
         return;
+    /* pending probabilities belong to the old plan's statistic */
+    if ((rc = eng_defer_settle(e, s, -1)) < 0) {
+        sinkd_policy_inst_destroy(inst);
+        eng_error_errno(e, j, rc, "session.policy");
+        return;
+    }
     old = s->inst;
     s->inst = inst;
     rc = eng_apply_rope(e, s);

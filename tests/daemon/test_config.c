@@ -60,6 +60,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.prefill_chunk, 512);
     cr_assert_eq(cfg.max_batch, 32);
     cr_assert_eq(cfg.cuda_graphs, 1);
+    cr_assert_eq(cfg.score_defer, 1);
     cr_assert_null(cfg.plugin_dirs);
     cr_assert_eq(cfg.n_models, 0);
     cr_assert_eq(cfg.sessions_per_uid, 64);
@@ -182,6 +183,7 @@ static const struct {
     { "engine", "prefill_chunk", "65536", "65537" },
     { "engine", "max_batch", "1024", "0" },
     { "engine", "cuda_graphs", "off", "yes" },
+    { "engine", "score_defer", "off", "maybe" },
     { "plugins", "dirs", "/a:/b/c", "/a::/b" },
     { "plugins", "dirs", "/a", "a:/b" },
     { "quota", "sessions_per_uid", "0", "x" },

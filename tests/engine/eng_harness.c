@@ -51,23 +51,36 @@ sinkd_engine *eng_h_open(const char *const *dirs, size_t n_dirs)
 
 sinkd_engine *eng_h_open_state(const char *const *dirs, size_t n_dirs, const char *state_dir)
 {
-    const char *names[] = {"tiny"}, *paths[] = {MODEL_PATH};
+    eng_h_config c = {0};
+
+    c.dirs = dirs;
+    c.n_dirs = n_dirs;
+    c.state_dir = state_dir;
+    return eng_h_open_with(&c);
+}
+
+sinkd_engine *eng_h_open_with(const eng_h_config *hc)
+{
+    const char *names[] = {hc->model_name ? hc->model_name : "tiny"};
+    const char *paths[] = {hc->model_path ? hc->model_path : MODEL_PATH};
     sinkd_engine_config c = {0};
     char err[512] = "";
 
-    c.backend = "cpu";
+    cr_assert(!cur, "one engine at a time");
+    c.backend = hc->backend ? hc->backend : "cpu";
     c.threads = 1;
     c.kv = (sinkd_kv_config)SINKD_KV_CONFIG_INIT;
-    c.kv.pool_bytes = 32u << 20;
-    c.kv.dtype = SINKD_F32;
+    c.kv.pool_bytes = hc->pool_bytes ? hc->pool_bytes : 32u << 20;
+    c.kv.dtype = hc->kv_dtype;
+    c.score_defer_off = hc->score_defer_off;
     c.prefill_chunk = 8;
     c.max_batch = 4;
     c.model_names = names;
     c.model_paths = paths;
     c.n_models = 1;
-    c.plugin_dirs = dirs;
-    c.n_plugin_dirs = n_dirs;
-    c.state_dir = state_dir;
+    c.plugin_dirs = hc->dirs;
+    c.n_plugin_dirs = hc->n_dirs;
+    c.state_dir = hc->state_dir;
     cr_assert(sinkd_engine_open(&c, &cur, err, sizeof err) == 0, "%s", err);
     cr_assert(sinkd_engine_start(cur, collect, NULL) == 0);
     return cur;

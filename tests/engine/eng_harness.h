@@ -1,7 +1,8 @@
 /*
  * The engine in-process for tests: a collector for the frames it emits,
  * jobs built and submitted by hand, and the helpers that read the answers.
- * One engine per test (eng_h_open in the suite's init, eng_h_close in fini).
+ * One engine at a time (eng_h_open in the suite's init, eng_h_close in fini;
+ * or several one after the other within a test).
  */
 #ifndef SINKD_ENG_HARNESS_H
 #define SINKD_ENG_HARNESS_H
@@ -20,6 +21,24 @@ typedef struct eng_h_frame {
     sinkd_msg msg;
 } eng_h_frame;
 
+/* What eng_h_open_with sets up; a zero field takes what eng_h_open uses. */
+typedef struct eng_h_config {
+    const char *backend;          /* [engine] backend; NULL = "cpu" */
+    const char *model_name;       /* NULL = "tiny" */
+    const char *model_path;       /* NULL = the tiny reference model (f32) */
+    size_t pool_bytes;            /* KV pool; 0 = 32 MiB */
+    sinkd_dtype kv_dtype;         /* KV dtype; zero is SINKD_F32 */
+    bool score_defer_off;         /* [engine] score_defer = off */
+    const char *const *dirs;      /* plugin directories [0..n_dirs) */
+    size_t n_dirs;
+    const char *state_dir;        /* [server] state_dir (session.save writes
+                                     its snapshots/ there); NULL = none */
+} eng_h_config;
+
+/* Open and start an engine as @hc says, one thread, prefill chunks of 8, at
+ * most 4 sessions a step. One engine at a time: the frames of every engine
+ * go to one collector. Asserts on failure. */
+sinkd_engine *eng_h_open_with(const eng_h_config *hc);
 /* Open and start an engine on the CPU backend with the tiny model and the
  * plugin directories @dirs[0..n_dirs). Asserts on failure. */
 sinkd_engine *eng_h_open(const char *const *dirs, size_t n_dirs);

@@ -1,0 +1,148 @@
+/* Deferred decode scores (sinkd_decode_args.defer): a decode step of a plan
+ * whose statistic the attention op keeps (SUM, DECAY, LAST, the decode side
+ * of the observation window) leaves its probabilities pending in each
+ * session's deferral block, and the next step's attention applies them
+ * while it streams the same keys anyway: a step pays its scores once,
+ * without a logits buffer or a second pass (bench/attention/NOTES.md).
+ *
+ * Pending probabilities are settled (ops->score_flush) before anything
+ * else reads scores or moves keys: an eviction of that layer, a prefill
+ * (its own scoring), a policy swap, a snapshot, a truncation, a step that
+ * does not defer or defers under another op. The host keeps a flag per
+ * layer so that settling a session with nothing pending costs nothing. */
+#include "engine_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* SINKD_SCORE_DEFER=0 turns deferral off (every step scores at once). */
+static bool defer__env(void)
+{
+    static int on = -1;
+
+    if (on < 0) {
+        const char *v = getenv("SINKD_SCORE_DEFER");
+        on = !(v && strcmp(v, "0") == 0);
+    }
+    return on;
+}
+
+static size_t defer__esize(const sinkd_engine *e)
+{
+    return sinkd_kv_pool_get(e->kv)->dtype == SINKD_F32 ? 4 : 2;
+}
+
+static size_t defer__bytes(const sinkd_engine *e, const eng_session *s)
+{
+    const sinkd_job_geometry *g = &s->geom;
+
+    return sinkd_defer_bytes(g->layers, g->kv_heads, g->q_heads / g->kv_heads, g->head_dim,
+                             defer__esize(e));
+}
+
+int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
+{
+    const sinkd_job_geometry *g = &s->geom;
+    int32_t first = layer < 0 ? 0 : layer, last = layer < 0 ? g->layers - 1 : layer;
+    int rc;
+
+    if (!s->defer)
+        return 0;
+    for (int32_t l = first; l <= last; l++) {
+        if (!s->defer_pend[l])
+            continue;
+        sinkd_score_flush_args a = {
+            .pool = sinkd_kv_pool_get(e->kv), .n_q_heads = g->q_heads, .n_kv_heads = g->kv_heads,
+            .head_dim = g->head_dim, .layer = l, .layers = g->layers,
+            .rope = sinkd_model_rope(s->m->model, s->defer_rope_mode), .defer = s->defer,
+            .score_op = s->defer_op, .score_decay = s->defer_decay,
+        };
+        if ((rc = sinkd_kv_lanes_seq(s->seq, l, &a.lanes)) < 0 ||
+            (rc = e->be->ops->score_flush(e->be, &a)) < 0)
+            return rc;
+        s->defer_pend[l] = 0;
+    }
+    return 0;
+}
+
+/* Whether @c's step can defer: a backend that does, a statistic the
+ * attention op keeps by itself, dense attention, a shape the kernel takes. */
+static bool defer__step_can(const eng_fwd_ctx *c)
+{
+    const sinkd_engine *e = c->e;
+    const eng_session *s = c->ss[0];
+    const sinkd_job_geometry *g = &s->geom;
+    int32_t op = c->x.score_op;
+
+    return e->score_defer && e->be->ops->score_flush && s->m && defer__env() && !c->x.post &&
+           c->x.select == SINKD_SELECT_DENSE && !c->x.host_select &&
+           (op == SINKD_SCORE_WRITE || op == SINKD_SCORE_ADD || op == SINKD_SCORE_DECAY) &&
+           sinkd_defer_takes(g->q_heads / g->kv_heads, g->head_dim, e->page_tokens);
+}
+
+static int defer__block(sinkd_engine *e, eng_session *s)
+{
+    size_t bytes = defer__bytes(e, s);
+    int rc;
+
+    if (s->defer)
+        return 0;
+    if (!(s->defer_pend = calloc((size_t)s->geom.layers, 1)))
+        return -ENOMEM;
+    if ((rc = e->be->ops->alloc(e->be, &s->defer, bytes)) < 0 ||
+        (rc = e->be->ops->memset0(e->be, s->defer, bytes)) < 0) {
+        eng_defer_free(e, s);
+        return rc;
+    }
+    return 0;
+}
+
+int eng_defer_begin(eng_fwd_ctx *c)
+{
+    sinkd_engine *e = c->e;
+    bool on = defer__step_can(c);
+    size_t bytes = (size_t)c->n * sizeof(void *);
+    int rc;
+
+    c->defer = false;
+    /* Out of device memory for a block or the pointers: this step scores
+     * at once, which needs nothing more. */
+    for (int32_t i = 0; i < c->n && on; i++)
+        on = defer__block(e, c->ss[i]) == 0;
+    on = on && eng_dev_reserve(e, ENG_SLOT_DEFER, bytes) == 0 &&
+         eng_host_reserve(e, ENG_SLOT_DEFER, bytes / sizeof(float)) == 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        eng_session *s = c->ss[i];
+        if (s->defer && (!on || s->defer_op != c->x.score_op || s->defer_decay != c->x.decay ||
+                         s->defer_rope_mode != s->rope_mode) &&
+            (rc = eng_defer_settle(e, s, -1)) < 0)
+            return rc;
+    }
+    if (!on)
+        return 0;
+    void **h = (void **)e->hbuf[ENG_SLOT_DEFER];
+    for (int32_t i = 0; i < c->n; i++) {
+        eng_session *s = c->ss[i];
+        h[i] = s->defer;
+        s->defer_op = c->x.score_op;
+        s->defer_decay = c->x.decay;
+        s->defer_rope_mode = s->rope_mode;
+        /* before the step: a step that fails half-way leaves some layers
+         * pending, and settling a layer with nothing pending is a no-op */
+        memset(s->defer_pend, 1, (size_t)s->geom.layers);
+    }
+    if ((rc = e->be->ops->h2d(e->be, e->dbuf[ENG_SLOT_DEFER], h, bytes)) < 0)
+        return rc;
+    c->defer = true;
+    return 0;
+}
+
+void eng_defer_free(sinkd_engine *e, eng_session *s)
+{
+    if (s->defer)
+        e->be->ops->free(e->be, s->defer);
+    free(s->defer_pend);
+    s->defer = NULL;
+    s->defer_pend = NULL;
+}
