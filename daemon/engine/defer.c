@@ -11,6 +11,7 @@
  * does not defer or defers under another op. The host keeps a flag per
  * layer so that settling a session with nothing pending costs nothing. */
 #include "engine_internal.h"
+#include "log.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -81,6 +82,9 @@ static bool defer__step_can(const eng_fwd_ctx *c)
            sinkd_defer_takes(g->q_heads / g->kv_heads, g->head_dim, e->page_tokens);
 }
 
+/* @s's block, allocated and zeroed on its first deferring step. A session
+ * that could not have one scores at once from then on: trying again every
+ * step would cost an allocation a step on a device already full. */
 static int defer__block(sinkd_engine *e, eng_session *s)
 {
     size_t bytes = defer__bytes(e, s);
@@ -88,14 +92,19 @@ static int defer__block(sinkd_engine *e, eng_session *s)
 
     if (s->defer)
         return 0;
-    if (!(s->defer_pend = calloc((size_t)s->geom.layers, 1)))
+    if (s->defer_off)
         return -ENOMEM;
-    if ((rc = e->be->ops->alloc(e->be, &s->defer, bytes)) < 0 ||
-        (rc = e->be->ops->memset0(e->be, s->defer, bytes)) < 0) {
+    if (!(s->defer_pend = calloc((size_t)s->geom.layers, 1)))
+        rc = -ENOMEM;
+    else if ((rc = e->be->ops->alloc(e->be, &s->defer, bytes)) == 0)
+        rc = e->be->ops->memset0(e->be, s->defer, bytes);
+    if (rc < 0) {
         eng_defer_free(e, s);
-        return rc;
+        s->defer_off = true;
+        sinkd_log(SINKD_LOG_WARNING, "session %llu: no device memory for deferred scores; "
+                  "scoring every step at once", (unsigned long long)s->id);
     }
-    return 0;
+    return rc;
 }
 
 int eng_defer_begin(eng_fwd_ctx *c)
@@ -136,6 +145,18 @@ int eng_defer_begin(eng_fwd_ctx *c)
         return rc;
     c->defer = true;
     return 0;
+}
+
+void eng_defer_drop(sinkd_engine *e, eng_session *s)
+{
+    if (!s->defer)
+        return;
+    if (e->be->ops->memset0(e->be, s->defer, defer__bytes(e, s)) < 0) {
+        eng_defer_free(e, s); /* a block in an unknown state is no block */
+        s->defer_off = true;
+        return;
+    }
+    memset(s->defer_pend, 0, (size_t)s->geom.layers);
 }
 
 void eng_defer_free(sinkd_engine *e, eng_session *s)

@@ -72,6 +72,7 @@ typedef struct eng_session {
     int32_t defer_op;
     float defer_decay;
     uint8_t defer_rope_mode;
+    bool defer_off;               /* no block could be had: score at once */
 } eng_session;
 
 /* Host scratch for eviction and statistics, grown on demand (never per step
@@ -308,6 +309,9 @@ int eng_defer_begin(eng_fwd_ctx *c);
  * deferring decode step reads scores or moves keys. Returns 0 or a negative
  * errno. */
 int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer);
+/* Drop @s's pending probabilities (their scores stay as they were): when
+ * settling failed and keys must move anyway. */
+void eng_defer_drop(sinkd_engine *e, eng_session *s);
 /* Free @s's block (pending probabilities are dropped). */
 void eng_defer_free(sinkd_engine *e, eng_session *s);
 

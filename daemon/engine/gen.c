@@ -40,11 +40,11 @@ static void gen__hist_push(eng_session *s, int32_t tok)
 static int gen__truncate_from(sinkd_engine *e, eng_session *s, int32_t p0)
 {
     int32_t n_lanes = s->geom.layers * s->geom.kv_heads;
-    int rc = eng_defer_settle(e, s, -1); /* before keys move */
+    int rc = -ENOMEM;
 
-    if (rc < 0)
-        return rc;
-    rc = -ENOMEM;
+    /* before keys move; keys move anyway (the failed step's must go) */
+    if (eng_defer_settle(e, s, -1) < 0)
+        eng_defer_drop(e, s);
     int32_t *off = calloc((size_t)n_lanes + 1, sizeof *off), *keep = NULL, *pos = NULL;
     size_t total = 0;
 

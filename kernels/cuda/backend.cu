@@ -106,7 +106,10 @@ static int cu_alloc(sinkd_backend *be, void **p, size_t bytes)
     *p = NULL;
     if (bytes == 0)
         return 0;
-    return sinkd_cuda__err(cudaMalloc(p, bytes));
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess)
+        (void)cudaGetLastError(); /* a failed cudaMalloc is no launch error: the next launch check must not see it */
+    return sinkd_cuda__err(e);
 }
 
 static void cu_free(sinkd_backend *be, void *p)
