@@ -42,6 +42,22 @@ static size_t defer__bytes(const sinkd_engine *e, const eng_session *s)
                              defer__esize(e));
 }
 
+/* Give up @s's block, as a spare when @spare and there is room (as many
+ * as one step can use; the stream orders a spare's next memset after its
+ * last owner's kernels). */
+static void defer__release(sinkd_engine *e, eng_session *s, bool spare)
+{
+    if (s->defer && spare && e->defer_spare && e->n_defer_spare < (size_t)e->max_batch) {
+        e->defer_spare[e->n_defer_spare++] = (struct eng_defer_spare){s->defer, defer__bytes(e, s)};
+        s->defer = NULL;
+    }
+    if (s->defer)
+        e->be->ops->free(e->be, s->defer);
+    free(s->defer_pend);
+    s->defer = NULL;
+    s->defer_pend = NULL;
+}
+
 int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
 {
     const sinkd_job_geometry *g = &s->geom;
@@ -94,12 +110,18 @@ static int defer__block(sinkd_engine *e, eng_session *s)
         return 0;
     if (s->defer_off)
         return -ENOMEM;
+    for (size_t i = 0; i < e->n_defer_spare; i++)
+        if (e->defer_spare[i].bytes == bytes) {
+            s->defer = e->defer_spare[i].p;
+            e->defer_spare[i] = e->defer_spare[--e->n_defer_spare];
+            break;
+        }
     if (!(s->defer_pend = calloc((size_t)s->geom.layers, 1)))
         rc = -ENOMEM;
-    else if ((rc = e->be->ops->alloc(e->be, &s->defer, bytes)) == 0)
-        rc = e->be->ops->memset0(e->be, s->defer, bytes);
+    else if (s->defer || (rc = e->be->ops->alloc(e->be, &s->defer, bytes)) == 0)
+        rc = e->be->ops->memset0(e->be, s->defer, bytes); /* a spare holds its last owner's */
     if (rc < 0) {
-        eng_defer_free(e, s);
+        defer__release(e, s, false);
         s->defer_off = true;
         sinkd_log(SINKD_LOG_WARNING, "session %llu: no device memory for deferred scores; "
                   "scoring every step at once", (unsigned long long)s->id);
@@ -152,7 +174,7 @@ void eng_defer_drop(sinkd_engine *e, eng_session *s)
     if (!s->defer)
         return;
     if (e->be->ops->memset0(e->be, s->defer, defer__bytes(e, s)) < 0) {
-        eng_defer_free(e, s); /* a block in an unknown state is no block */
+        defer__release(e, s, false); /* a block in an unknown state is no block */
         s->defer_off = true;
         return;
     }
@@ -161,9 +183,14 @@ void eng_defer_drop(sinkd_engine *e, eng_session *s)
 
 void eng_defer_free(sinkd_engine *e, eng_session *s)
 {
-    if (s->defer)
-        e->be->ops->free(e->be, s->defer);
-    free(s->defer_pend);
-    s->defer = NULL;
-    s->defer_pend = NULL;
+    defer__release(e, s, true);
+}
+
+void eng_defer_spares_free(sinkd_engine *e)
+{
+    for (size_t i = 0; i < e->n_defer_spare; i++)
+        e->be->ops->free(e->be, e->defer_spare[i].p);
+    free(e->defer_spare);
+    e->defer_spare = NULL;
+    e->n_defer_spare = 0;
 }

@@ -529,10 +529,11 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     e->ids = calloc((size_t)e->max_batch, sizeof *e->ids);
     e->pos = calloc((size_t)e->max_batch, sizeof *e->pos);
     e->picked = calloc((size_t)e->max_batch, sizeof *e->picked);
+    e->defer_spare = calloc((size_t)e->max_batch, sizeof *e->defer_spare);
     e->logits = calloc((size_t)e->max_batch * (size_t)(e->n_vocab_max ? e->n_vocab_max : 1),
                        sizeof *e->logits);
     if (!e->batch || !e->ab_sess || !e->ab_jobs || !e->seqs || !e->ids || !e->pos || !e->picked ||
-        !e->logits) {
+        !e->defer_spare || !e->logits) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -569,6 +570,7 @@ void sinkd_engine_close(sinkd_engine *e)
     }
     while (e->n_sess)
         eng_session_destroy(e, e->sess[e->n_sess - 1]);
+    eng_defer_spares_free(e);
     free(e->sess);
     free(e->state_dir);
     sinkd_policy_registry_close(e->reg);

@@ -95,6 +95,14 @@ struct sinkd_engine {
     sinkd_policy_registry *reg;
     int32_t prefill_chunk, max_batch, page_tokens;
     bool score_defer;             /* [engine] score_defer (defer.c) */
+    /* defer.c: blocks of closed sessions kept for the next ones (a
+     * cudaFree waits for the whole device: a session closing would stall
+     * every other session's stream) */
+    struct eng_defer_spare {
+        void *p;
+        size_t bytes;
+    } *defer_spare;
+    size_t n_defer_spare;
     uint32_t sessions_per_uid, generations_per_uid;
     uint64_t request_bytes;       /* quota.c */
     size_t max_frame;
@@ -312,8 +320,11 @@ int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer);
 /* Drop @s's pending probabilities (their scores stay as they were): when
  * settling failed and keys must move anyway. */
 void eng_defer_drop(sinkd_engine *e, eng_session *s);
-/* Free @s's block (pending probabilities are dropped). */
+/* Give up @s's block (pending probabilities are dropped): kept as a spare
+ * for the next session, or freed. */
 void eng_defer_free(sinkd_engine *e, eng_session *s);
+/* Free the spare blocks (engine close). */
+void eng_defer_spares_free(sinkd_engine *e);
 
 /* Prepare @c and @h for a decode step of @ss[0..n) (buffers, selection
  * offsets). Returns 0 or a negative errno. */
