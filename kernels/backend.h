@@ -203,9 +203,9 @@ static inline bool sinkd_defer_takes(int32_t group, int32_t head_dim, int32_t pa
 
 /* Apply what one sequence's deferral block holds pending for @layer's
  * lanes to pool->score with score_op (sinkd_decode_args.defer), slot 0
- * then slot 1, then mark both applied (len 0). lanes: that sequence's n_kv_heads lanes of @layer as
- * they are now: keys appended since the deferring call are past its len
- * and keep their score; the lanes must not have been compacted since, so
+ * then slot 1, then mark both applied (len 0). lanes: that sequence's
+ * n_kv_heads lanes of @layer as they are now: keys appended since the
+ * deferring call are past its len and keep their score; the lanes must not have been compacted since, so
  * callers flush before anything reads scores or moves keys (eviction, a
  * prefill's own scoring, a policy swap, a snapshot). A lane with nothing
  * pending is left alone. */

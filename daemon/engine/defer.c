@@ -17,29 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* SINKD_SCORE_DEFER=0 turns deferral off (every step scores at once). */
-static bool defer__env(void)
-{
-    static int on = -1;
-
-    if (on < 0) {
-        const char *v = getenv("SINKD_SCORE_DEFER");
-        on = !(v && strcmp(v, "0") == 0);
-    }
-    return on;
-}
-
-static size_t defer__esize(const sinkd_engine *e)
-{
-    return sinkd_kv_pool_get(e->kv)->dtype == SINKD_F32 ? 4 : 2;
-}
-
 static size_t defer__bytes(const sinkd_engine *e, const eng_session *s)
 {
     const sinkd_job_geometry *g = &s->geom;
 
     return sinkd_defer_bytes(g->layers, g->kv_heads, g->q_heads / g->kv_heads, g->head_dim,
-                             defer__esize(e));
+                             sinkd_dtype_bytes((sinkd_dtype)sinkd_kv_pool_get(e->kv)->dtype, 1));
 }
 
 /* Give up @s's block, as a spare when @spare and there is room (as many
@@ -92,7 +75,7 @@ static bool defer__step_can(const eng_fwd_ctx *c)
     const sinkd_job_geometry *g = &s->geom;
     int32_t op = c->x.score_op;
 
-    return e->score_defer && e->be->ops->score_flush && s->m && defer__env() && !c->x.post &&
+    return e->score_defer && e->be->ops->score_flush && s->m && !c->x.post &&
            c->x.select == SINKD_SELECT_DENSE && !c->x.host_select &&
            (op == SINKD_SCORE_WRITE || op == SINKD_SCORE_ADD || op == SINKD_SCORE_DECAY) &&
            sinkd_defer_takes(g->q_heads / g->kv_heads, g->head_dim, e->page_tokens);
@@ -152,9 +135,13 @@ int eng_defer_begin(eng_fwd_ctx *c)
     }
     if (!on)
         return 0;
+    /* The pointers go up only when the group changed: steps of the same
+     * sessions reuse the device copy of the last upload. */
     void **h = (void **)e->hbuf[ENG_SLOT_DEFER];
+    bool same = e->defer_up_n == c->n && e->defer_up_dev == e->dbuf[ENG_SLOT_DEFER];
     for (int32_t i = 0; i < c->n; i++) {
         eng_session *s = c->ss[i];
+        same = same && h[i] == s->defer;
         h[i] = s->defer;
         s->defer_op = c->x.score_op;
         s->defer_decay = c->x.decay;
@@ -163,8 +150,13 @@ int eng_defer_begin(eng_fwd_ctx *c)
          * pending, and settling a layer with nothing pending is a no-op */
         memset(s->defer_pend, 1, (size_t)s->geom.layers);
     }
-    if ((rc = e->be->ops->h2d(e->be, e->dbuf[ENG_SLOT_DEFER], h, bytes)) < 0)
-        return rc;
+    if (!same) {
+        e->defer_up_n = 0;
+        if ((rc = e->be->ops->h2d(e->be, e->dbuf[ENG_SLOT_DEFER], h, bytes)) < 0)
+            return rc;
+        e->defer_up_n = c->n;
+        e->defer_up_dev = e->dbuf[ENG_SLOT_DEFER];
+    }
     c->defer = true;
     return 0;
 }

@@ -480,7 +480,8 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     e->prefill_chunk = cfg->prefill_chunk;
-    e->score_defer = !cfg->score_defer_off;
+    const char *defer_env = getenv("SINKD_SCORE_DEFER");
+    e->score_defer = !cfg->score_defer_off && !(defer_env && strcmp(defer_env, "0") == 0);
     e->max_batch = cfg->max_batch;
     e->sessions_per_uid = cfg->sessions_per_uid;
     e->generations_per_uid = cfg->generations_per_uid;

@@ -103,6 +103,8 @@ struct sinkd_engine {
         size_t bytes;
     } *defer_spare;
     size_t n_defer_spare;
+    int32_t defer_up_n;           /* defer.c: the pointers last uploaded to */
+    void *defer_up_dev;           /* ENG_SLOT_DEFER (h holds them), 0: none */
     uint32_t sessions_per_uid, generations_per_uid;
     uint64_t request_bytes;       /* quota.c */
     size_t max_frame;

@@ -1238,8 +1238,9 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         P.defer = a->defer;
         P.defer_layer = a->defer_layer;
         P.defer_apply = a->score_op == SINKD_SCORE_ADD || a->score_op == SINKD_SCORE_DECAY;
-        P.defer_lse_off = sinkd_defer_lse_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, 2);
-        P.defer_len_off = sinkd_defer_len_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, 2);
+        const size_t es = sinkd_dtype_bytes((sinkd_dtype)a->pool->dtype, 1);
+        P.defer_lse_off = sinkd_defer_lse_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, es);
+        P.defer_len_off = sinkd_defer_len_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, es);
     }
     const int score_op = defer ? SINKD_SCORE_NONE : a->score_op;
 

@@ -162,8 +162,9 @@ extern "C" int sinkd_cuda_score_flush(sinkd_cuda *c, const sinkd_score_flush_arg
     if (!sinkd_defer_takes(G, d, a->pool->page_tokens))
         return -ENOTSUP; /* decode never defers this shape: nothing can be pending */
 
-    const size_t lse_off = sinkd_defer_lse_off(a->layers, n_kv, G, d, 2);
-    const size_t len_off = sinkd_defer_len_off(a->layers, n_kv, G, d, 2);
+    const size_t es = sinkd_dtype_bytes((sinkd_dtype)a->pool->dtype, 1);
+    const size_t lse_off = sinkd_defer_lse_off(a->layers, n_kv, G, d, es);
+    const size_t len_off = sinkd_defer_len_off(a->layers, n_kv, G, d, es);
     char *blk = (char *)a->defer;
     flush_params P;
     P.pool = *a->pool;

@@ -98,6 +98,12 @@ void tbuf_free(twin *t, tbuf *b)
     b->c = b->g = NULL;
 }
 
+void tbuf_free_list(twin *t, tbuf *const *bs)
+{
+    for (; *bs; bs++)
+        tbuf_free(t, *bs);
+}
+
 void tbuf_get(twin *t, const tbuf *b, void **cc, void **gc)
 {
     *cc = malloc(b->bytes ? b->bytes : 1);

@@ -49,6 +49,8 @@ int *twin_perm(twin *t, int n);
  * which reads back as NaN for floats). */
 tbuf tbuf_new(twin *t, const void *host, size_t bytes);
 void tbuf_free(twin *t, tbuf *b);
+/* tbuf_free each of the NULL-terminated list @bs. */
+void tbuf_free_list(twin *t, tbuf *const *bs);
 /* Download both copies (caller frees). */
 void tbuf_get(twin *t, const tbuf *b, void **cpu_copy, void **gpu_copy);
 

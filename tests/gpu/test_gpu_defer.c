@@ -163,9 +163,8 @@ static void dpool_init(twin *t, dpool *p, uint8_t dt, int d, int pt, int n_seqs,
 
 static void dpool_free(twin *t, dpool *p)
 {
-    tbuf *bs[] = {&p->pages, &p->pos, &p->score, &p->kmin, &p->kmax, &p->len, &p->page_off, &p->page_ids};
-    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
-        tbuf_free(t, bs[i]);
+    tbuf_free_list(t, (tbuf *const[]){&p->pages, &p->pos, &p->score, &p->kmin, &p->kmax, &p->len,
+                                      &p->page_off, &p->page_ids, NULL});
     free(p->h_len);
     free(p->h_off);
     free(p->h_ids);

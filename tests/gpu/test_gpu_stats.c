@@ -157,10 +157,8 @@ static void spool_init(twin *t, spool *p, uint8_t dt, int d, int pt, int flags)
 
 static void spool_free(twin *t, spool *p)
 {
-    tbuf *bs[] = {&p->pages, &p->pos, &p->score, &p->kmin, &p->kmax,
-                  &p->len, &p->off, &p->ids, &p->prev};
-    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
-        tbuf_free(t, bs[i]);
+    tbuf_free_list(t, (tbuf *const[]){&p->pages, &p->pos, &p->score, &p->kmin, &p->kmax, &p->len,
+                                      &p->off, &p->ids, &p->prev, NULL});
     free(p->h_len);
     free(p->h_off);
     free(p->h_ids);
