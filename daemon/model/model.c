@@ -572,8 +572,13 @@ static int fwd__matvec(const fwd *f, int32_t rows, sinkd_matvec_args *a)
 {
     sinkd_backend *be = f->m->be;
     a->m = rows;
-    if (rows <= f->m->fused_rows)
-        return be->ops->matvec(be, a);
+    if (rows <= f->m->fused_rows) {
+        /* a shape matvec does not take (m * cols past its staging) is still
+         * the fused GEMMs' */
+        int rc = be->ops->matvec(be, a);
+        if (rc != -ENOTSUP)
+            return rc;
+    }
     return f->m->gemm_fused ? be->ops->matmul_fused(be, a) : -ENOTSUP;
 }
 

@@ -173,24 +173,25 @@ static __device__ __forceinline__ float rope_inv_freq(float theta, float scale, 
     return powf(theta, -2.0f * (float)i / (float)d) / scale;
 }
 
+/* Pair @i's inverse frequency in double, as the CPU twin has it: a block
+ * computes these once and rotates many rows with rope_sincos_inv. */
+static __device__ __forceinline__ double rope_inv_exact(float theta, float scale, int i, int d)
+{
+    return pow((double)theta, -2.0 * i / d) / (double)scale;
+}
+
 /* sin/cos of pair @i's angle at @pos computed in double, as the CPU twin
  * does: used where a row is rotated once (the rope op, a decode query). */
 static __device__ __forceinline__ void rope_sincos_exact(int pos, float theta, float scale, int i,
                                                          int d, float *s, float *c)
 {
-    double a = (double)pos * (pow((double)theta, -2.0 * i / d) / (double)scale);
+    double a = (double)pos * rope_inv_exact(theta, scale, i, d);
     double sd, cd;
     sincos(a, &sd, &cd);
     *s = (float)sd;
     *c = (float)cd;
 }
 
-/* Pair @i's inverse frequency in double, as rope_sincos_exact has it: a
- * block computes these once and rotates many rows with rope_sincos_inv. */
-static __device__ __forceinline__ double rope_inv_exact(float theta, float scale, int i, int d)
-{
-    return pow((double)theta, -2.0 * i / d) / (double)scale;
-}
 
 /* sin/cos of pos * @inv: the angle in turns reduced to [-1/2, 1/2] in double
  * (exact reduction at any position below 2^31), then sincospi in float (no

@@ -166,14 +166,15 @@ __global__ void bounds_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int d, sinkd_r
     int first = from_end > 0 ? max(0, len - from_end) / pt : 0;
     int half = d / 2;
     bool neox = rope.style == SINKD_ROPE_NEOX;
-    for (int p = first + blockIdx.x; p < np; p += gridDim.x) {
-        int64_t s0 = lane_slot(pool, ln, l, p * pt);
-        if (s0 < 0)
-            continue;
-        int64_t pg = s0 / pt;
-        for (int i = threadIdx.x; i < half; i += blockDim.x) {
-            int ea = neox ? i : 2 * i, eb = neox ? i + half : 2 * i + 1;
-            const double inv = rope_inv_exact(rope.theta, rope.scale, i, d);
+    /* pairs outside pages: a pair's pow once a block, not once a page */
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const int ea = neox ? i : 2 * i, eb = neox ? i + half : 2 * i + 1;
+        const double inv = rope_inv_exact(rope.theta, rope.scale, i, d);
+        for (int p = first + blockIdx.x; p < np; p += gridDim.x) {
+            int64_t s0 = lane_slot(pool, ln, l, p * pt);
+            if (s0 < 0)
+                continue;
+            int64_t pg = s0 / pt;
             float mna = INFINITY, mxa = -INFINITY, mnb = INFINITY, mxb = -INFINITY;
             int tend = min(pt, len - p * pt);
             /* BD_KEYS keys' loads in flight before any math: one at a time,

@@ -31,29 +31,19 @@ int sinkd_cuda_matmul(sinkd_cuda *c, float *y, const float *x, int32_t m,
         return -EINVAL;
     if (m == 0)
         return 0;
+    sinkd_matvec_args a = {};
+    a.m = m;
+    a.n_w = 1;
+    a.x = x;
+    a.w[0] = w;
+    a.bias[0] = bias;
+    a.y[0] = y;
     if (m == 1) {
-        sinkd_matvec_args a = {};
-        a.m = 1;
-        a.n_w = 1;
-        a.x = x;
-        a.w[0] = w;
-        a.bias[0] = bias;
-        a.y[0] = y;
         int rc = sinkd_cuda_matvec(c, &a);
         if (rc != -ENOTSUP)
             return rc;
     }
-    const void *b = x;
-    int64_t n = (int64_t)m * w->cols;
-    if (w->dtype != SINKD_F32) {
-        int rc = sinkd_cuda_buf_reserve(c, &c->conv, (size_t)n * 2);
-        if (!rc)
-            rc = sinkd_cuda_norm_round(c, c->conv.p, w->dtype, x, NULL, m, w->cols, 0.0f);
-        if (rc)
-            return rc;
-        b = c->conv.p;
-    }
-    return sinkd_cuda_gemm(c, y, b, m, w, 0.0f, bias);
+    return sinkd_cuda_matmul_fused(c, &a); /* one weight, no norm: x rounded, one GEMM */
 }
 
 int sinkd_cuda_gemm(sinkd_cuda *c, float *y, const void *x, int32_t m, const sinkd_weight *w,
