@@ -160,6 +160,18 @@ typedef struct sinkd_decode_args {
      * are complete again after ops->score_flush. */
     void *const *defer;
     int32_t defer_layer, defer_layers;
+    /* Deferred rows (appended): for a rule that needs each step's whole
+     * row of probabilities (sinkd_stat_args.row_len). With defer and
+     * score_op WRITE, a non-NULL row makes every entry hold one step,
+     * whatever the group, and the call applies the step pending in its
+     * lane's entry by writing its probabilities into row (indexed by slot
+     * like pool->score) for the keys below that step's len, and that len
+     * into row_len[lane] (0 when nothing was pending: row untouched).
+     * pool->score is not touched. A shape the backend does not defer
+     * (no score_flush, or sinkd_defer_takes refuses it) is refused with
+     * -ENOTSUP. Both device memory. */
+    float *row;
+    int32_t *row_len;
 } sinkd_decode_args;
 
 /* A sequence's deferral block: device memory the caller owns (zeroed
@@ -218,6 +230,12 @@ typedef struct sinkd_score_flush_args {
     void *defer;             /* device: the sequence's block */
     int32_t score_op;        /* WRITE, ADD or DECAY */
     float score_decay;
+    /* A block the decode calls filled in rows mode (sinkd_decode_args.row):
+     * with score_op WRITE, the pending step goes to row (by slot), its len
+     * to row_len[h] for kv head h (0: nothing pending), pool->score
+     * untouched. NULL: into pool->score as above. */
+    float *row;
+    int32_t *row_len;
 } sinkd_score_flush_args;
 
 /* Prefill attention of one sequence's chunk of n new tokens, causal. The
@@ -362,6 +380,13 @@ typedef struct sinkd_stat_args {
     float temperature;       /* GUMBEL: > 0 */
     uint64_t seed;           /* GUMBEL: noise stream */
     float *prev;             /* STASH/RESTORE/DECAY/QUANTILE/GUMBEL */
+    /* QUANTILE, GUMBEL on a deferred row (sinkd_decode_args.row): NULL, or
+     * device [n_lanes] lengths. Then p is read from prev (the row) and the
+     * statistic from score, which the rule updates in place: lane l's rule
+     * covers its first row_len[l] tokens only (its row: quantile and
+     * softmax over them), later tokens and lanes with row_len 0 keep their
+     * score. The same arithmetic as without, on the same values. */
+    const int32_t *row_len;
 } sinkd_stat_args;
 
 /* The scalar checks every backend's stat op makes (op known, prev given
@@ -373,6 +398,8 @@ static inline bool sinkd_stat_args_ok(const sinkd_stat_args *a)
     if (a->op != SINKD_STAT_OP_ZERO && a->op != SINKD_STAT_OP_KEY_NORM && !a->prev)
         return false;
     if (a->op == SINKD_STAT_OP_KEY_NORM && a->n < 0)
+        return false;
+    if (a->row_len && a->op != SINKD_STAT_OP_QUANTILE && a->op != SINKD_STAT_OP_GUMBEL)
         return false;
     if ((a->op == SINKD_STAT_OP_DECAY || a->op == SINKD_STAT_OP_QUANTILE) &&
         !(a->decay >= 0.0f && a->decay <= 1.0f))

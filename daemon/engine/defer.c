@@ -5,6 +5,12 @@
  * while it streams the same keys anyway: a step pays its scores once,
  * without a logits buffer or a second pass (bench/attention/NOTES.md).
  *
+ * A rule over each step's whole row (QUANTILE, GUMBEL) runs in rows mode:
+ * the next step's attention writes the pending row into ENG_SLOT_PREV and
+ * the rule (exec.c's post step) combines it into the scores one step late,
+ * the same arithmetic on the same row, without the STASH pass, the logits
+ * and the score pass of an immediate step.
+ *
  * Pending probabilities are settled (ops->score_flush) before anything
  * else reads scores or moves keys: an eviction of that layer, a prefill
  * (its own scoring), a policy swap, a snapshot, a truncation, a step that
@@ -49,6 +55,10 @@ int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
 
     if (!s->defer)
         return 0;
+    if (s->defer_rows && ((rc = eng_exec_prev(e)) < 0 ||
+                          (rc = eng_dev_reserve(e, ENG_SLOT_ROW_LEN,
+                                                (size_t)g->kv_heads * sizeof(int32_t))) < 0))
+        return rc;
     for (int32_t l = first; l <= last; l++) {
         if (!s->defer_pend[l])
             continue;
@@ -57,25 +67,42 @@ int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
             .head_dim = g->head_dim, .layer = l, .layers = g->layers,
             .rope = sinkd_model_rope(s->m->model, s->defer_rope_mode), .defer = s->defer,
             .score_op = s->defer_op, .score_decay = s->defer_decay,
+            .row = s->defer_rows ? e->dbuf[ENG_SLOT_PREV] : NULL,
+            .row_len = s->defer_rows ? e->dbuf[ENG_SLOT_ROW_LEN] : NULL,
         };
         if ((rc = sinkd_kv_lanes_seq(s->seq, l, &a.lanes)) < 0 ||
-            (rc = e->be->ops->score_flush(e->be, &a)) < 0)
+            (rc = e->be->ops->score_flush(e->be, &a)) < 0 ||
+            (s->defer_rows && (rc = eng_exec_row_rule(e, s, l, &a.lanes)) < 0))
             return rc;
         s->defer_pend[l] = 0;
     }
     return 0;
 }
 
+/* The op a step of @x defers under: a row rule's rows are written. */
+static int32_t defer__op(const eng_exec *x)
+{
+    return x->post ? SINKD_SCORE_WRITE : x->score_op;
+}
+
+/* Whether a rows block left under @a can go on under @b. */
+static bool defer__same_rule(const eng_exec *a, const eng_exec *b)
+{
+    return a->stat == b->stat && a->quantile == b->quantile && a->keep == b->keep &&
+           a->temperature == b->temperature;
+}
+
 /* Whether @c's step can defer: a backend that does, a statistic the
- * attention op keeps by itself, dense attention, a shape the kernel takes. */
+ * attention op keeps by itself or a row rule, dense attention, a shape the
+ * kernel takes. */
 static bool defer__step_can(const eng_fwd_ctx *c)
 {
     const sinkd_engine *e = c->e;
     const eng_session *s = c->ss[0];
     const sinkd_job_geometry *g = &s->geom;
-    int32_t op = c->x.score_op;
+    int32_t op = defer__op(&c->x);
 
-    return e->score_defer && e->be->ops->score_flush && s->m && !c->x.post &&
+    return e->score_defer && e->be->ops->score_flush && s->m &&
            c->x.select == SINKD_SELECT_DENSE && !c->x.host_select &&
            (op == SINKD_SCORE_WRITE || op == SINKD_SCORE_ADD || op == SINKD_SCORE_DECAY) &&
            sinkd_defer_takes(g->q_heads / g->kv_heads, g->head_dim, e->page_tokens);
@@ -115,7 +142,8 @@ static int defer__block(sinkd_engine *e, eng_session *s)
 int eng_defer_begin(eng_fwd_ctx *c)
 {
     sinkd_engine *e = c->e;
-    bool on = defer__step_can(c);
+    bool on = defer__step_can(c), rows = c->x.post;
+    int32_t op = defer__op(&c->x);
     size_t bytes = (size_t)c->n * sizeof(void *);
     int rc;
 
@@ -125,11 +153,13 @@ int eng_defer_begin(eng_fwd_ctx *c)
     for (int32_t i = 0; i < c->n && on; i++)
         on = defer__block(e, c->ss[i]) == 0;
     on = on && eng_dev_reserve(e, ENG_SLOT_DEFER, bytes) == 0 &&
-         eng_host_reserve(e, ENG_SLOT_DEFER, bytes / sizeof(float)) == 0;
+         eng_host_reserve(e, ENG_SLOT_DEFER, bytes / sizeof(float)) == 0 &&
+         (!rows || eng_dev_reserve(e, ENG_SLOT_ROW_LEN, (size_t)c->n_lanes * sizeof(int32_t)) == 0);
     for (int32_t i = 0; i < c->n; i++) {
         eng_session *s = c->ss[i];
-        if (s->defer && (!on || s->defer_op != c->x.score_op || s->defer_decay != c->x.decay ||
-                         s->defer_rope_mode != s->rope_mode) &&
+        if (s->defer && (!on || s->defer_op != op || s->defer_decay != c->x.decay ||
+                         s->defer_rope_mode != s->rope_mode || s->defer_rows != rows ||
+                         (rows && !defer__same_rule(&s->defer_x, &c->x))) &&
             (rc = eng_defer_settle(e, s, -1)) < 0)
             return rc;
     }
@@ -143,9 +173,11 @@ int eng_defer_begin(eng_fwd_ctx *c)
         eng_session *s = c->ss[i];
         same = same && h[i] == s->defer;
         h[i] = s->defer;
-        s->defer_op = c->x.score_op;
+        s->defer_op = op;
         s->defer_decay = c->x.decay;
         s->defer_rope_mode = s->rope_mode;
+        s->defer_rows = rows;
+        s->defer_x = c->x;
         /* before the step: a step that fails half-way leaves some layers
          * pending, and settling a layer with nothing pending is a no-op */
         memset(s->defer_pend, 1, (size_t)s->geom.layers);

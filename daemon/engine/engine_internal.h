@@ -17,7 +17,20 @@
 /* Longest stop string accepted, bytes. */
 #define ENG_STOP_MAX 256
 /* Device (and host staging) buffer slots of the engine. */
-#define ENG_DBUF 11
+#define ENG_DBUF 12
+
+/* What a plan asks of a forward; sessions whose exec compare equal (and
+ * whose plans select from the same layers) share one decode call. */
+typedef struct eng_exec {
+    int32_t score_op;             /* the attention op's own statistic */
+    float decay;
+    uint8_t stat;                 /* sinkd_policy_stat */
+    uint8_t select;               /* sinkd_policy_select; DENSE when k covers every lane */
+    bool host_select;             /* the plugin's select callback ranks (a group of one) */
+    bool post;                    /* a rule runs after attention (QUANTILE, GUMBEL) */
+    float quantile, keep, temperature;
+    int32_t k;                    /* selected pages (PAGES) or tokens (TOKENS) per lane */
+} eng_exec;
 
 /* Decode batch selection (sched.c): scratch grown on demand and a step
  * counter that stamps the sessions each step serves. */
@@ -73,6 +86,8 @@ typedef struct eng_session {
     float defer_decay;
     uint8_t defer_rope_mode;
     bool defer_off;               /* no block could be had: score at once */
+    bool defer_rows;              /* rows mode: each step a row for the rule of */
+    eng_exec defer_x;             /* this plan (QUANTILE, GUMBEL) */
 } eng_session;
 
 /* Host scratch for eviction and statistics, grown on demand (never per step
@@ -243,20 +258,9 @@ enum {
     ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
     ENG_SLOT_PICKED = 9,     /* the argmax's ids of a greedy step */
     ENG_SLOT_DEFER = 10,     /* a deferring step's block pointers, [n] */
+    ENG_SLOT_ROW_LEN = 11,   /* a deferred row's lengths, [lanes] (defer.c) */
 };
 
-/* What a plan asks of a forward; sessions whose exec compare equal (and
- * whose plans select from the same layers) share one decode call. */
-typedef struct eng_exec {
-    int32_t score_op;             /* the attention op's own statistic */
-    float decay;
-    uint8_t stat;                 /* sinkd_policy_stat */
-    uint8_t select;               /* sinkd_policy_select; DENSE when k covers every lane */
-    bool host_select;             /* the plugin's select callback ranks (a group of one) */
-    bool post;                    /* a rule runs after attention (QUANTILE, GUMBEL) */
-    float quantile, keep, temperature;
-    int32_t k;                    /* selected pages (PAGES) or tokens (TOKENS) per lane */
-} eng_exec;
 
 /* Score op and decay of the plan's statistic for an attention op that
  * updates pool->score by itself (raw attend; QUANTILE and GUMBEL read as
@@ -339,6 +343,13 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
  * attention op, whatever rc is (so that scores are whole again). Returns rc,
  * or the error of that work when rc was 0. */
 int eng_fwd_end(eng_fwd_ctx *c, int rc);
+/* The rule of @s's rows mode (s->defer_x: QUANTILE or GUMBEL) on the row
+ * that ops->score_flush just wrote for @ln (@s's lanes of @layer) into
+ * ENG_SLOT_PREV, with its lengths in ENG_SLOT_ROW_LEN. Returns 0 or a
+ * negative errno. */
+int eng_exec_row_rule(sinkd_engine *e, eng_session *s, int32_t layer, const sinkd_lanes *ln);
+/* Reserve ENG_SLOT_PREV: one float per pool slot. */
+int eng_exec_prev(sinkd_engine *e);
 
 /* persist.c: snapshots in the state directory */
 /* Use @state_dir (created 0700 if missing, with sessions/ and snapshots/)

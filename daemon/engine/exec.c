@@ -13,6 +13,10 @@
  * stream (the store rebuilds its own for the next layer), so the post step
  * costs no upload and no host wait.
  *
+ * Under deferral (defer.c) a QUANTILE or GUMBEL step stashes nothing: the
+ * attention op writes the previous step's row into ENG_SLOT_PREV and the
+ * post step runs the rule on that row (stat row_len), one step late.
+ *
  * Scores that no rule reads (statistic NONE or KEY_NORM, which is computed
  * afresh at each eviction point) are not stashed around a token selection:
  * the selecting layer's probabilities simply overwrite them.
@@ -61,17 +65,43 @@ static int32_t exec__source(const eng_fwd_ctx *c, int32_t layer)
     return sinkd_plan_select_source(exec__plan(c), layer);
 }
 
-static int exec__stat(eng_fwd_ctx *c, const sinkd_lanes *ln, int32_t op, int32_t layer)
+/* The noise stream (GUMBEL) of the step of the group led by @s that
+ * consumed position s->tokens - @back. */
+static uint64_t exec__seed(const eng_session *s, int64_t back)
 {
-    sinkd_engine *e = c->e;
+    return exec__mix((uint64_t)s->id ^ exec__mix((uint64_t)(s->tokens - back)));
+}
+
+static int exec__stat_on(sinkd_engine *e, const eng_exec *x, const sinkd_lanes *ln, int32_t op,
+                         int32_t layer, int32_t head_dim, uint64_t seed, const int32_t *row_len)
+{
     sinkd_stat_args a = {
-        .pool = sinkd_kv_pool_get(e->kv), .lanes = *ln, .op = op,
-        .head_dim = c->ss[0]->geom.head_dim, .quantile = c->x.quantile,
-        .decay = op == SINKD_STAT_OP_QUANTILE ? c->x.keep : c->x.decay,
-        .temperature = c->x.temperature, .seed = c->seed ^ exec__mix((uint64_t)layer),
-        .prev = e->dbuf[ENG_SLOT_PREV],
+        .pool = sinkd_kv_pool_get(e->kv), .lanes = *ln, .op = op, .head_dim = head_dim,
+        .quantile = x->quantile, .decay = op == SINKD_STAT_OP_QUANTILE ? x->keep : x->decay,
+        .temperature = x->temperature, .seed = seed ^ exec__mix((uint64_t)layer),
+        .prev = e->dbuf[ENG_SLOT_PREV], .row_len = row_len,
     };
     return e->be->ops->stat(e->be, &a);
+}
+
+static int exec__stat(eng_fwd_ctx *c, const sinkd_lanes *ln, int32_t op, int32_t layer)
+{
+    return exec__stat_on(c->e, &c->x, ln, op, layer, c->ss[0]->geom.head_dim, c->seed, NULL);
+}
+
+static int32_t exec__rule_op(const eng_exec *x)
+{
+    return x->stat == SINKD_STAT_QUANTILE ? SINKD_STAT_OP_QUANTILE : SINKD_STAT_OP_GUMBEL;
+}
+
+/* A deferred row is the session's previous step's (one position back),
+ * and takes that step's noise: a session alone draws the same noise
+ * whether its rows are deferred or not. (In a batch the lanes are numbered
+ * by the applying call, and the stream is its first session's.) */
+int eng_exec_row_rule(sinkd_engine *e, eng_session *s, int32_t layer, const sinkd_lanes *ln)
+{
+    return exec__stat_on(e, &s->defer_x, ln, exec__rule_op(&s->defer_x), layer, s->geom.head_dim,
+                         exec__seed(s, 1), e->dbuf[ENG_SLOT_ROW_LEN]);
 }
 
 /* The plugin's select callback for the lanes of @layer of the forward's one
@@ -195,9 +225,12 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
     }
     switch (c->x.stat) {
     case SINKD_STAT_QUANTILE:
-        return exec__stat(c, &ln, SINKD_STAT_OP_QUANTILE, layer);
     case SINKD_STAT_GUMBEL:
-        return exec__stat(c, &ln, SINKD_STAT_OP_GUMBEL, layer);
+        /* deferred: the row the attention op just applied */
+        return c->defer ? exec__stat_on(e, &c->x, &ln, exec__rule_op(&c->x), layer,
+                                        c->ss[0]->geom.head_dim, exec__seed(c->ss[0], 1),
+                                        e->dbuf[ENG_SLOT_ROW_LEN])
+                        : exec__stat(c, &ln, exec__rule_op(&c->x), layer);
     case SINKD_STAT_SUM:
     case SINKD_STAT_DECAY:
         return exec__stat(c, &ln, SINKD_STAT_OP_DECAY, layer);
@@ -275,12 +308,22 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
         a->sel_off = c->e->dbuf[ENG_SLOT_SEL_OFF];
         a->sel_pages = exec__row(c, src);
     }
-    if (c->x.post || pick_tokens)
+    if ((c->x.post && !c->defer) || pick_tokens)
         return exec__defer(c, layer, &a->lanes, &a->score_op);
     if (c->defer) {
         a->defer = c->e->dbuf[ENG_SLOT_DEFER];
         a->defer_layer = layer;
         a->defer_layers = c->ss[0]->geom.layers;
+    }
+    if (c->defer && c->x.post) {
+        /* rows mode: the op applies the last step's row and the post step
+         * runs the rule on it; nothing is stashed, the scores stay put */
+        a->score_op = SINKD_SCORE_WRITE;
+        a->row = c->e->dbuf[ENG_SLOT_PREV];
+        a->row_len = c->e->dbuf[ENG_SLOT_ROW_LEN];
+        if ((rc = exec__keep_lanes(c, layer, &a->lanes)) < 0)
+            return rc;
+        c->pending = layer;
     }
     return 0;
 }
@@ -301,8 +344,7 @@ static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
     return exec__defer(c, layer, &a->lanes, &a->score_op);
 }
 
-/* The stash buffer: one float per pool slot. */
-static int exec__prev(sinkd_engine *e)
+int eng_exec_prev(sinkd_engine *e)
 {
     const sinkd_kv_pool *pool = sinkd_kv_pool_get(e->kv);
 
@@ -321,13 +363,13 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
     c->pending = -1;
     eng_plan_exec(e, s, &c->x);
     c->n_lanes = s->geom.kv_heads;
-    c->seed = exec__mix((uint64_t)s->id ^ exec__mix((uint64_t)s->tokens));
+    c->seed = exec__seed(s, 0);
     if ((rc = eng_defer_settle(e, s, -1)) < 0) /* the chunk scores by itself */
         return rc;
     h->prefill = exec__prefill_hook;
     h->decode = NULL;
     h->ctx = c;
-    return c->x.post ? exec__prev(e) : 0;
+    return c->x.post ? eng_exec_prev(e) : 0;
 }
 
 /* Entries per lane of a selection row: 0 when the selection covers every
@@ -364,7 +406,7 @@ int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_s
     c->pending = -1;
     eng_plan_exec(e, ss[0], &c->x);
     c->n_lanes = n * ss[0]->geom.kv_heads;
-    c->seed = exec__mix((uint64_t)ss[0]->id ^ exec__mix((uint64_t)ss[0]->tokens));
+    c->seed = exec__seed(ss[0], 0);
     c->req = ss[0]->gen; /* a callback's group is of one session */
     for (int32_t i = 0; i < n; i++)
         e->seqs[i] = ss[i]->seq;
@@ -386,8 +428,9 @@ int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_s
         if ((rc = e->be->ops->h2d(e->be, e->dbuf[ENG_SLOT_SEL_OFF], off, off_bytes)) < 0)
             return rc;
     }
-    if (c->x.post || (c->x.select == SINKD_SELECT_TOKENS && c->width > 0))
-        return exec__prev(e);
+    if ((c->x.post || (c->x.select == SINKD_SELECT_TOKENS && c->width > 0)) &&
+        (rc = eng_exec_prev(e)) < 0)
+        return rc;
     return eng_defer_begin(c);
 }
 

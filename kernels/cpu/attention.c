@@ -176,6 +176,8 @@ int cpu__attn_decode(sinkd_backend *be, const sinkd_decode_args *a)
     if (a->rope.mode == SINKD_ROPE_ABSOLUTE)
         for (int32_t s = 0; s < a->n_seqs; s++)
             max_pos = a->q_pos[s] + 1 > max_pos ? a->q_pos[s] + 1 : max_pos;
+    if (a->row) /* rows mode is deferral's; the CPU scores every call now */
+        return -ENOTSUP;
     if (a->sel_off) {
         int32_t pt = a->pool->page_tokens;
         if (a->lanes.n_lanes > 0 && (a->sel_off[0] < 0 || !a->sel_pages))

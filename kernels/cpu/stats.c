@@ -8,6 +8,8 @@
  *              (quickselect on order-preserving integer keys: O(len), and
  *              the same threshold bit for bit as the CUDA radix select);
  *              GUMBEL takes a log and two exps per token, in double.
+ *              With row_len the two rules run on each lane's first
+ *              row_len[l] tokens, p from prev and the statistic from score.
  * topk_tokens  selects the k-th largest score the same way, then walks the
  *              lane once in index order: O(len) per lane.
  */
@@ -78,46 +80,47 @@ static void stat_key_norm(const sinkd_stat_args *a, int32_t l, float *row)
     }
 }
 
-static void stat_quantile(const sinkd_stat_args *a, int32_t l, uint32_t *keys)
+/* The rules read p from @p and the old statistic from @old over the first
+ * @n tokens of lane l and write score (a deferred row swaps the two: see
+ * stat_lane). */
+static void stat_quantile(const sinkd_stat_args *a, int32_t l, int32_t n, const float *p,
+                          const float *old, uint32_t *keys)
 {
     const sinkd_kv_pool *pool = a->pool;
-    int32_t len = a->lanes.len[l];
 
-    if (len == 0)
-        return;
-    for (int32_t t = 0; t < len; t++)
-        keys[t] = stat_key(pool->score[cpu__slot(pool, &a->lanes, l, t)]);
-    uint32_t thr = stat_select(keys, len, (int32_t)floor((double)a->quantile * (len - 1)));
-    for (int32_t t = 0; t < len; t++) {
+    for (int32_t t = 0; t < n; t++)
+        keys[t] = stat_key(p[cpu__slot(pool, &a->lanes, l, t)]);
+    uint32_t thr = stat_select(keys, n, (int32_t)floor((double)a->quantile * (n - 1)));
+    for (int32_t t = 0; t < n; t++) {
         int64_t slot = cpu__slot(pool, &a->lanes, l, t);
-        float hit = stat_key(pool->score[slot]) > thr ? 1.0f : 0.0f;
-        pool->score[slot] = a->decay * a->prev[slot] + hit;
+        float hit = stat_key(p[slot]) > thr ? 1.0f : 0.0f;
+        pool->score[slot] = a->decay * old[slot] + hit;
     }
 }
 
-static void stat_gumbel(const sinkd_stat_args *a, int32_t l, float *z)
+static void stat_gumbel(const sinkd_stat_args *a, int32_t l, int32_t n, const float *p,
+                        const float *old, float *z)
 {
     const sinkd_kv_pool *pool = a->pool;
-    int32_t len = a->lanes.len[l];
     double mx = -INFINITY, sum = 0;
 
-    for (int32_t t = 0; t < len; t++) {
-        float p = pool->score[cpu__slot(pool, &a->lanes, l, t)];
-        if (p > 0) {
+    for (int32_t t = 0; t < n; t++) {
+        float pk = p[cpu__slot(pool, &a->lanes, l, t)];
+        if (pk > 0) {
             double g = -log(-log(sinkd_stat_uniform(a->seed, l, t)));
-            z[t] = (float)((log((double)p) + g) / a->temperature);
+            z[t] = (float)((log((double)pk) + g) / a->temperature);
             mx = z[t] > mx ? z[t] : mx;
         } else {
             z[t] = -INFINITY;
         }
     }
-    for (int32_t t = 0; t < len; t++)
+    for (int32_t t = 0; t < n; t++)
         if (z[t] > -INFINITY)
             sum += exp((double)z[t] - mx);
-    for (int32_t t = 0; t < len; t++) {
+    for (int32_t t = 0; t < n; t++) {
         int64_t slot = cpu__slot(pool, &a->lanes, l, t);
         double w = z[t] > -INFINITY ? exp((double)z[t] - mx) / sum : 0.0;
-        pool->score[slot] = (float)(a->prev[slot] + w);
+        pool->score[slot] = (float)(old[slot] + w);
     }
 }
 
@@ -133,11 +136,23 @@ static void stat_lane(void *vctx, int64_t task, int tid)
         stat_key_norm(a, l, c->scratch[tid]);
         return;
     case SINKD_STAT_OP_QUANTILE:
-        stat_quantile(a, l, (uint32_t *)c->scratch[tid]);
+    case SINKD_STAT_OP_GUMBEL: {
+        const float *p = pool->score, *old = a->prev;
+        int32_t n = len;
+        if (a->row_len) {
+            /* a deferred row: p was written to prev, score kept the statistic */
+            p = a->prev;
+            old = pool->score;
+            n = a->row_len[l] < len ? a->row_len[l] : len;
+        }
+        if (n <= 0)
+            return;
+        if (a->op == SINKD_STAT_OP_QUANTILE)
+            stat_quantile(a, l, n, p, old, (uint32_t *)c->scratch[tid]);
+        else
+            stat_gumbel(a, l, n, p, old, c->scratch[tid]);
         return;
-    case SINKD_STAT_OP_GUMBEL:
-        stat_gumbel(a, l, c->scratch[tid]);
-        return;
+    }
     default:
         break;
     }

@@ -71,8 +71,10 @@ struct dec_params {
     int early_next;          /* v2: let the next kernel launch after the tiles */
     void *const *defer;      /* v2 deferred scores: [n_seqs] blocks, or NULL */
     int defer_layer;
-    int defer_apply;         /* apply the pending probabilities (ADD, DECAY) */
+    int defer_apply;         /* apply the pending probabilities (ADD, DECAY, rows) */
     size_t defer_lse_off, defer_len_off;
+    float *row;              /* rows mode (backend.h): one step an entry, p to row */
+    int *row_len;            /* [lane] the applied step's len, 0: none */
 };
 
 /* Lane @l's entry in its sequence's deferral block (backend.h). */
@@ -532,6 +534,11 @@ static __device__ __forceinline__ void defer_apply_tile(const dec_params &P, con
     float y = __shfl_xor_sync(0xffffffffu, x, 16);
     const int col = 8 * b0 + 2 * t4 + b1, k = mt.x + col;
     const bool in0 = k < n0, in1 = pairs && k < n1;
+    if (P.row) { /* singles: x + y is the whole group's p */
+        if (lane < 16 && col < mt.y && in0)
+            P.row[(int64_t)mt.z * P.pool.page_tokens + mt.x % P.pool.page_tokens + col] = x + y;
+        return;
+    }
     if (lane < 16 && col < mt.y && (in0 || in1)) {
         const bool add = P.score_op == SINKD_SCORE_ADD;
         float *dst = P.pool.score + (int64_t)mt.z * P.pool.page_tokens + mt.x % P.pool.page_tokens;
@@ -637,9 +644,10 @@ decode_mma_kernel(dec_params P)
      * probabilities under those queries; with their final lse they are exact
      * and go straight into the scores (ADD, DECAY) of the keys they had.
      * A group of up to 4 fits two steps (pairs), so an entry is applied
-     * every other call, when both its slots are full; else every call. */
+     * every other call, when both its slots are full; else every call, and
+     * always in rows mode, where each step is a row of its own. */
     dec_defer de = {NULL, NULL, NULL};
-    const bool pairs = G <= 4;
+    const bool pairs = G <= 4 && !P.row;
     int n0 = 0, n1 = 0, d_out = 0;
     bool apply = false;
     float lse_p = INFINITY; /* exp2(s - inf) = 0 for an idle row */
@@ -654,6 +662,9 @@ decode_mma_kernel(dec_params P)
             apply = pairs ? n0 > 0 && n1 > 0 : n0 > 0;
             d_out = pairs && !apply && n0 > 0 ? 1 : 0; /* where this step waits */
         }
+        /* after pdl_wait: the kernel ahead (the last layer's rule) reads it */
+        if (P.row && split == 0 && threadIdx.x == 0)
+            P.row_len[l] = apply ? n0 : 0;
     }
 
     /* The query's rows, in flight with the first tiles: thread item j is
@@ -703,7 +714,7 @@ decode_mma_kernel(dec_params P)
             }
             if (!cache && lane < 4)
                 cp_async16(sk + 2 * SH::KV + lane * 16, P.pool.pos + (int64_t)pg * pt + r0 + lane * 4, 16);
-            if (DEFER && apply && lane >= 4 && lane < 8)
+            if (DEFER && apply && !P.row && lane >= 4 && lane < 8)
                 cp_async16(sk + 2 * SH::KV + 64 + (lane - 4) * 16,
                            P.pool.score + (int64_t)pg * pt + r0 + (lane - 4) * 4, 16);
         }
@@ -1190,6 +1201,8 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     if (a->defer && (a->score_op == SINKD_SCORE_NONE || a->sel_off || a->defer_layer < 0 ||
                      a->defer_layer >= a->defer_layers))
         return -EINVAL;
+    if (a->row && (!a->defer || !a->row_len || a->score_op != SINKD_SCORE_WRITE))
+        return -EINVAL;
     if (a->n_seqs == 0)
         return 0;
     if (!a->lanes.len || !a->lanes.page_off || !a->lanes.page_ids)
@@ -1237,11 +1250,15 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
     if (defer) {
         P.defer = a->defer;
         P.defer_layer = a->defer_layer;
-        P.defer_apply = a->score_op == SINKD_SCORE_ADD || a->score_op == SINKD_SCORE_DECAY;
+        P.defer_apply = a->score_op == SINKD_SCORE_ADD || a->score_op == SINKD_SCORE_DECAY || a->row;
+        P.row = a->row;
+        P.row_len = a->row_len;
         const size_t es = sinkd_dtype_bytes((sinkd_dtype)a->pool->dtype, 1);
         P.defer_lse_off = sinkd_defer_lse_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, es);
         P.defer_len_off = sinkd_defer_len_off(a->defer_layers, a->n_kv_heads, G, a->head_dim, es);
     }
+    if (a->row && !defer)
+        return -ENOTSUP; /* a row is only ever a deferred one */
     const int score_op = defer ? SINKD_SCORE_NONE : a->score_op;
 
     size_t need_lse = score_op != SINKD_SCORE_NONE ? (size_t)nl * G * sizeof(float) : 0;

@@ -13,7 +13,8 @@
  * inverse frequencies and fast sincos, rounded to the pool dtype, f32 dot
  * with the stored rounded query), so exp2(s - lse) is normalised by the
  * very lse it came with. Bytes: D * esize + 8 per pending key; runs at
- * eviction points, not per step.
+ * eviction points, not per step. A block of rows mode (backend.h) holds
+ * one step, written to the caller's row for the rule that reads it.
  */
 #include "common.cuh"
 
@@ -31,6 +32,8 @@ struct flush_params {
     int score_op;
     float score_decay;
     int vec;                 /* pages 16-byte aligned: vector row loads */
+    float *row;              /* rows mode: p to row, not pool.score (WRITE) */
+    int32_t *row_len;        /* rows mode: [kv head] the step's len */
 };
 
 template <typename T, int D>
@@ -52,6 +55,8 @@ __global__ void __launch_bounds__(FL_THREADS) score_flush_kernel(flush_params P)
     const int lim = min(P.ln.len[h], max(have, 0) * pt);
     const int n0 = min(P.len[2 * x], lim), n1 = min(P.len[2 * x + 1], lim);
     const int n = max(n0, n1);
+    if (P.row && blockIdx.x == 0 && threadIdx.x == 0)
+        P.row_len[h] = n0; /* rows mode holds one step: slot 1 is empty */
     if ((int)blockIdx.x * FL_THREADS >= n)
         return; /* block-uniform, before the barrier */
 
@@ -115,8 +120,8 @@ __global__ void __launch_bounds__(FL_THREADS) score_flush_kernel(flush_params P)
                 }
             }
         }
-        float *sc = P.pool.score + slot;
-        float v = *sc;
+        float *sc = (P.row ? P.row : P.pool.score) + slot;
+        float v = P.row ? 0.0f : *sc; /* a row is written, never read */
 #pragma unroll
         for (int sl = 0; sl < 2; sl++) {
             if (i >= (sl ? n1 : n0))
@@ -158,6 +163,8 @@ extern "C" int sinkd_cuda_score_flush(sinkd_cuda *c, const sinkd_score_flush_arg
     if (a->score_op != SINKD_SCORE_WRITE && a->score_op != SINKD_SCORE_ADD &&
         a->score_op != SINKD_SCORE_DECAY)
         return -EINVAL;
+    if (a->row && (!a->row_len || a->score_op != SINKD_SCORE_WRITE))
+        return -EINVAL;
     const int G = a->n_q_heads / a->n_kv_heads, n_kv = a->n_kv_heads, d = a->head_dim;
     if (!sinkd_defer_takes(G, d, a->pool->page_tokens))
         return -ENOTSUP; /* decode never defers this shape: nothing can be pending */
@@ -178,6 +185,8 @@ extern "C" int sinkd_cuda_score_flush(sinkd_cuda *c, const sinkd_score_flush_arg
     P.score_op = a->score_op;
     P.score_decay = a->score_decay;
     P.vec = (uintptr_t)a->pool->pages % 16 == 0;
+    P.row = a->row;
+    P.row_len = a->row_len;
 
     /* The lengths stay on the device (no sync): size for a long lane, about
      * 8 blocks an SM in all; blocks past a lane's pending keys leave at once. */

@@ -15,12 +15,15 @@
  *                             bytes), and the passes of the rule run there:
  *       QUANTILE     4 radix passes of 8 bits for the exact threshold (the
  *                    CPU's quickselect picks the same element), one update
- *       GUMBEL       z = (log p + g) / temperature once (double, rounded to
- *                    f32 as the CPU stores it), then max, sum and write
+ *       GUMBEL       z = (log p + g) / temperature once (log p in double, the
+ *                    noise in f32: within 1e-7 of the CPU's double), then max,
+ *                    the sum of exp(z - max), kept, and the write
  *       topk_tokens  4 radix passes for the k-th largest, then one ordered
  *                    pass in chunks of the block writing ascending pages
  *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
- *   in every pass instead: the same results, more traffic.
+ *   in every pass instead: the same results, more traffic. On a deferred
+ *   row (row_len) the rules read p from prev and update the score in
+ *   place, over each lane's first row_len tokens: no STASH before them.
  *
  * Compile: part of sinkd_cuda (kernels/cuda/CMakeLists.txt), sm_90.
  */
@@ -155,25 +158,28 @@ static __device__ int block_scan(int v, int *sh, bool max)
     return v;
 }
 
-/* Value @t of lane @l: the cached copy, or the pool's score. */
+/* Value @t of lane @l: the cached copy, or @src (by slot: the pool's
+ * score, or a deferred row). */
 template <bool CACHED>
-static __device__ __forceinline__ float lane_get(const float *cache, const sinkd_kv_pool &pool,
-                                                 const sinkd_lanes &ln, int32_t l, int32_t t)
+static __device__ __forceinline__ float lane_get(const float *cache, const float *src,
+                                                 const sinkd_kv_pool &pool, const sinkd_lanes &ln,
+                                                 int32_t l, int32_t t)
 {
-    return CACHED ? cache[t] : pool.score[stat_slot(ln, pool.page_tokens, l, t)];
+    return CACHED ? cache[t] : src[stat_slot(ln, pool.page_tokens, l, t)];
 }
 
-/* Copy lane @l's scores into @cache (four independent loads in flight per
- * thread: the page table makes each one two dependent reads). */
-static __device__ void lane_load(float *cache, const sinkd_kv_pool &pool, const sinkd_lanes &ln,
-                                 int32_t l, int32_t len)
+/* Copy lane @l's first @len values of @src into @cache (four independent
+ * loads in flight per thread: the page table makes each one two dependent
+ * reads). */
+static __device__ void lane_load(float *cache, const float *src, const sinkd_kv_pool &pool,
+                                 const sinkd_lanes &ln, int32_t l, int32_t len)
 {
     for (int32_t t0 = threadIdx.x; t0 < len; t0 += 4 * LANE_THREADS) {
         float v[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int32_t t = t0 + i * LANE_THREADS;
-            v[i] = t < len ? pool.score[stat_slot(ln, pool.page_tokens, l, t)] : 0.0f;
+            v[i] = t < len ? src[stat_slot(ln, pool.page_tokens, l, t)] : 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -186,9 +192,9 @@ static __device__ void lane_load(float *cache, const sinkd_kv_pool &pool, const 
 /* The key of rank @r (0 = smallest) of the lane's values: 4 passes of an
  * 8-bit radix select. Every thread gets it. @hist: 256 ints. */
 template <bool CACHED>
-static __device__ uint32_t lane_select(const float *cache, const sinkd_kv_pool &pool,
-                                       const sinkd_lanes &ln, int32_t l, int32_t len, int32_t r,
-                                       int *hist)
+static __device__ uint32_t lane_select(const float *cache, const float *src,
+                                       const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
+                                       int32_t len, int32_t r, int *hist)
 {
     __shared__ uint32_t s_prefix;
     __shared__ int s_rank;
@@ -203,7 +209,7 @@ static __device__ uint32_t lane_select(const float *cache, const sinkd_kv_pool &
         uint32_t prefix = s_prefix;
         uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
         for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-            uint32_t k = stat_key(lane_get<CACHED>(cache, pool, ln, l, t));
+            uint32_t k = stat_key(lane_get<CACHED>(cache, src, pool, ln, l, t));
             if ((k & hi_mask) == (prefix & hi_mask))
                 atomicAdd(&hist[(k >> shift) & 255], 1);
         }
@@ -236,44 +242,56 @@ static __device__ uint32_t lane_select(const float *cache, const sinkd_kv_pool &
 
 /* ---- whole-lane rules ----------------------------------------------------------- */
 
+/* @src: where p is (by slot), @old: the statistic before the step; the
+ * result goes to the pool's score. Without a row: the pool's score and
+ * prev; on a deferred row (row_len): prev and the pool's score. */
 template <bool CACHED>
 static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
-                                     int32_t len, float *cache, int *hist)
+                                     int32_t len, const float *src, const float *old, float *cache,
+                                     int *hist)
 {
     const sinkd_lanes &ln = a.lanes;
     if (CACHED)
-        lane_load(cache, pool, ln, l, len);
-    uint32_t thr = lane_select<CACHED>(cache, pool, ln, l, len,
+        lane_load(cache, src, pool, ln, l, len);
+    uint32_t thr = lane_select<CACHED>(cache, src, pool, ln, l, len,
                                        (int32_t)floor((double)a.quantile * (len - 1)), hist);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         int64_t slot = stat_slot(ln, pool.page_tokens, l, t);
-        float p = CACHED ? cache[t] : pool.score[slot];
+        float p = CACHED ? cache[t] : src[slot];
         float hit = stat_key(p) > thr ? 1.0f : 0.0f;
-        pool.score[slot] = a.decay * a.prev[slot] + hit;
+        pool.score[slot] = a.decay * old[slot] + hit;
     }
 }
 
-/* z of a key, NaN for a key without p > 0 (z itself is never NaN there). */
+/* z of a key, NaN for a key without p > 0 (z itself is never NaN there).
+ * The noise g = -log(-log u) in f32 (absolute error about 1e-7: -log u
+ * through log1p above u = 1/2, where u itself would round to 1); log p in
+ * double, where the key's weight is decided. Five double logs and exps a
+ * key were most of this rule's time (H100, 16 x 32K lanes: 137 us a layer;
+ * 113 with one log and one exp). */
 static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, int32_t l,
                                                  int32_t t)
 {
     if (!(p > 0))
         return NAN;
-    return (float)((log((double)p) - log(-log(sinkd_stat_uniform(a.seed, l, t)))) / a.temperature);
+    double u = sinkd_stat_uniform(a.seed, l, t);
+    float e = u > 0.5 ? -log1pf((float)(u - 1.0)) : -logf((float)u);
+    return (float)((log((double)p) - (double)logf(e)) / a.temperature);
 }
 
 template <bool CACHED>
 static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
-                                   int32_t len, float *cache, double *sh)
+                                   int32_t len, const float *src, const float *old, float *cache,
+                                   double *sh)
 {
     const sinkd_lanes &ln = a.lanes;
     int32_t pt = pool.page_tokens;
     double mx = -INFINITY, sum = 0;
 
     if (CACHED)
-        lane_load(cache, pool, ln, l, len);
+        lane_load(cache, src, pool, ln, l, len);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = gumbel_z(lane_get<CACHED>(cache, pool, ln, l, t), a, l, t);
+        float z = gumbel_z(lane_get<CACHED>(cache, src, pool, ln, l, t), a, l, t);
         if (CACHED)
             cache[t] = z; /* each thread rereads only its own entries */
         if (!isnan(z))
@@ -281,16 +299,24 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     }
     mx = block_reduce(mx, sh, true);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = CACHED ? cache[t] : gumbel_z(pool.score[stat_slot(ln, pt, l, t)], a, l, t);
-        if (!isnan(z))
-            sum += exp((double)z - mx);
+        float z = CACHED ? cache[t] : gumbel_z(src[stat_slot(ln, pt, l, t)], a, l, t);
+        double x = isnan(z) ? 0 : exp((double)z - mx);
+        if (CACHED)
+            cache[t] = (float)x; /* its own entries again: the write divides it */
+        sum += x;
     }
     sum = block_reduce(sum, sh, false);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         int64_t slot = stat_slot(ln, pt, l, t);
-        float z = CACHED ? cache[t] : gumbel_z(pool.score[slot], a, l, t);
-        double w = isnan(z) ? 0 : exp((double)z - mx) / sum;
-        pool.score[slot] = (float)(a.prev[slot] + w);
+        double x;
+        if (CACHED) {
+            x = cache[t];
+        } else {
+            float z = gumbel_z(src[slot], a, l, t);
+            x = isnan(z) ? 0 : exp((double)z - mx);
+        }
+        /* x > 0: a lane without p > 0 has sum 0 and adds nothing */
+        pool.score[slot] = (float)(old[slot] + (x > 0 ? x / sum : 0.0));
     }
 }
 
@@ -302,19 +328,25 @@ __global__ void __launch_bounds__(LANE_THREADS)
     __shared__ double sh[LANE_WARPS];
     __shared__ int hist[256];
     int32_t l = blockIdx.x, len = a.lanes.len[l];
+    const float *src = pool.score, *old = a.prev;
 
-    if (len == 0)
+    if (a.row_len) { /* a deferred row: its first tokens, p in prev */
+        len = min(len, a.row_len[l]);
+        src = a.prev;
+        old = pool.score;
+    }
+    if (len <= 0)
         return;
     bool cached = len <= cache_cap;
     if (a.op == SINKD_STAT_OP_QUANTILE) {
         if (cached)
-            stat_quantile<true>(pool, a, l, len, cache, hist);
+            stat_quantile<true>(pool, a, l, len, src, old, cache, hist);
         else
-            stat_quantile<false>(pool, a, l, len, cache, hist);
+            stat_quantile<false>(pool, a, l, len, src, old, cache, hist);
     } else if (cached) {
-        stat_gumbel<true>(pool, a, l, len, cache, sh);
+        stat_gumbel<true>(pool, a, l, len, src, old, cache, sh);
     } else {
-        stat_gumbel<false>(pool, a, l, len, cache, sh);
+        stat_gumbel<false>(pool, a, l, len, src, old, cache, sh);
     }
 }
 
@@ -389,16 +421,16 @@ static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const sinkd_l
     __shared__ int s_tot[2];
 
     if (CACHED)
-        lane_load(cache, pool, ln, l, len);
-    uint32_t thr = lane_select<CACHED>(cache, pool, ln, l, len, len - k, hist);
+        lane_load(cache, pool.score, pool, ln, l, len);
+    uint32_t thr = lane_select<CACHED>(cache, pool.score, pool, ln, l, len, len - k, hist);
     double above = 0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
-        above += stat_key(lane_get<CACHED>(cache, pool, ln, l, t)) > thr;
+        above += stat_key(lane_get<CACHED>(cache, pool.score, pool, ln, l, t)) > thr;
     int32_t ties_left = k - (int32_t)block_reduce(above, sh, false);
     int32_t last_page = -1; /* of the last token taken, block-uniform */
     for (int32_t c0 = 0; c0 < len; c0 += LANE_THREADS) {
         int32_t t = c0 + threadIdx.x;
-        uint32_t key = t < len ? stat_key(lane_get<CACHED>(cache, pool, ln, l, t)) : 0;
+        uint32_t key = t < len ? stat_key(lane_get<CACHED>(cache, pool.score, pool, ln, l, t)) : 0;
         int tie = t < len && key == thr;
         int tie_incl = block_scan(tie, wsh, false);
         bool take = t < len && (key > thr || (tie && tie_incl - tie < ties_left));

@@ -406,6 +406,19 @@ static void step_free(twin *t, dstep *st)
     tbuf_free(t, &st->out);
 }
 
+/* Step @j (from 1) of a sequence: a fresh query at positions qpos + j - 1,
+ * the lanes at h_len + j - 1 tokens. */
+static void step_begin(twin *t, dpool *p, dstep *st, const dcase *c, const int32_t *qpos, int j,
+                       sinkd_rope rope)
+{
+    int32_t qp[3];
+    for (int s = 0; s < p->n_seqs; s++)
+        qp[s] = qpos[s] + j - 1;
+    st->rope = rope;
+    step_init(t, st, c, p, qp);
+    dpool_set_len(t, p, j - 1);
+}
+
 /* The deferral sequence of one case: @K steps deferred on the GPU and
  * immediate on the CPU, step j with lengths n + j - 1 and query positions
  * q_pos + j - 1, then a flush of layer 0 (a no-op) and of LAYER. After
@@ -436,12 +449,7 @@ static void defer_case(twin *t, const dcase *c, int K)
     for (int j = 1; j <= K; j++) {
         char at[224];
         snprintf(at, sizeof at, "%s, step %d", what, j);
-        int32_t qp[3];
-        for (int s = 0; s < n_seqs; s++)
-            qp[s] = qpos[s] + j - 1;
-        st[j - 1].rope = rope;
-        step_init(t, &st[j - 1], c, &p, qp);
-        dpool_set_len(t, &p, j - 1);
+        step_begin(t, &p, &st[j - 1], c, qpos, j, rope);
         decode_step(t, &p, &st[j - 1], false, b.dev, at);
         pend_step(&m, c, j);
         check_lens(t, &b, &p, m.slot, at);
@@ -516,6 +524,230 @@ Test(gpu_defer, flush_only)
     TWIN_OR_SKIP(t);
     for (size_t i = 0; i < N_CASES; i++)
         defer_case(&t, &cases[i], 1);
+    twin_close(&t);
+}
+
+/* ---- rows mode ------------------------------------------------------------------------ */
+
+/* @dev's @n floats or ints, copied to the host (caller frees). */
+static void *gpu_copy(twin *t, const void *dev, size_t bytes)
+{
+    void *h = malloc(bytes);
+    cr_assert_eq(t->gpu->ops->sync(t->gpu), 0, "gpu sync (a kernel failed)");
+    cr_assert_eq(t->gpu->ops->d2h(t->gpu, h, dev, bytes), 0);
+    return h;
+}
+
+/* Check the GPU row after a call that applied step @step (0: none): lane
+ * l's row_len is step's length (0 when none) and its row holds, on those
+ * keys, the CPU's probabilities of that step (@want: the CPU's scores after
+ * it); every other entry of the row is as it was (@before). The pool's
+ * scores are never touched in rows mode. */
+static void check_row(twin *t, const dpool *p, const float *row, const int32_t *row_len,
+                      const float *before, const float *want, int step, const char *what)
+{
+    size_t ns = (size_t)p->np * p->pt, nu = 0, moved = 0, bad_len = 0;
+    float *g = malloc(ns * 4), *w = malloc(ns * 4);
+    for (int l = 0; l < p->n_lanes; l++)
+        bad_len += row_len[l] != (step ? p->h_len[l] + step - 1 : 0);
+    for (size_t i = 0; i < ns; i++) {
+        bool in = step && p->tok[i] >= 0 && p->tok[i] < p->h_len[p->lane[i]] + step - 1;
+        if (!in) {
+            moved += memcmp(&row[i], &before[i], 4) != 0;
+            continue;
+        }
+        g[nu] = row[i];
+        w[nu++] = want[i];
+    }
+    cr_expect_eq(bad_len, 0, "%s: %zu row lengths differ (step %d)", what, bad_len, step);
+    cr_expect_eq(moved, 0, "%s: %zu row entries outside the step's keys changed", what, moved);
+    if (step) {
+        double e = rel_err(g, w, nu);
+        cr_expect(e < TOL16, "%s: row of step %d, %zu keys, relative error %.3g", what, step, nu, e);
+    }
+    float *sc = gpu_copy(t, p->pg.score, ns * 4);
+    size_t touched = 0;
+    for (size_t i = 0; i < ns; i++)
+        touched += memcmp(&sc[i], &p->h_score0[i], 4) != 0;
+    cr_expect_eq(touched, 0, "%s: rows mode changed %zu pool scores", what, touched);
+    free(sc);
+    free(g);
+    free(w);
+}
+
+/* K steps in rows mode on the GPU against immediate WRITE steps on the
+ * CPU: call j applies step j - 1 (one step an entry, whatever the group),
+ * then the flush applies step K. */
+static void rows_case(twin *t, const dcase *cc, int K)
+{
+    dcase c = *cc;
+    c.score_op = SINKD_SCORE_WRITE;
+    int n_seqs = twin_range(t, 1, 3), pt = twin_range(t, 0, 3) == 0 ? 32 : 16;
+    dpool p;
+    dpool_init(t, &p, c.dt, c.d, pt, n_seqs, c.n_kv, K - 1);
+    dblocks b;
+    dblocks_init(t, &b, n_seqs, c.n_kv, c.G, c.d);
+    size_t ns = (size_t)p.np * p.pt;
+    float *nan = malloc(ns * 4);
+    memset(nan, 0xff, ns * 4);
+    int32_t *junk = malloc(p.n_lanes * 4);
+    for (int l = 0; l < p.n_lanes; l++)
+        junk[l] = -7;
+    void *row, *row_len;
+    sinkd_backend *gb = t->gpu;
+    cr_assert_eq(gb->ops->alloc(gb, &row, ns * 4), 0);
+    cr_assert_eq(gb->ops->alloc(gb, &row_len, p.n_lanes * 4), 0);
+    cr_assert_eq(gb->ops->h2d(gb, row, nan, ns * 4), 0);
+    int32_t qpos[3];
+    for (int s = 0; s < n_seqs; s++)
+        qpos[s] = POS_SPAN + twin_range(t, 0, 500);
+    sinkd_rope rope = case_rope(t, &c);
+    char what[192];
+    snprintf(what, sizeof what, "rows K=%d %s d=%d pt=%d seqs=%d kv=%d G=%d rope=%d/%d", K,
+             sinkd_dtype_name(c.dt), c.d, pt, n_seqs, c.n_kv, c.G, c.style, c.mode);
+
+    dstep st[MAX_STEPS];
+    float *cpu_after[MAX_STEPS + 1] = {p.h_score0};
+    float *before = nan;
+    bool own = false;
+    for (int j = 1; j <= K; j++) {
+        char at[224];
+        snprintf(at, sizeof at, "%s, step %d", what, j);
+        step_begin(t, &p, &st[j - 1], &c, qpos, j, rope);
+        cr_assert_eq(gb->ops->h2d(gb, row_len, junk, p.n_lanes * 4), 0);
+        /* the CPU scores at once: its WRITE leaves step j's p in its pool */
+        decode_step(t, &p, &st[j - 1], true, NULL, at);
+        cpu_after[j] = malloc(ns * 4);
+        memcpy(cpu_after[j], p.score.c, ns * 4); /* CPU "device" memory is host memory */
+        sinkd_decode_args a = {.pool = &p.pg, .lanes = p.lg, .n_seqs = n_seqs,
+                               .n_q_heads = c.n_kv * c.G, .n_kv_heads = c.n_kv, .head_dim = p.d,
+                               .rope = rope, .softmax_scale = 1.0f / sqrtf((float)p.d),
+                               .q = st[j - 1].q.g, .out = st[j - 1].out.g, .q_pos = st[j - 1].qp.g,
+                               .score_op = SINKD_SCORE_WRITE, .defer = b.dev, .defer_layer = LAYER,
+                               .defer_layers = LAYERS, .row = row, .row_len = row_len};
+        cr_assert_eq(gb->ops->attn_decode(gb, &a), 0, "%s: decode", at);
+        double e = tbuf_rel_err(t, &st[j - 1].out, (size_t)n_seqs * c.n_kv * c.G * p.d);
+        cr_expect(e < TOL16, "%s: output relative error %.3g", at, e);
+        int slot[2] = {j, 0};
+        check_lens(t, &b, &p, slot, at);
+        float *gr = gpu_copy(t, row, ns * 4);
+        int32_t *gl = gpu_copy(t, row_len, p.n_lanes * 4);
+        check_row(t, &p, gr, gl, before, cpu_after[j - 1], j - 1, at);
+        if (own)
+            free(before);
+        before = gr;
+        own = true;
+        free(gl);
+    }
+    /* the flush writes step K's row; layer 0 has none */
+    for (int s = 0; s < n_seqs; s++) {
+        sinkd_score_flush_args fa = flush_args(&p, &st[0], b.blk[s], s, LAYER);
+        fa.score_op = SINKD_SCORE_WRITE;
+        fa.row = row;
+        fa.row_len = (int32_t *)row_len + s * c.n_kv;
+        cr_assert_eq(gb->ops->score_flush(gb, &fa), 0, "%s: flush seq %d", what, s);
+    }
+    float *gr = gpu_copy(t, row, ns * 4);
+    int32_t *gl = gpu_copy(t, row_len, p.n_lanes * 4);
+    char at[224];
+    snprintf(at, sizeof at, "%s, flush", what);
+    check_row(t, &p, gr, gl, before, cpu_after[K], K, at);
+    check_lens(t, &b, &p, NULL, at);
+    free(gr);
+    free(gl);
+    if (own)
+        free(before);
+    for (int j = 1; j <= K; j++) {
+        free(cpu_after[j]);
+        step_free(t, &st[j - 1]);
+    }
+    gb->ops->free(gb, row);
+    gb->ops->free(gb, row_len);
+    free(nan);
+    free(junk);
+    dblocks_free(t, &b, n_seqs);
+    dpool_free(t, &p);
+}
+
+Test(gpu_defer, rows_then_flush)
+{
+    TWIN_OR_SKIP(t);
+    for (size_t i = 0; i < N_CASES; i++)
+        rows_case(&t, &cases[i], 1 + (int)(i % MAX_STEPS));
+    twin_close(&t);
+}
+
+/* One sequence of @c with its block and a step at POS_SPAN. */
+static void one_seq(twin *t, const dcase *c, dpool *p, dblocks *b, dstep *st)
+{
+    int32_t qpos[1] = {POS_SPAN};
+
+    dpool_init(t, p, c->dt, c->d, 16, 1, c->n_kv, 0);
+    dblocks_init(t, b, 1, c->n_kv, c->G, c->d);
+    st->rope = case_rope(t, c);
+    step_init(t, st, c, p, qpos);
+}
+
+/* Rows mode is a deferred WRITE: anything else is refused, and a shape
+ * that never defers cannot have rows. */
+Test(gpu_defer, rows_rejects)
+{
+    TWIN_OR_SKIP(t);
+    sinkd_backend *g = t.gpu;
+    for (int rep = 0; rep < 2; rep++) {
+        dcase c = cases[0];
+        c.G = rep ? 16 : 4;
+        c.score_op = SINKD_SCORE_WRITE;
+        dpool p;
+        dblocks b;
+        dstep st;
+        one_seq(&t, &c, &p, &b, &st);
+        void *row, *row_len;
+        cr_assert_eq(g->ops->alloc(g, &row, (size_t)p.np * p.pt * 4), 0);
+        cr_assert_eq(g->ops->alloc(g, &row_len, (size_t)p.n_lanes * 4), 0);
+        const sinkd_decode_args ok = {
+            .pool = &p.pg, .lanes = p.lg, .n_seqs = 1, .n_q_heads = c.n_kv * c.G,
+            .n_kv_heads = c.n_kv, .head_dim = p.d, .rope = st.rope, .softmax_scale = 0.125f,
+            .q = st.q.g, .out = st.out.g, .q_pos = st.qp.g, .score_op = SINKD_SCORE_WRITE,
+            .defer = b.dev, .defer_layer = LAYER, .defer_layers = LAYERS, .row = row,
+            .row_len = row_len};
+        sinkd_decode_args a = ok;
+        if (rep) {
+            cr_expect_eq(g->ops->attn_decode(g, &a), -ENOTSUP, "rows with a group of 16");
+        } else {
+            a.score_op = SINKD_SCORE_ADD;
+            cr_expect_eq(g->ops->attn_decode(g, &a), -EINVAL, "rows with ADD");
+            a = ok;
+            a.defer = NULL;
+            cr_expect_eq(g->ops->attn_decode(g, &a), -EINVAL, "rows without a block");
+            a = ok;
+            a.row_len = NULL;
+            cr_expect_eq(g->ops->attn_decode(g, &a), -EINVAL, "rows without row_len");
+            sinkd_score_flush_args fa = flush_args(&p, &st, b.blk[0], 0, LAYER);
+            fa.row = row;
+            fa.score_op = SINKD_SCORE_WRITE;
+            cr_expect_eq(g->ops->score_flush(g, &fa), -EINVAL, "flush rows without row_len");
+            fa.row_len = row_len;
+            fa.score_op = SINKD_SCORE_DECAY;
+            cr_expect_eq(g->ops->score_flush(g, &fa), -EINVAL, "flush rows with DECAY");
+            a = ok;
+            cr_expect_eq(g->ops->attn_decode(g, &a), 0, "a good rows call");
+            cr_expect_eq(g->ops->sync(g), 0);
+        }
+        /* the CPU never defers: rows are not for it */
+        sinkd_decode_args ac = ok;
+        ac.pool = &p.pc;
+        ac.lanes = p.lc;
+        ac.q = st.q.c;
+        ac.out = st.out.c;
+        ac.q_pos = st.qp.c;
+        cr_expect_eq(t.cpu->ops->attn_decode(t.cpu, &ac), -ENOTSUP, "rows on the CPU");
+        g->ops->free(g, row);
+        g->ops->free(g, row_len);
+        step_free(&t, &st);
+        dblocks_free(&t, &b, 1);
+        dpool_free(&t, &p);
+    }
     twin_close(&t);
 }
 
@@ -689,13 +921,9 @@ Test(gpu_defer, flush_rejects_bad_arguments)
     TWIN_OR_SKIP(t);
     dcase c = cases[0];
     dpool p;
-    dpool_init(&t, &p, c.dt, c.d, 16, 1, c.n_kv, 0);
     dblocks b;
-    dblocks_init(&t, &b, 1, c.n_kv, c.G, c.d);
-    int32_t qpos[1] = {POS_SPAN};
     dstep st;
-    st.rope = case_rope(&t, &c);
-    step_init(&t, &st, &c, &p, qpos);
+    one_seq(&t, &c, &p, &b, &st);
     sinkd_backend *g = t.gpu;
     const sinkd_score_flush_args ok = flush_args(&p, &st, b.blk[0], 0, LAYER);
     sinkd_score_flush_args a = ok;

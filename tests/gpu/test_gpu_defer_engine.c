@@ -52,6 +52,18 @@
 #define ST_GEN_SUM 80   /* 79 decode steps */
 #define ST_GEN_DECAY 81 /* 80 decode steps */
 
+/* Session 4: the row rules (QUANTILE, GUMBEL), which defer in rows mode,
+ * alone and swapped into and out of from a pairs-mode statistic. */
+#define RW_PROMPT 40
+#define RW_GEN 60
+#define RW_CHAIN 20      /* tokens per policy of the chain */
+#define RW_EV_BUDGET 64  /* scissorhands evicting during the generation */
+/* A count is a sum of 0/1 hits: a probability within float rounding of its
+ * row's quantile may land on the other side of it with the other order of
+ * additions, and moves that token's count by one. At most this fraction of
+ * a layer's counts may differ; the rest must agree within SCORE_RTOL. */
+#define FLIP_FRACTION 0.01
+
 /* One layer per entry of a session.save snapshot. */
 typedef struct snap {
     sinkd_snap_meta m;
@@ -70,6 +82,9 @@ typedef struct outcome {
     uint64_t ev_min[MAX_LAYERS], ev_max[MAX_LAYERS];
     int32_t sum_tok[ST_GEN_SUM], decay_tok[ST_GEN_DECAY];
     snap sum_snap, decay_snap;
+    int32_t quant_tok[RW_GEN], gumbel_tok[RW_GEN], rw_chain[4 * RW_CHAIN], rw_ev_tok[RW_GEN];
+    snap quant_snap, gumbel_snap, rw_chain_snap;
+    uint64_t rw_ev, rw_ev_tokens;
 } outcome;
 
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -188,11 +203,58 @@ static void snap_same(const snap *a, const snap *b, const char *what)
     }
 }
 
+/* Same lanes, and counts (QUANTILE) that agree within SCORE_RTOL but for
+ * at most FLIP_FRACTION of each layer's tokens, which may differ by about
+ * one hit (see FLIP_FRACTION). */
+static void snap_counts_close(const snap *a, const snap *b, const char *what)
+{
+    cr_assert_eq(a->m.layers, b->m.layers);
+    cr_assert_eq(a->m.tokens, b->m.tokens);
+    for (int32_t l = 0; l < a->m.layers; l++) {
+        const sinkd_snap_layer *x = &a->l[l], *y = &b->l[l];
+        int64_t off = 0;
+        double n2 = 0;
+
+        cr_assert_eq(x->n_lanes, y->n_lanes);
+        cr_assert_eq(x->total, y->total);
+        cr_assert_arr_eq(x->pos, y->pos, (size_t)x->total * sizeof *x->pos,
+                         "%s layer %d: other positions", what, l);
+        for (int64_t t = 0; t < x->total; t++) {
+            double d = fabs((double)x->score[t] - y->score[t]);
+            cr_assert(!isnan(d), "%s layer %d entry %lld: NaN", what, l, (long long)t);
+            cr_assert(d <= 1.0 + SCORE_RTOL, "%s layer %d entry %lld: %g vs %g", what, l,
+                      (long long)t, x->score[t], y->score[t]);
+            off += d > SCORE_RTOL * fmax(1.0, fabs((double)y->score[t]));
+            n2 += (double)y->score[t] * y->score[t];
+        }
+        cr_assert(n2 > 0, "%s layer %d: no count at all", what, l);
+        cr_assert(off <= (int64_t)(FLIP_FRACTION * (double)x->total),
+                  "%s layer %d: %lld of %lld counts differ (score_defer on vs off)", what, l,
+                  (long long)off, (long long)x->total);
+        if (off)
+            cr_log_info("%s layer %d: %lld of %lld counts one hit apart", what, l,
+                        (long long)off, (long long)x->total);
+    }
+}
+
 static void tokens_same(const int32_t *a, const int32_t *b, size_t n, const char *what)
 {
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(a[i], b[i], "%s: token %zu is %d with score_defer, %d without", what, i,
                      a[i], b[i]);
+}
+
+/* A session of @policy alone: @n_prompt tokens of @prompt, @n_gen greedy
+ * tokens into @tok, then a snapshot into @out. */
+static void alone(const char *policy, const int32_t *prompt, int n_prompt, int n_gen, int32_t *tok,
+                  const char *state, snap *out)
+{
+    uint64_t s = eng_h_open_session(policy, NO_EVICT);
+
+    eng_h_append(s, prompt, n_prompt);
+    gen(s, n_gen, tok);
+    snap_take(s, state, out);
+    close_session(s);
 }
 
 /* The whole scenario on one engine; the engine is closed and its state
@@ -261,15 +323,31 @@ static void run_engine(const char *model, bool defer_off, outcome *o)
     close_session(s);
 
     /* 3. SUM and DECAY alone, compared after many decode steps. */
+    alone("h2o", prompt, ST_PROMPT, ST_GEN_SUM, o->sum_tok, state, &o->sum_snap);
+    alone("a2sf", prompt, ST_PROMPT, ST_GEN_DECAY, o->decay_tok, state, &o->decay_snap);
+
+    /* 4. The row rules alone, a chain through both modes, an eviction. */
+    alone("scissorhands", prompt, RW_PROMPT, RW_GEN, o->quant_tok, state, &o->quant_snap);
+    alone("keyformer", prompt, RW_PROMPT, RW_GEN, o->gumbel_tok, state, &o->gumbel_snap);
     s = eng_h_open_session("h2o", NO_EVICT);
-    eng_h_append(s, prompt, ST_PROMPT);
-    gen(s, ST_GEN_SUM, o->sum_tok);
-    snap_take(s, state, &o->sum_snap);
+    eng_h_append(s, prompt, RW_PROMPT);
+    gen(s, RW_CHAIN, o->rw_chain);
+    swap(s, "scissorhands", NO_EVICT);
+    gen(s, RW_CHAIN, o->rw_chain + RW_CHAIN);
+    swap(s, "keyformer", NO_EVICT);
+    gen(s, RW_CHAIN, o->rw_chain + 2 * RW_CHAIN);
+    swap(s, "h2o", NO_EVICT);
+    gen(s, RW_CHAIN, o->rw_chain + 3 * RW_CHAIN);
+    snap_take(s, state, &o->rw_chain_snap);
     close_session(s);
-    s = eng_h_open_session("a2sf", NO_EVICT);
-    eng_h_append(s, prompt, ST_PROMPT);
-    gen(s, ST_GEN_DECAY, o->decay_tok);
-    snap_take(s, state, &o->decay_snap);
+    snprintf(params, sizeof params, "budget=%d", RW_EV_BUDGET);
+    s = eng_h_open_session("scissorhands", params);
+    eng_h_append(s, prompt, RW_PROMPT);
+    gen(s, RW_GEN, o->rw_ev_tok);
+    f = stats(s);
+    o->rw_ev = eng_h_u64(f, "evictions");
+    o->rw_ev_tokens = eng_h_u64(f, "evicted_tokens");
+    eng_h_frame_free(f);
     close_session(s);
 
     eng_h_close(e);
@@ -281,6 +359,9 @@ static void outcome_free(outcome *o)
     snap_free(&o->chain_snap);
     snap_free(&o->sum_snap);
     snap_free(&o->decay_snap);
+    snap_free(&o->quant_snap);
+    snap_free(&o->gumbel_snap);
+    snap_free(&o->rw_chain_snap);
 }
 
 TestSuite(gpu_defer_engine, .timeout = 280);
@@ -349,6 +430,20 @@ Test(gpu_defer_engine, same_as_immediate_scores)
     snap_same(&on->sum_snap, &off->sum_snap, "h2o alone (SUM)");
     tokens_same(on->decay_tok, off->decay_tok, ST_GEN_DECAY, "a2sf alone");
     snap_same(&on->decay_snap, &off->decay_snap, "a2sf alone (DECAY)");
+
+    /* 4. Rows mode: the same rows reach the rules one step later; a session
+     * alone draws the same Gumbel noise either way. */
+    tokens_same(on->quant_tok, off->quant_tok, RW_GEN, "scissorhands alone");
+    snap_counts_close(&on->quant_snap, &off->quant_snap, "scissorhands alone (QUANTILE)");
+    tokens_same(on->gumbel_tok, off->gumbel_tok, RW_GEN, "keyformer alone");
+    snap_same(&on->gumbel_snap, &off->gumbel_snap, "keyformer alone (GUMBEL)");
+    tokens_same(on->rw_chain, off->rw_chain, 4 * RW_CHAIN, "h2o -> scissorhands -> keyformer -> h2o");
+    snap_same(&on->rw_chain_snap, &off->rw_chain_snap, "h2o -> scissorhands -> keyformer -> h2o");
+    /* the budget fixes the lengths: as many evictions either way */
+    cr_assert_gt(on->rw_ev, 0, "scissorhands budget %d: no eviction", RW_EV_BUDGET);
+    cr_assert_eq(on->rw_ev, off->rw_ev, "scissorhands evictions: %llu vs %llu",
+                 (unsigned long long)on->rw_ev, (unsigned long long)off->rw_ev);
+    cr_assert_eq(on->rw_ev_tokens, off->rw_ev_tokens);
 
     outcome_free(on);
     outcome_free(off);

@@ -345,6 +345,104 @@ Test(gpu_stats, gumbel)
     twin_close(&t);
 }
 
+/* ---- QUANTILE and GUMBEL on a deferred row (row_len) ---------------------------- */
+
+/* @a with row_len on a fresh pool whose drawn scores went to prev (the row
+ * a decode in rows mode writes) and whose prev went to score (the statistic
+ * the rule updates in place). row_len per lane: 0, 1, the lane's length,
+ * past it, a length in between, or negative. Score to @tol; tokens past
+ * row_len and lanes ruled over no token keep their bits on both, as does
+ * the row. */
+static void row_case(twin *t, uint8_t dt, int d, int flags, sinkd_stat_args a, double tol,
+                     const char *what)
+{
+    spool p;
+    char msg[192];
+    sinkd_backend *be[2] = {t->cpu, t->gpu};
+
+    spool_init(t, &p, dt, d, rand_pt(t), flags);
+    tbuf tb = p.score;
+    p.score = p.prev;
+    p.prev = tb;
+    float *th = p.h_score;
+    p.h_score = p.h_prev;
+    p.h_prev = th;
+    p.pc.score = p.score.c;
+    p.pg.score = p.score.g;
+
+    int32_t *rl = malloc(p.n_lanes * sizeof *rl);
+    cr_assert(rl);
+    for (int l = 0; l < p.n_lanes; l++) {
+        int32_t len = p.h_len[l];
+        switch (twin_range(t, 0, 5)) {
+        case 0: rl[l] = 0; break;
+        case 1: rl[l] = 1; break;
+        case 2: rl[l] = len; break;
+        case 3: rl[l] = len + twin_range(t, 1, 100); break;
+        case 4: rl[l] = len > 2 ? twin_range(t, 1, len - 1) : 1; break;
+        default: rl[l] = -twin_range(t, 1, 5); break;
+        }
+    }
+    tbuf rlb = tbuf_new(t, rl, p.n_lanes * sizeof *rl);
+    a.head_dim = d;
+    for (int b = 0; b < 2; b++) {
+        a.pool = b ? &p.pg : &p.pc;
+        a.lanes = b ? p.lg : p.lc;
+        a.prev = b ? p.prev.g : p.prev.c;
+        a.row_len = b ? rlb.g : rlb.c;
+        cr_assert_eq(be[b]->ops->stat(be[b], &a), 0, "%s stat op %d with row_len",
+                     be[b]->info.name, a.op);
+    }
+    describe(msg, sizeof msg, what, &p);
+    check_slots(t, &p, &p.score, p.h_score, tol, msg);
+    check_slots(t, &p, &p.prev, p.h_prev, 0, msg);
+
+    float *c, *g;
+    size_t kept_bad = 0;
+    tbuf_get(t, &p.score, (void **)&c, (void **)&g);
+    for (int l = 0; l < p.n_lanes; l++)
+        for (int i = 0; i < p.h_len[l]; i++) {
+            size_t s = (size_t)p.h_ids[p.h_off[l] + i / p.pt] * p.pt + i % p.pt;
+            if (i < rl[l])
+                continue;
+            kept_bad += memcmp(&c[s], &p.h_score[s], 4) != 0;
+            kept_bad += memcmp(&g[s], &p.h_score[s], 4) != 0;
+        }
+    cr_expect_eq(kept_bad, 0, "%s: %zu scores past row_len changed", msg, kept_bad);
+    free(c);
+    free(g);
+    free(rl);
+    tbuf_free(t, &rlb);
+    spool_free(t, &p);
+}
+
+Test(gpu_stats, rules_on_row)
+{
+    TWIN_OR_SKIP(t);
+    for (int rep = 0; rep < 16; rep++) {
+        int flags = SC_TIES | (rep & 1 ? SC_NAN : 0) | (rep % 4 == 3 ? SC_LONG : 0);
+        char what[64];
+        if (rep < 8) {
+            float q = twin_uniform(&t, 0.001f, 0.999f);
+            /* decay 0: score is the 0/1 hit itself, compared bit for bit */
+            float decay = rep & 2 ? 0.0f : 1.0f - 1.0f / (float)twin_range(&t, 2, 512);
+            snprintf(what, sizeof what, "quantile row q=%g decay=%g", q, decay);
+            row_case(&t, SINKD_F16, 64, flags,
+                     (sinkd_stat_args){.op = SINKD_STAT_OP_QUANTILE, .quantile = q, .decay = decay},
+                     decay == 0 ? 0 : TOL32, what);
+        } else {
+            float temp = twin_uniform(&t, 0.05f, 20.0f);
+            uint64_t seed = (uint64_t)twin_u32(&t) << 32 | twin_u32(&t);
+            snprintf(what, sizeof what, "gumbel row T=%g", temp);
+            row_case(&t, SINKD_BF16, 32, flags,
+                     (sinkd_stat_args){.op = SINKD_STAT_OP_GUMBEL, .temperature = temp,
+                                       .seed = seed},
+                     TOL32, what);
+        }
+    }
+    twin_close(&t);
+}
+
 /* ---- the engine's chain: STASH, the step's p, then the rule ------------------- */
 
 Test(gpu_stats, stash_then_rule)
@@ -462,6 +560,11 @@ Test(gpu_stats, rejects_bad_arguments)
         a.head_dim = 72;
         cr_expect_eq(be[b]->ops->stat(be[b], &a), -EINVAL, "%s: head_dim not a multiple of 16",
                      name);
+        a.head_dim = 64;
+        a.op = SINKD_STAT_OP_DECAY;
+        a.decay = 1.0f;
+        a.row_len = b ? p.len.g : p.len.c;
+        cr_expect_eq(be[b]->ops->stat(be[b], &a), -EINVAL, "%s: row_len with DECAY", name);
         sinkd_topk_tokens_args k = {.pool = a.pool, .lanes = a.lanes, .k = 0,
                                     .out_pages = b ? p.pos.g : p.pos.c};
         cr_expect_eq(be[b]->ops->topk_tokens(be[b], &k), -EINVAL, "%s: k = 0", name);

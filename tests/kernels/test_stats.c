@@ -2,8 +2,9 @@
  * CPU policy statistics (ops->stat) and token selection (ops->topk_tokens)
  * against references written here in double precision: a full sort for the
  * row quantile and the top-k tokens, the Gumbel softmax from the noise the
- * header defines, key norms from the stored rows. Slots outside the lanes
- * (spare pages) must come out untouched.
+ * header defines, key norms from the stored rows. The rules on a deferred
+ * row (row_len) also bit for bit against the plain op on cut lanes. Slots
+ * outside the lanes (spare pages) must come out untouched.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -215,6 +216,134 @@ Test(stats, bad_args)
     a.op = SINKD_STAT_OP_GUMBEL;
     a.temperature = 0;
     cr_assert_eq(be->ops->stat(be, &a), -EINVAL);
+    free(prev);
+    t_pool_free(&tp);
+}
+
+/* ---- rules on a deferred row (row_len) ------------------------------------------- */
+
+static float *dup_f(const float *x, size_t n)
+{
+    float *y = malloc(n * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* @op with row_len: p in prev (the row), the old statistic in score, lane l
+ * ruled over its first row_len[l] tokens. Those must match the double
+ * reference on lanes cut to them, and bit for bit the op without row_len on
+ * the cut lanes with score and prev swapped back; every other score and the
+ * whole row keep their bits. @round varies which lane gets which row_len. */
+static void check_row(int32_t op, int32_t pt, float quantile, float decay, float temperature,
+                      int round)
+{
+    t_pool tp;
+    size_t slots;
+    float *stat = make(&tp, pt, 16, SINKD_F32, &slots);
+    /* make leaves p in score: it becomes the row, the statistic goes to score */
+    float *row = tp.pool.score;
+    tp.pool.score = stat;
+    float *row0 = dup_f(row, slots), *stat0 = dup_f(stat, slots);
+    int32_t row_len[NL], cut[NL];
+    for (int32_t l = 0; l < NL; l++) {
+        int32_t len = tp.len[l];
+        switch ((l + round) % 6) {
+        case 0: row_len[l] = 0; break;
+        case 1: row_len[l] = 1; break;
+        case 2: row_len[l] = len; break;
+        case 3: row_len[l] = len + t_int(1, 9); break; /* clamped to len */
+        case 4: row_len[l] = t_int(1, len > 2 ? len - 1 : 1); break;
+        default: row_len[l] = -t_int(1, 5); break;
+        }
+        cut[l] = row_len[l] < 0 ? 0 : row_len[l] < len ? row_len[l] : len;
+    }
+    sinkd_stat_args a = {
+        .pool = &tp.pool, .lanes = t_lanes(&tp), .op = op, .head_dim = 16,
+        .quantile = quantile, .decay = decay, .temperature = temperature,
+        .seed = t_next(), .prev = row, .row_len = row_len,
+    };
+    cr_assert_eq(be->ops->stat(be, &a), 0, "op %d with row_len", op);
+
+    t_pool tcut = tp;
+    tcut.len = cut;
+    double *es = malloc(slots * sizeof *es), *ep = malloc(slots * sizeof *ep);
+    reference(&tcut, &a, row0, stat0, es, ep);
+    sinkd_kv_pool pool2 = tp.pool;
+    pool2.score = dup_f(row0, slots);
+    float *prev2 = dup_f(stat0, slots);
+    sinkd_stat_args b = a;
+    b.pool = &pool2;
+    b.lanes = t_lanes(&tcut);
+    b.prev = prev2;
+    b.row_len = NULL;
+    cr_assert_eq(be->ops->stat(be, &b), 0, "op %d on the cut lanes", op);
+
+    for (int32_t l = 0; l < NL; l++)
+        for (int32_t t = 0; t < tp.len[l]; t++) {
+            size_t s = (size_t)t_slot(&tp, l, t);
+            float got = tp.pool.score[s];
+            if (t >= cut[l]) {
+                cr_assert(!memcmp(&got, &stat0[s], 4), "op %d lane %d (row_len %d) token %d: "
+                          "score %g, want it kept at %g", op, l, row_len[l], t, got, stat0[s]);
+                continue;
+            }
+            cr_assert(t_close(got, es[s], 2e-6), "op %d lane %d (row_len %d) token %d: score %g, "
+                      "want %g", op, l, row_len[l], t, got, es[s]);
+            cr_assert(!memcmp(&got, &pool2.score[s], 4), "op %d lane %d token %d: %a, the cut "
+                      "lane gives %a", op, l, t, got, pool2.score[s]);
+        }
+    for (size_t i = 0; i < slots; i++) {
+        cr_assert(!memcmp(&row[i], &row0[i], 4), "op %d slot %zu: row written", op, i);
+        if (!in_lanes(&tp, i))
+            cr_assert(!memcmp(&tp.pool.score[i], &stat0[i], 4), "slot %zu touched", i);
+    }
+    free(es);
+    free(ep);
+    free(pool2.score);
+    free(prev2);
+    free(row);
+    free(row0);
+    free(stat0);
+    t_pool_free(&tp);
+}
+
+Test(stats, quantile_row)
+{
+    static const float qs[] = {0.01f, 0.5f, 0.9f, 0.99f};
+    for (int round = 0; round < 6; round++)
+        for (int i = 0; i < 4; i++)
+            for (int32_t pt = 1; pt <= 16; pt *= 4)
+                check_row(SINKD_STAT_OP_QUANTILE, pt, qs[i], i & 1 ? 0.0f : 1.0f - 1.0f / 256,
+                          1, round);
+}
+
+Test(stats, gumbel_row)
+{
+    static const float ts[] = {0.5f, 1.0f, 3.0f};
+    for (int round = 0; round < 6; round++)
+        for (int i = 0; i < 3; i++)
+            for (int32_t pt = 1; pt <= 16; pt *= 4)
+                check_row(SINKD_STAT_OP_GUMBEL, pt, 0.5f, 1.0f, ts[i], round);
+}
+
+Test(stats, row_len_other_ops)
+{
+    t_pool tp;
+    size_t slots;
+    float *prev = make(&tp, 4, 16, SINKD_F32, &slots);
+    float *score0 = dup_f(tp.pool.score, slots), *prev0 = dup_f(prev, slots);
+    int32_t row_len[NL] = {1, 0, 2, 3, 1};
+    sinkd_stat_args a = {.pool = &tp.pool, .lanes = t_lanes(&tp), .head_dim = 16, .n = 1,
+                         .quantile = 0.5f, .decay = 1, .temperature = 1, .prev = prev,
+                         .row_len = row_len};
+    for (int32_t op = SINKD_STAT_OP_ZERO; op <= SINKD_STAT_OP_DECAY; op++) {
+        a.op = op;
+        cr_assert_eq(be->ops->stat(be, &a), -EINVAL, "op %d took row_len", op);
+    }
+    cr_assert(!memcmp(tp.pool.score, score0, slots * 4) && !memcmp(prev, prev0, slots * 4),
+              "a refused call wrote");
+    free(score0);
+    free(prev0);
     free(prev);
     t_pool_free(&tp);
 }
