@@ -15,9 +15,9 @@
  *                             bytes), and the passes of the rule run there:
  *       QUANTILE     4 radix passes of 8 bits for the exact threshold (the
  *                    CPU's quickselect picks the same element), one update
- *       GUMBEL       z = (log p + g) / temperature once (log p in double, the
- *                    noise in f32: within 1e-7 of the CPU's double), then max,
- *                    the sum of exp(z - max), kept, and the write
+ *       GUMBEL       z = (log p + g) / temperature once (f32 logs within
+ *                    about 1e-7 of the CPU's double), then max, the sum of
+ *                    exp(z - max), kept, and the write
  *       topk_tokens  4 radix passes for the k-th largest, then one ordered
  *                    pass in chunks of the block writing ascending pages
  *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
@@ -263,20 +263,24 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
     }
 }
 
-/* z of a key, NaN for a key without p > 0 (z itself is never NaN there).
- * The noise g = -log(-log u) in f32 (absolute error about 1e-7: -log u
- * through log1p above u = 1/2, where u itself would round to 1); log p in
- * double, where the key's weight is decided. Five double logs and exps a
- * key were most of this rule's time (H100, 16 x 32K lanes: 137 us a layer;
- * 113 with one log and one exp). */
-static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, int32_t l,
-                                                 int32_t t)
+/* z of a key, NaN for a key without p > 0 (z itself is never NaN there);
+ * @inv_t: 1 / temperature. Its logs in f32, on arguments whose logs are
+ * small, so that each is within about 1e-7 of the CPU's double: log p as
+ * e ln 2 + log m of p = m 2^e, -log u through log1p above u = 1/2 (where u
+ * itself would round to 1); the sum and the scaling in double. Five double
+ * logs and exps a key were most of this rule's time (H100, 16 x 32K lanes:
+ * 137 us a layer). */
+static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, double inv_t,
+                                                 int32_t l, int32_t t)
 {
     if (!(p > 0))
         return NAN;
     double u = sinkd_stat_uniform(a.seed, l, t);
     float e = u > 0.5 ? -log1pf((float)(u - 1.0)) : -logf((float)u);
-    return (float)((log((double)p) - (double)logf(e)) / a.temperature);
+    int ex;
+    float m = frexpf(p, &ex);
+    double lp = (double)ex * 0.6931471805599453 + (double)logf(m);
+    return (float)((lp - (double)logf(e)) * inv_t);
 }
 
 template <bool CACHED>
@@ -286,12 +290,13 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
 {
     const sinkd_lanes &ln = a.lanes;
     int32_t pt = pool.page_tokens;
+    const double inv_t = 1.0 / (double)a.temperature;
     double mx = -INFINITY, sum = 0;
 
     if (CACHED)
         lane_load(cache, src, pool, ln, l, len);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = gumbel_z(lane_get<CACHED>(cache, src, pool, ln, l, t), a, l, t);
+        float z = gumbel_z(lane_get<CACHED>(cache, src, pool, ln, l, t), a, inv_t, l, t);
         if (CACHED)
             cache[t] = z; /* each thread rereads only its own entries */
         if (!isnan(z))
@@ -299,24 +304,27 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     }
     mx = block_reduce(mx, sh, true);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = CACHED ? cache[t] : gumbel_z(src[stat_slot(ln, pt, l, t)], a, l, t);
-        double x = isnan(z) ? 0 : exp((double)z - mx);
+        float z = CACHED ? cache[t] : gumbel_z(src[stat_slot(ln, pt, l, t)], a, inv_t, l, t);
+        /* z - max in double (both f32), its exp in f32: the weight's
+         * relative error stays near 1e-7 where weights matter */
+        double x = isnan(z) ? 0 : (double)expf((float)((double)z - mx));
         if (CACHED)
             cache[t] = (float)x; /* its own entries again: the write divides it */
         sum += x;
     }
     sum = block_reduce(sum, sh, false);
+    /* a lane without p > 0 has sum 0 and adds nothing (every x is 0) */
+    const double inv_sum = sum > 0 ? 1.0 / sum : 0.0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         int64_t slot = stat_slot(ln, pt, l, t);
         double x;
         if (CACHED) {
             x = cache[t];
         } else {
-            float z = gumbel_z(src[slot], a, l, t);
-            x = isnan(z) ? 0 : exp((double)z - mx);
+            float z = gumbel_z(src[slot], a, inv_t, l, t);
+            x = isnan(z) ? 0 : (double)expf((float)((double)z - mx));
         }
-        /* x > 0: a lane without p > 0 has sum 0 and adds nothing */
-        pool.score[slot] = (float)(old[slot] + (x > 0 ? x / sum : 0.0));
+        pool.score[slot] = (float)(old[slot] + x * inv_sum);
     }
 }
 
