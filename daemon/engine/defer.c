@@ -205,6 +205,11 @@ void eng_defer_drop(sinkd_engine *e, eng_session *s)
     memset(s->defer_pend, 0, (size_t)s->geom.layers);
 }
 
+size_t eng_defer_bytes(const sinkd_engine *e, const eng_session *s)
+{
+    return s->defer ? defer__bytes(e, s) : 0;
+}
+
 void eng_defer_free(sinkd_engine *e, eng_session *s)
 {
     defer__release(e, s, true);

@@ -323,6 +323,8 @@ int eng_defer_begin(eng_fwd_ctx *c);
  * deferring decode step reads scores or moves keys. Returns 0 or a negative
  * errno. */
 int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer);
+/* Device bytes of @s's deferral block, 0 while it has none. */
+size_t eng_defer_bytes(const sinkd_engine *e, const eng_session *s);
 /* Drop @s's pending probabilities (their scores stay as they were): when
  * settling failed and keys must move anyway. */
 void eng_defer_drop(sinkd_engine *e, eng_session *s);

@@ -337,7 +337,7 @@ void eng_job_session_stats(sinkd_engine *e, sinkd_job *j)
     if (!s)
         return;
     sinkd_kv_lane_stats_get(s->seq, SINKD_KV_ALL_LAYERS, &all);
-    if (eng_begin_reply(&w, j, 10 + (s->fallback[0] != 0)) < 0)
+    if (eng_begin_reply(&w, j, 11 + (s->fallback[0] != 0)) < 0)
         return;
     sinkd_pack_kv_u64(&w.pk, "session", s->id);
     sinkd_pack_kv_str(&w.pk, "model", eng__model_name(s));
@@ -345,6 +345,7 @@ void eng_job_session_stats(sinkd_engine *e, sinkd_job *j)
     sinkd_pack_kv_u64(&w.pk, "tokens", (uint64_t)s->tokens);
     sinkd_pack_kv_u64(&w.pk, "pages", (uint64_t)all.pages);
     sinkd_pack_kv_u64(&w.pk, "bytes", all.bytes);
+    sinkd_pack_kv_u64(&w.pk, "defer_bytes", eng_defer_bytes(e, s));
     sinkd_pack_kv_u64(&w.pk, "evictions", s->evictions);
     sinkd_pack_kv_u64(&w.pk, "evicted_tokens", s->evicted_tokens);
     sinkd_pack_kv_str(&w.pk, "rope", s->rope_mode == SINKD_ROPE_CACHE ? "cache" : "absolute");

@@ -78,6 +78,8 @@ typedef struct outcome {
     uint64_t ev_len0;              /* longest lane after the append */
     uint64_t ev_append, ev_after;  /* session.stats evictions */
     uint64_t ev_tokens;            /* evicted_tokens after the generation */
+    uint64_t ev_defer_bytes;       /* session.stats defer_bytes then */
+    sinkd_model_hparams hp;        /* the model's, copied before the engine closes */
     uint32_t ev_layers;
     uint64_t ev_min[MAX_LAYERS], ev_max[MAX_LAYERS];
     int32_t sum_tok[ST_GEN_SUM], decay_tok[ST_GEN_DECAY];
@@ -280,6 +282,7 @@ static void run_engine(const char *model, bool defer_off, outcome *o)
               "%s: %d q / %d kv heads of %d never defer", model, hp->n_heads, hp->n_kv_heads,
               hp->head_dim);
     cr_assert(hp->n_vocab > 3);
+    o->hp = *hp;
     make_prompt(prompt, PROMPT, hp->n_vocab);
 
     /* 1. SUM, then DECAY, then LAST over one conversation: every swap
@@ -313,6 +316,7 @@ static void run_engine(const char *model, bool defer_off, outcome *o)
     f = stats(s);
     o->ev_after = eng_h_u64(f, "evictions");
     o->ev_tokens = eng_h_u64(f, "evicted_tokens");
+    o->ev_defer_bytes = eng_h_u64(f, "defer_bytes");
     layers = sinkd_map_get(&f->msg.root, "layers");
     cr_assert(layers && layers->type == MSGPACK_OBJECT_ARRAY &&
               layers->via.array.size <= MAX_LAYERS);
@@ -409,6 +413,14 @@ Test(gpu_defer_engine, same_as_immediate_scores)
     cr_assert_gt(on->ev_after, on->ev_append, "no eviction during the generation");
     cr_assert_eq(on->ev_after, off->ev_after, "evictions: %llu with score_defer, %llu without",
                  (unsigned long long)on->ev_after, (unsigned long long)off->ev_after);
+    /* the block as backend.h lays it out, for this model in f16 */
+    const sinkd_model_hparams *hp = &on->hp;
+    size_t want = sinkd_defer_bytes(hp->n_layers, hp->n_kv_heads, hp->n_heads / hp->n_kv_heads,
+                                    hp->head_dim, 2);
+    cr_assert_eq(on->ev_defer_bytes, want, "defer_bytes %llu with score_defer, want %zu",
+                 (unsigned long long)on->ev_defer_bytes, want);
+    cr_assert_eq(off->ev_defer_bytes, 0, "defer_bytes %llu without score_defer",
+                 (unsigned long long)off->ev_defer_bytes);
     cr_assert_eq(on->ev_tokens, off->ev_tokens, "evicted tokens: %llu vs %llu",
                  (unsigned long long)on->ev_tokens, (unsigned long long)off->ev_tokens);
     cr_assert_eq(on->ev_layers, off->ev_layers);
