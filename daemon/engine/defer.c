@@ -145,6 +145,7 @@ int eng_defer_begin(eng_fwd_ctx *c)
     bool on = defer__step_can(c), rows = c->x.post;
     int32_t op = defer__op(&c->x);
     size_t bytes = (size_t)c->n * sizeof(void *);
+    size_t row_bytes = (size_t)c->ss[0]->geom.layers * c->n_lanes * sizeof(int32_t);
     int rc;
 
     c->defer = false;
@@ -154,7 +155,7 @@ int eng_defer_begin(eng_fwd_ctx *c)
         on = defer__block(e, c->ss[i]) == 0;
     on = on && eng_dev_reserve(e, ENG_SLOT_DEFER, bytes) == 0 &&
          eng_host_reserve(e, ENG_SLOT_DEFER, bytes / sizeof(float)) == 0 &&
-         (!rows || eng_dev_reserve(e, ENG_SLOT_ROW_LEN, (size_t)c->n_lanes * sizeof(int32_t)) == 0);
+         (!rows || eng_dev_reserve(e, ENG_SLOT_ROW_LEN, row_bytes) == 0);
     for (int32_t i = 0; i < c->n; i++) {
         eng_session *s = c->ss[i];
         if (s->defer && (!on || s->defer_op != op || s->defer_decay != c->x.decay ||
@@ -165,6 +166,11 @@ int eng_defer_begin(eng_fwd_ctx *c)
     }
     if (!on)
         return 0;
+    /* Rows: a slice of lengths a layer, zeroed a step (exec.c). A layer
+     * whose attention call fails before its kernel runs leaves zeros, and
+     * the rule eng_fwd_end still runs after it does nothing. */
+    if (rows && (rc = e->be->ops->memset0(e->be, e->dbuf[ENG_SLOT_ROW_LEN], row_bytes)) < 0)
+        return rc;
     /* The pointers go up only when the group changed: steps of the same
      * sessions reuse the device copy of the last upload. */
     void **h = (void **)e->hbuf[ENG_SLOT_DEFER];

@@ -258,7 +258,8 @@ enum {
     ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
     ENG_SLOT_PICKED = 9,     /* the argmax's ids of a greedy step */
     ENG_SLOT_DEFER = 10,     /* a deferring step's block pointers, [n] */
-    ENG_SLOT_ROW_LEN = 11,   /* a deferred row's lengths, [lanes] (defer.c) */
+    ENG_SLOT_ROW_LEN = 11,   /* deferred rows' lengths: [layers][lanes] in a
+                              * step, [kv heads] in a settle (defer.c) */
 };
 
 
@@ -308,7 +309,8 @@ typedef struct eng_fwd_ctx {
     sinkd_lanes post_lanes;       /* its lane arrays, kept in ENG_SLOT_POST_LANES */
     bool fell_back;               /* a select callback failed: dense from here */
     const sinkd_job *req;         /* told of a fallback: the generation or the append */
-    uint64_t seed;                /* Gumbel noise of this forward */
+    uint64_t seed;                /* Gumbel noise of this forward's own rows
+                                   * (a deferred row takes its step's) */
     bool defer;                   /* the step's scores are deferred (defer.c) */
 } eng_fwd_ctx;
 

@@ -89,6 +89,13 @@ static int exec__stat(eng_fwd_ctx *c, const sinkd_lanes *ln, int32_t op, int32_t
     return exec__stat_on(c->e, &c->x, ln, op, layer, c->ss[0]->geom.head_dim, c->seed, NULL);
 }
 
+/* Rows mode: @layer's slice of the step's row lengths (defer.c zeroes
+ * them all before the step). */
+static int32_t *exec__row_len(const eng_fwd_ctx *c, int32_t layer)
+{
+    return (int32_t *)c->e->dbuf[ENG_SLOT_ROW_LEN] + (size_t)layer * c->n_lanes;
+}
+
 static int32_t exec__rule_op(const eng_exec *x)
 {
     return x->stat == SINKD_STAT_QUANTILE ? SINKD_STAT_OP_QUANTILE : SINKD_STAT_OP_GUMBEL;
@@ -229,7 +236,7 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
         /* deferred: the row the attention op just applied */
         return c->defer ? exec__stat_on(e, &c->x, &ln, exec__rule_op(&c->x), layer,
                                         c->ss[0]->geom.head_dim, exec__seed(c->ss[0], 1),
-                                        e->dbuf[ENG_SLOT_ROW_LEN])
+                                        exec__row_len(c, layer))
                         : exec__stat(c, &ln, exec__rule_op(&c->x), layer);
     case SINKD_STAT_SUM:
     case SINKD_STAT_DECAY:
@@ -320,7 +327,7 @@ static int exec__decode_hook(void *ctx, int32_t layer, sinkd_decode_args *a)
          * runs the rule on it; nothing is stashed, the scores stay put */
         a->score_op = SINKD_SCORE_WRITE;
         a->row = c->e->dbuf[ENG_SLOT_PREV];
-        a->row_len = c->e->dbuf[ENG_SLOT_ROW_LEN];
+        a->row_len = exec__row_len(c, layer);
         if ((rc = exec__keep_lanes(c, layer, &a->lanes)) < 0)
             return rc;
         c->pending = layer;

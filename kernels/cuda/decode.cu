@@ -662,7 +662,7 @@ decode_mma_kernel(dec_params P)
             apply = pairs ? n0 > 0 && n1 > 0 : n0 > 0;
             d_out = pairs && !apply && n0 > 0 ? 1 : 0; /* where this step waits */
         }
-        /* after pdl_wait: the kernel ahead (the last layer's rule) reads it */
+        /* after pdl_wait, like the row: whatever ran before may read them */
         if (P.row && split == 0 && threadIdx.x == 0)
             P.row_len[l] = apply ? n0 : 0;
     }
