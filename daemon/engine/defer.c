@@ -47,6 +47,22 @@ static void defer__release(sinkd_engine *e, eng_session *s, bool spare)
     s->defer_pend = NULL;
 }
 
+/* The op a step of @x defers under: a row rule's rows are written. */
+static int32_t defer__op(const eng_exec *x)
+{
+    return x->post ? SINKD_SCORE_WRITE : x->score_op;
+}
+
+/* Whether a block left under plan @a can go on under @b: the same op and
+ * decay, and for rows the same rule. */
+static bool defer__same(const eng_exec *a, const eng_exec *b)
+{
+    if (defer__op(a) != defer__op(b) || a->decay != b->decay || a->post != b->post)
+        return false;
+    return !a->post || (a->stat == b->stat && a->quantile == b->quantile && a->keep == b->keep &&
+                        a->temperature == b->temperature);
+}
+
 int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
 {
     const sinkd_job_geometry *g = &s->geom;
@@ -55,7 +71,8 @@ int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
 
     if (!s->defer)
         return 0;
-    if (s->defer_rows && ((rc = eng_exec_prev(e)) < 0 ||
+    const bool rows = s->defer_x.post;
+    if (rows && ((rc = eng_exec_prev(e)) < 0 ||
                           (rc = eng_dev_reserve(e, ENG_SLOT_ROW_LEN,
                                                 (size_t)g->kv_heads * sizeof(int32_t))) < 0))
         return rc;
@@ -66,30 +83,17 @@ int eng_defer_settle(sinkd_engine *e, eng_session *s, int32_t layer)
             .pool = sinkd_kv_pool_get(e->kv), .n_q_heads = g->q_heads, .n_kv_heads = g->kv_heads,
             .head_dim = g->head_dim, .layer = l, .layers = g->layers,
             .rope = sinkd_model_rope(s->m->model, s->defer_rope_mode), .defer = s->defer,
-            .score_op = s->defer_op, .score_decay = s->defer_decay,
-            .row = s->defer_rows ? e->dbuf[ENG_SLOT_PREV] : NULL,
-            .row_len = s->defer_rows ? e->dbuf[ENG_SLOT_ROW_LEN] : NULL,
+            .score_op = defer__op(&s->defer_x), .score_decay = s->defer_x.decay,
+            .row = rows ? e->dbuf[ENG_SLOT_PREV] : NULL,
+            .row_len = rows ? e->dbuf[ENG_SLOT_ROW_LEN] : NULL,
         };
         if ((rc = sinkd_kv_lanes_seq(s->seq, l, &a.lanes)) < 0 ||
             (rc = e->be->ops->score_flush(e->be, &a)) < 0 ||
-            (s->defer_rows && (rc = eng_exec_row_rule(e, s, l, &a.lanes)) < 0))
+            (rows && (rc = eng_exec_row_rule(e, s, l, &a.lanes)) < 0))
             return rc;
         s->defer_pend[l] = 0;
     }
     return 0;
-}
-
-/* The op a step of @x defers under: a row rule's rows are written. */
-static int32_t defer__op(const eng_exec *x)
-{
-    return x->post ? SINKD_SCORE_WRITE : x->score_op;
-}
-
-/* Whether a rows block left under @a can go on under @b. */
-static bool defer__same_rule(const eng_exec *a, const eng_exec *b)
-{
-    return a->stat == b->stat && a->quantile == b->quantile && a->keep == b->keep &&
-           a->temperature == b->temperature;
 }
 
 /* Whether @c's step can defer: a backend that does, a statistic the
@@ -143,7 +147,6 @@ int eng_defer_begin(eng_fwd_ctx *c)
 {
     sinkd_engine *e = c->e;
     bool on = defer__step_can(c), rows = c->x.post;
-    int32_t op = defer__op(&c->x);
     size_t bytes = (size_t)c->n * sizeof(void *);
     size_t row_bytes = (size_t)c->ss[0]->geom.layers * c->n_lanes * sizeof(int32_t);
     int rc;
@@ -158,9 +161,8 @@ int eng_defer_begin(eng_fwd_ctx *c)
          (!rows || eng_dev_reserve(e, ENG_SLOT_ROW_LEN, row_bytes) == 0);
     for (int32_t i = 0; i < c->n; i++) {
         eng_session *s = c->ss[i];
-        if (s->defer && (!on || s->defer_op != op || s->defer_decay != c->x.decay ||
-                         s->defer_rope_mode != s->rope_mode || s->defer_rows != rows ||
-                         (rows && !defer__same_rule(&s->defer_x, &c->x))) &&
+        if (s->defer && (!on || !defer__same(&s->defer_x, &c->x) ||
+                         s->defer_rope_mode != s->rope_mode) &&
             (rc = eng_defer_settle(e, s, -1)) < 0)
             return rc;
     }
@@ -179,11 +181,8 @@ int eng_defer_begin(eng_fwd_ctx *c)
         eng_session *s = c->ss[i];
         same = same && h[i] == s->defer;
         h[i] = s->defer;
-        s->defer_op = op;
-        s->defer_decay = c->x.decay;
-        s->defer_rope_mode = s->rope_mode;
-        s->defer_rows = rows;
         s->defer_x = c->x;
+        s->defer_rope_mode = s->rope_mode;
         /* before the step: a step that fails half-way leaves some layers
          * pending, and settling a layer with nothing pending is a no-op */
         memset(s->defer_pend, 1, (size_t)s->geom.layers);

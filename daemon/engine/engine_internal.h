@@ -79,15 +79,14 @@ typedef struct eng_session {
     double prefill_ms;            /* of the last append */
     uint64_t sched_stamp;         /* sched.c: the step that last served it */
     /* defer.c: the deferral block (device, NULL until a step defers), which
-     * layers may hold pending probabilities, and the op they were left under */
+     * layers may hold pending probabilities, and the plan and rotation they
+     * were left under (its op and decay; rows mode for QUANTILE and GUMBEL,
+     * whose rule runs on each row) */
     void *defer;
     uint8_t *defer_pend;          /* [layers] */
-    int32_t defer_op;
-    float defer_decay;
+    eng_exec defer_x;
     uint8_t defer_rope_mode;
     bool defer_off;               /* no block could be had: score at once */
-    bool defer_rows;              /* rows mode: each step a row for the rule of */
-    eng_exec defer_x;             /* this plan (QUANTILE, GUMBEL) */
 } eng_session;
 
 /* Host scratch for eviction and statistics, grown on demand (never per step
