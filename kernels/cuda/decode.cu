@@ -518,12 +518,12 @@ static __device__ __forceinline__ void rot_neox(uint32_t &lo, uint32_t &hi, int 
  * slot 0's (or, singles, half the group's), lanes 16-31 slot 1's (the other
  * half). Lane < 16 then updates its key's score, old value from the tile's
  * stage @ssc, slot 0 for keys below @n0, slot 1 below @n1 (pairs): one
- * 16-lane store a tile. */
+ * 16-lane store a tile. @col: that key's column, worked out once a call. */
 static __device__ __forceinline__ void defer_apply_tile(const dec_params &P, const float (&s)[2][4],
                                                         float lse_p, int n0, int n1, bool pairs, int4 mt,
-                                                        const float *ssc, int lane)
+                                                        const float *ssc, int lane, int col)
 {
-    const int g = lane / 4, t4 = lane % 4;
+    const int g = lane / 4;
     const bool b0 = g & 1, b1 = g & 2;
     float v0 = ex2_ftz(s[0][2] - lse_p), v1 = ex2_ftz(s[0][3] - lse_p);
     float v2 = ex2_ftz(s[1][2] - lse_p), v3 = ex2_ftz(s[1][3] - lse_p);
@@ -532,16 +532,16 @@ static __device__ __forceinline__ void defer_apply_tile(const dec_params &P, con
     float w0 = (b0 ? v2 : v0) + r0, w1 = (b0 ? v3 : v1) + r1;
     float x = (b1 ? w1 : w0) + __shfl_xor_sync(0xffffffffu, b1 ? w0 : w1, 8);
     float y = __shfl_xor_sync(0xffffffffu, x, 16);
-    const int col = 8 * b0 + 2 * t4 + b1, k = mt.x + col;
+    const int k = mt.x + col;
     const bool in0 = k < n0, in1 = pairs && k < n1;
     if (P.row) { /* singles: x + y is the whole group's p */
         if (lane < 16 && col < mt.y && in0)
-            P.row[(int64_t)mt.z * P.pool.page_tokens + mt.x % P.pool.page_tokens + col] = x + y;
+            P.row[(int64_t)mt.z * P.pool.page_tokens + mt.w + col] = x + y;
         return;
     }
     if (lane < 16 && col < mt.y && (in0 || in1)) {
         const bool add = P.score_op == SINKD_SCORE_ADD;
-        float *dst = P.pool.score + (int64_t)mt.z * P.pool.page_tokens + mt.x % P.pool.page_tokens;
+        float *dst = P.pool.score + (int64_t)mt.z * P.pool.page_tokens + mt.w;
         float a = pairs ? x : x + y, v = ssc[col];
         if (in0)
             v = add ? v + a : P.score_decay * v + a;
@@ -696,12 +696,11 @@ decode_mma_kernel(dec_params P)
         int pg = __shfl_sync(0xffffffffu, m_pg, k & 31);
         int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
         int nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
-        int st = k % NST;
-        if (lane == 0)
-            smeta[warp * NST + st] = make_int4(tok0, nv, pg, 0);
+        int st = k % NST, r0 = tok0 % pt;
+        if (lane == 0) /* r0 staged: a modulo a tile costs the deferred scores' stores ~20 instructions */
+            smeta[warp * NST + st] = make_int4(tok0, nv, pg, r0);
         if (nv > 0) {
             unsigned char *sk = wring + st * SH::STAGE;
-            int r0 = tok0 % pt;
             const T *kp = reinterpret_cast<const T *>(
                 (const char *)P.pool.pages + (size_t)pg * P.pool.page_bytes) + (size_t)r0 * D;
             const T *vp = kp + (size_t)pt * D;
@@ -763,6 +762,8 @@ decode_mma_kernel(dec_params P)
     trace_stamp(P, 1, 0);
     /* ldmatrix row addresses: K non-transposed (keys x dims), V transposed */
     const int k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
+    /* the key a lane < 16 scores in defer_apply_tile: 8 (g & 1) + 2 t4 + (g >> 1) of g = lane / 4 */
+    const int dcol = 8 * ((lane >> 2) & 1) + 2 * (lane & 3) + ((lane >> 3) & 1);
     const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
 
     for (int k = 0; k < nk; k++) {
@@ -814,9 +815,9 @@ decode_mma_kernel(dec_params P)
                         s[j][c] = -INFINITY;
             if (DEFER && apply)
                 defer_apply_tile(P, s, lse_p, n0, n1, pairs, mt,
-                                 reinterpret_cast<const float *>(sk + 2 * SH::KV + 64), lane);
+                                 reinterpret_cast<const float *>(sk + 2 * SH::KV + 64), lane, dcol);
             if (P.logits) {
-                float *lt = P.logits + ((int64_t)mt.z * pt + mt.x % pt) * G; /* the tile's block */
+                float *lt = P.logits + ((int64_t)mt.z * pt + mt.w) * G; /* the tile's block */
                 if (g < G)
                     *reinterpret_cast<float4 *>(lt + g * 16 + t4 * 4) =
                         make_float4(s[0][0], s[0][1], s[1][0], s[1][1]);
