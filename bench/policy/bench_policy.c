@@ -138,8 +138,9 @@ static void print_table(const pol_opts *o, const pol_result *r)
            "(filled at %.0f tok/s)\n", r->backend, r->device, cpu ? " [CPU numbers]" : "",
            r->kv_dtype, r->page_tokens, (unsigned long long)r->page_cost, o->batch, o->context,
            r->fill_tok_s);
-    printf("decode: median of %d steps after %d, every policy from %d tokens per lane (budget %d: "
-           "nothing evicted); eviction to budget %d\n",
+    printf("decode: median over pairs of consecutive steps (their mean) of %d steps after %d, "
+           "every policy from %d tokens per lane (budget %d: nothing evicted); eviction to "
+           "budget %d\n",
            o->steps, o->warmup, o->context, r->equal_budget, o->evict_budget);
     printf("\n%-13s %9s %9s %9s %8s %8s | %9s %8s %9s %10s %7s\n", "policy", "step ms", "p90",
            "fwd ms", "vs full", "lane", "evict ms", "pages", "us/page", "MiB/sess", "vs full");

@@ -46,7 +46,10 @@ typedef struct pol_row {
     char error[256];            /* "" unless a part failed */
     /* decode at equal kept tokens */
     bool decoded;
-    double step_ms_med, step_ms_p10, step_ms_p90, step_ms_mean; /* eng_step period */
+    /* eng_step period; med: the median of consecutive pairs' means (a
+     * cost paid every other step counts at its average), p10/p90: of
+     * single steps */
+    double step_ms_med, step_ms_p10, step_ms_p90, step_ms_mean;
     double fwd_ms;              /* the engine's own decode time per step (generate's timings) */
     double kept_mean;           /* mean lane length after the run */
     uint64_t decode_evictions;  /* must stay 0: nothing is evicted at this budget */
