@@ -24,10 +24,10 @@
  *             scores of a group of up to 4 heads are applied every other
  *             step, so single steps are bimodal and their median lands on
  *             either mode from run to run (h2o read +1% or +7% on one
- *             tree), where a pair holds one of each. fwd is the engine's own timing of the
- *             forward (generate's timings.decode_ms per step). full runs
- *             once more after the others: the growth of the lanes and the
- *             drift of the machine together.
+ *             tree), where a pair holds one of each. fwd is the engine's
+ *             own timing of the forward (generate's timings.decode_ms per
+ *             step). full runs once more after the others: the growth of
+ *             the lanes and the drift of the machine together.
  *   evict     for each policy, one session at `context` tokens: swap to the
  *             policy (equal budget), `stat_steps` steps so the statistic
  *             holds something, then to the policy with budget

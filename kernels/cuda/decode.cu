@@ -697,7 +697,8 @@ decode_mma_kernel(dec_params P)
         int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
         int nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
         int st = k % NST, r0 = tok0 % pt;
-        if (lane == 0) /* r0 staged: a modulo a tile costs the deferred scores' stores ~20 instructions */
+        /* r0 staged: a modulo in every tile cost the deferred stores ~20 instructions */
+        if (lane == 0)
             smeta[warp * NST + st] = make_int4(tok0, nv, pg, r0);
         if (nv > 0) {
             unsigned char *sk = wring + st * SH::STAGE;
@@ -762,7 +763,8 @@ decode_mma_kernel(dec_params P)
     trace_stamp(P, 1, 0);
     /* ldmatrix row addresses: K non-transposed (keys x dims), V transposed */
     const int k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
-    /* the key a lane < 16 scores in defer_apply_tile: 8 (g & 1) + 2 t4 + (g >> 1) of g = lane / 4 */
+    /* the key a lane < 16 scores in defer_apply_tile: 8 (g & 1) + 2 t4 +
+     * (g >> 1), g = lane / 4 */
     const int dcol = 8 * ((lane >> 2) & 1) + 2 * (lane & 3) + ((lane >> 3) & 1);
     const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
 
