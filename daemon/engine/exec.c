@@ -101,14 +101,21 @@ static int32_t exec__rule_op(const eng_exec *x)
     return x->stat == SINKD_STAT_QUANTILE ? SINKD_STAT_OP_QUANTILE : SINKD_STAT_OP_GUMBEL;
 }
 
-/* A deferred row is the session's previous step's (one position back),
- * and takes that step's noise: a session alone draws the same noise
- * whether its rows are deferred or not. (In a batch the lanes are numbered
- * by the applying call, and the stream is its first session's.) */
+/* @x's rule on the deferred row of @ln with lengths @row_len. The row is
+ * the previous step's of the group led by @s (one position back) and takes
+ * that step's noise: a session alone draws the same noise whether its rows
+ * are deferred or not. (In a batch the lanes are numbered by the applying
+ * call, and the stream is its first session's.) */
+static int exec__row_rule(sinkd_engine *e, const eng_exec *x, const eng_session *s, int32_t layer,
+                          const sinkd_lanes *ln, const int32_t *row_len)
+{
+    return exec__stat_on(e, x, ln, exec__rule_op(x), layer, s->geom.head_dim, exec__seed(s, 1),
+                         row_len);
+}
+
 int eng_exec_row_rule(sinkd_engine *e, eng_session *s, int32_t layer, const sinkd_lanes *ln)
 {
-    return exec__stat_on(e, &s->defer_x, ln, exec__rule_op(&s->defer_x), layer, s->geom.head_dim,
-                         exec__seed(s, 1), e->dbuf[ENG_SLOT_ROW_LEN]);
+    return exec__row_rule(e, &s->defer_x, s, layer, ln, e->dbuf[ENG_SLOT_ROW_LEN]);
 }
 
 /* The plugin's select callback for the lanes of @layer of the forward's one
@@ -234,9 +241,7 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
     case SINKD_STAT_QUANTILE:
     case SINKD_STAT_GUMBEL:
         /* deferred: the row the attention op just applied */
-        return c->defer ? exec__stat_on(e, &c->x, &ln, exec__rule_op(&c->x), layer,
-                                        c->ss[0]->geom.head_dim, exec__seed(c->ss[0], 1),
-                                        exec__row_len(c, layer))
+        return c->defer ? exec__row_rule(e, &c->x, c->ss[0], layer, &ln, exec__row_len(c, layer))
                         : exec__stat(c, &ln, exec__rule_op(&c->x), layer);
     case SINKD_STAT_SUM:
     case SINKD_STAT_DECAY:
