@@ -9,8 +9,8 @@
  *                             fills the GPU (a lane per block leaves most
  *                             SMs idle and every thread waiting on loads)
  *   QUANTILE, GUMBEL, topk_tokens  whole-lane rules: one block of
- *                             LANE_THREADS per lane. The lane's values are
- *                             read from the pool once into shared memory
+ *                             LANE_THREADS per lane. The lane's values and
+ *                             page ids are read once into shared memory
  *                             (when the lane fits: up to STAT_CACHE_MAX
  *                             bytes), and the passes of the rule run there:
  *       QUANTILE     4 radix passes of 8 bits for the exact threshold (the
@@ -158,31 +158,59 @@ static __device__ int block_scan(int v, int *sh, bool max)
     return v;
 }
 
-/* Value @t of lane @l: the cached copy, or @src (by slot: the pool's
- * score, or a deferred row). */
-template <bool CACHED>
-static __device__ __forceinline__ float lane_get(const float *cache, const float *src,
-                                                 const sinkd_kv_pool &pool, const sinkd_lanes &ln,
-                                                 int32_t l, int32_t t)
+/* A lane's page table as a whole-lane rule reads it: the lane's page ids
+ * (global memory, or a copy in shared memory) and the page size. */
+struct lane_ref {
+    const int32_t *pids;
+    int32_t pt;
+    __device__ int64_t slot(int32_t t) const { return (int64_t)pids[t / pt] * pt + t % pt; }
+};
+
+/* Lane @l's page table in place, or (@spids non-NULL) copied into @spids for
+ * its first @len tokens: a cached lane's slots then cost no dependent global
+ * read each (ncu: a third of the rules' warp time waited on those reads). */
+static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
+                                         int32_t len, int32_t *spids)
 {
-    return CACHED ? cache[t] : src[stat_slot(ln, pool.page_tokens, l, t)];
+    const int32_t pt = pool.page_tokens, *g = ln.page_ids + ln.page_off[l];
+    if (!spids)
+        return {g, pt};
+    for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += LANE_THREADS)
+        spids[i] = g[i];
+    __syncthreads();
+    return {spids, pt};
 }
 
-/* Copy lane @l's first @len values of @src into @cache (four independent
- * loads in flight per thread: the page table makes each one two dependent
- * reads). */
-static __device__ void lane_load(float *cache, const float *src, const sinkd_kv_pool &pool,
-                                 const sinkd_lanes &ln, int32_t l, int32_t len)
+/* Shared floats a cached lane of @len tokens takes: its values, then its
+ * page ids. */
+static __device__ __forceinline__ int32_t lane_cache_need(int32_t len, int32_t pt)
 {
-    for (int32_t t0 = threadIdx.x; t0 < len; t0 += 4 * LANE_THREADS) {
-        float v[4];
+    return len + (len + pt - 1) / pt;
+}
+
+/* Value @t of the lane: the cached copy, or @src (by slot: the pool's
+ * score, or a deferred row). */
+template <bool CACHED>
+static __device__ __forceinline__ float lane_get(const float *cache, const float *src, const lane_ref &lr,
+                                                 int32_t t)
+{
+    return CACHED ? cache[t] : src[lr.slot(t)];
+}
+
+/* Copy the lane's first @len values of @src into @cache (LANE_LOAD_ILP
+ * independent loads in flight per thread). */
+#define LANE_LOAD_ILP 8
+static __device__ void lane_load(float *cache, const float *src, const lane_ref &lr, int32_t len)
+{
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += LANE_LOAD_ILP * LANE_THREADS) {
+        float v[LANE_LOAD_ILP];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < LANE_LOAD_ILP; i++) {
             int32_t t = t0 + i * LANE_THREADS;
-            v[i] = t < len ? src[stat_slot(ln, pool.page_tokens, l, t)] : 0.0f;
+            v[i] = t < len ? src[lr.slot(t)] : 0.0f;
         }
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < LANE_LOAD_ILP; i++)
             if (t0 + i * LANE_THREADS < len)
                 cache[t0 + i * LANE_THREADS] = v[i];
     }
@@ -192,8 +220,7 @@ static __device__ void lane_load(float *cache, const float *src, const sinkd_kv_
 /* The key of rank @r (0 = smallest) of the lane's values: 4 passes of an
  * 8-bit radix select. Every thread gets it. @hist: 256 ints. */
 template <bool CACHED>
-static __device__ uint32_t lane_select(const float *cache, const float *src,
-                                       const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
+static __device__ uint32_t lane_select(const float *cache, const float *src, const lane_ref &lr,
                                        int32_t len, int32_t r, int *hist)
 {
     __shared__ uint32_t s_prefix;
@@ -209,7 +236,7 @@ static __device__ uint32_t lane_select(const float *cache, const float *src,
         uint32_t prefix = s_prefix;
         uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
         for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-            uint32_t k = stat_key(lane_get<CACHED>(cache, src, pool, ln, l, t));
+            uint32_t k = stat_key(lane_get<CACHED>(cache, src, lr, t));
             if ((k & hi_mask) == (prefix & hi_mask))
                 atomicAdd(&hist[(k >> shift) & 255], 1);
         }
@@ -242,25 +269,47 @@ static __device__ uint32_t lane_select(const float *cache, const float *src,
 
 /* ---- whole-lane rules ----------------------------------------------------------- */
 
+/* score[slot] = f(t, slot, old[slot]) for the lane's first @len tokens, with
+ * four tokens' loads in flight a thread: issued one at a time, each load
+ * waits behind the store before it (@old may be @score). */
+template <typename F>
+static __device__ void lane_update(const lane_ref &lr, int32_t len, const float *old, float *score, F f)
+{
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += 4 * LANE_THREADS) {
+        int64_t sl[4];
+        float ov[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int32_t t = t0 + i * LANE_THREADS;
+            sl[i] = t < len ? lr.slot(t) : 0;
+            ov[i] = t < len ? old[sl[i]] : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int32_t t = t0 + i * LANE_THREADS;
+            if (t < len)
+                score[sl[i]] = f(t, sl[i], ov[i]);
+        }
+    }
+}
+
 /* @src: where p is (by slot), @old: the statistic before the step; the
  * result goes to the pool's score. Without a row: the pool's score and
  * prev; on a deferred row (row_len): prev and the pool's score. */
 template <bool CACHED>
-static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
+static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, const lane_ref &lr,
                                      int32_t len, const float *src, const float *old, float *cache,
                                      int *hist)
 {
-    const sinkd_lanes &ln = a.lanes;
     if (CACHED)
-        lane_load(cache, src, pool, ln, l, len);
-    uint32_t thr = lane_select<CACHED>(cache, src, pool, ln, l, len,
-                                       (int32_t)floor((double)a.quantile * (len - 1)), hist);
-    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        int64_t slot = stat_slot(ln, pool.page_tokens, l, t);
+        lane_load(cache, src, lr, len);
+    uint32_t thr = lane_select<CACHED>(cache, src, lr, len, (int32_t)floor((double)a.quantile * (len - 1)),
+                                       hist);
+    const float decay = a.decay;
+    lane_update(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         float p = CACHED ? cache[t] : src[slot];
-        float hit = stat_key(p) > thr ? 1.0f : 0.0f;
-        pool.score[slot] = a.decay * old[slot] + hit;
-    }
+        return decay * o + (stat_key(p) > thr ? 1.0f : 0.0f);
+    });
 }
 
 /* z of a key, NaN for a key without p > 0 (z itself is never NaN there);
@@ -283,20 +332,26 @@ static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args 
     return (float)((lp - (double)logf(e)) * inv_t);
 }
 
+/* A key's weight exp(z - max), 0 for a NaN z: z - max in double (both
+ * f32), its exp in f32, so the weight's relative error stays near 1e-7
+ * where weights matter. */
+static __device__ __forceinline__ double gumbel_w(float z, double mx)
+{
+    return isnan(z) ? 0 : (double)expf((float)((double)z - mx));
+}
+
 template <bool CACHED>
 static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
-                                   int32_t len, const float *src, const float *old, float *cache,
-                                   double *sh)
+                                   const lane_ref &lr, int32_t len, const float *src, const float *old,
+                                   float *cache, double *sh)
 {
-    const sinkd_lanes &ln = a.lanes;
-    int32_t pt = pool.page_tokens;
     const double inv_t = 1.0 / (double)a.temperature;
     double mx = -INFINITY, sum = 0;
 
     if (CACHED)
-        lane_load(cache, src, pool, ln, l, len);
+        lane_load(cache, src, lr, len);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = gumbel_z(lane_get<CACHED>(cache, src, pool, ln, l, t), a, inv_t, l, t);
+        float z = gumbel_z(lane_get<CACHED>(cache, src, lr, t), a, inv_t, l, t);
         if (CACHED)
             cache[t] = z; /* each thread rereads only its own entries */
         if (!isnan(z))
@@ -304,10 +359,8 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     }
     mx = block_reduce(mx, sh, true);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = CACHED ? cache[t] : gumbel_z(src[stat_slot(ln, pt, l, t)], a, inv_t, l, t);
-        /* z - max in double (both f32), its exp in f32: the weight's
-         * relative error stays near 1e-7 where weights matter */
-        double x = isnan(z) ? 0 : (double)expf((float)((double)z - mx));
+        float z = CACHED ? cache[t] : gumbel_z(src[lr.slot(t)], a, inv_t, l, t);
+        double x = gumbel_w(z, mx);
         if (CACHED)
             cache[t] = (float)x; /* its own entries again: the write divides it */
         sum += x;
@@ -315,17 +368,10 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     sum = block_reduce(sum, sh, false);
     /* a lane without p > 0 has sum 0 and adds nothing (every x is 0) */
     const double inv_sum = sum > 0 ? 1.0 / sum : 0.0;
-    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        int64_t slot = stat_slot(ln, pt, l, t);
-        double x;
-        if (CACHED) {
-            x = cache[t];
-        } else {
-            float z = gumbel_z(src[slot], a, inv_t, l, t);
-            x = isnan(z) ? 0 : (double)expf((float)((double)z - mx));
-        }
-        pool.score[slot] = (float)(old[slot] + x * inv_sum);
-    }
+    lane_update(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+        double x = CACHED ? (double)cache[t] : gumbel_w(gumbel_z(src[slot], a, inv_t, l, t), mx);
+        return (float)(o + x * inv_sum);
+    });
 }
 
 /* One block per lane; @cache_cap: floats of the dynamic shared memory. */
@@ -345,16 +391,17 @@ __global__ void __launch_bounds__(LANE_THREADS)
     }
     if (len <= 0)
         return;
-    bool cached = len <= cache_cap;
+    const bool cached = lane_cache_need(len, pool.page_tokens) <= cache_cap;
+    const lane_ref lr = lane_ref_make(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL);
     if (a.op == SINKD_STAT_OP_QUANTILE) {
         if (cached)
-            stat_quantile<true>(pool, a, l, len, src, old, cache, hist);
+            stat_quantile<true>(pool, a, lr, len, src, old, cache, hist);
         else
-            stat_quantile<false>(pool, a, l, len, src, old, cache, hist);
+            stat_quantile<false>(pool, a, lr, len, src, old, cache, hist);
     } else if (cached) {
-        stat_gumbel<true>(pool, a, l, len, src, old, cache, sh);
+        stat_gumbel<true>(pool, a, l, lr, len, src, old, cache, sh);
     } else {
-        stat_gumbel<false>(pool, a, l, len, src, old, cache, sh);
+        stat_gumbel<false>(pool, a, l, lr, len, src, old, cache, sh);
     }
 }
 
@@ -421,24 +468,24 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
 /* ---- token selection --------------------------------------------------------- */
 
 template <bool CACHED>
-static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
-                                        int32_t len, int32_t k, int32_t *out, float *cache,
-                                        int *hist, double *sh, int *scan, int *wsh)
+static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const lane_ref &lr, int32_t len,
+                                        int32_t k, int32_t *out, float *cache, int *hist, double *sh,
+                                        int *scan, int *wsh)
 {
     int32_t pt = pool.page_tokens, n_out = 0;
     __shared__ int s_tot[2];
 
     if (CACHED)
-        lane_load(cache, pool.score, pool, ln, l, len);
-    uint32_t thr = lane_select<CACHED>(cache, pool.score, pool, ln, l, len, len - k, hist);
+        lane_load(cache, pool.score, lr, len);
+    uint32_t thr = lane_select<CACHED>(cache, pool.score, lr, len, len - k, hist);
     double above = 0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
-        above += stat_key(lane_get<CACHED>(cache, pool.score, pool, ln, l, t)) > thr;
+        above += stat_key(lane_get<CACHED>(cache, pool.score, lr, t)) > thr;
     int32_t ties_left = k - (int32_t)block_reduce(above, sh, false);
     int32_t last_page = -1; /* of the last token taken, block-uniform */
     for (int32_t c0 = 0; c0 < len; c0 += LANE_THREADS) {
         int32_t t = c0 + threadIdx.x;
-        uint32_t key = t < len ? stat_key(lane_get<CACHED>(cache, pool.score, pool, ln, l, t)) : 0;
+        uint32_t key = t < len ? stat_key(lane_get<CACHED>(cache, pool.score, lr, t)) : 0;
         int tie = t < len && key == thr;
         int tie_incl = block_scan(tie, wsh, false);
         bool take = t < len && (key > thr || (tie && tie_incl - tie < ties_left));
@@ -488,10 +535,12 @@ __global__ void __launch_bounds__(LANE_THREADS)
             out[i] = i < np ? i : -1;
         return;
     }
-    if (len <= cache_cap)
-        topk_tokens_lane<true>(pool, ln, l, len, k, out, cache, hist, sh, scan, wsh);
+    const bool cached = lane_cache_need(len, pt) <= cache_cap;
+    const lane_ref lr = lane_ref_make(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL);
+    if (cached)
+        topk_tokens_lane<true>(pool, lr, len, k, out, cache, hist, sh, scan, wsh);
     else
-        topk_tokens_lane<false>(pool, ln, l, len, k, out, cache, hist, sh, scan, wsh);
+        topk_tokens_lane<false>(pool, lr, len, k, out, cache, hist, sh, scan, wsh);
 }
 
 extern "C" int sinkd_cuda_topk_tokens(sinkd_cuda *c, const sinkd_topk_tokens_args *a)
