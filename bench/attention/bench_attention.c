@@ -18,7 +18,7 @@
  *            f16, ADJACENT pairs), batch 1..16 x 576..4K keys: the per-call
  *            fixed cost of short lanes. `sinkd-bench-attention OUT --small`
  *            runs the copy and this table only; `--prefill` the copy and the
- *            prefill table only.
+ *            prefill table only; `--decode` the copy and both decode tables.
  *
  * Times are medians of 7 runs of events around a batch of calls.
  */
@@ -330,6 +330,7 @@ int main(int argc, char **argv)
     const char *path = argc > 1 ? argv[1] : "bench-attention.json";
     const int small_only = argc > 2 && strcmp(argv[2], "--small") == 0;
     const int prefill_only = argc > 2 && strcmp(argv[2], "--prefill") == 0;
+    const int decode_only = argc > 2 && strcmp(argv[2], "--decode") == 0;
     int rc = sinkd_cuda_backend_open(&be);
     if (rc) {
         fprintf(stderr, "<3>no CUDA backend: %d\n", rc);
@@ -403,7 +404,7 @@ int main(int argc, char **argv)
     }
 
     /* sparse decode at 32K: keep every f-th page (selection precomputed) */
-    if (!prefill_only) {
+    if (!prefill_only && !decode_only) {
         int B = 16, L = 32768, nl = B * NKV, np = L / PT;
         int nsets = 1;
         lanes LS;
@@ -460,8 +461,9 @@ int main(int argc, char **argv)
     }
 
     /* prefill: one sequence, causal, no past */
-    printf("\nprefill (causal, 32q/8kv, d 128)\n%-8s %10s %10s\n", "n", "ms", "TFLOP/s");
-    for (int n = 4096; n <= 32768; n *= 2) {
+    if (!decode_only)
+        printf("\nprefill (causal, 32q/8kv, d 128)\n%-8s %10s %10s\n", "n", "ms", "TFLOP/s");
+    for (int n = 4096; !decode_only && n <= 32768; n *= 2) {
         lanes LS;
         lanes_make(&LS, 1, NKV, n);
         float *pq, *po;
