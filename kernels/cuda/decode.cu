@@ -697,7 +697,7 @@ decode_mma_kernel(dec_params P)
         int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
         int nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
         int st = k % NST, r0 = tok0 % pt;
-        /* r0 staged: a modulo in every tile cost the deferred stores ~20 instructions */
+        /* r0 once a tile, here: the apply and the logits read it from smeta */
         if (lane == 0)
             smeta[warp * NST + st] = make_int4(tok0, nv, pg, r0);
         if (nv > 0) {
