@@ -16,9 +16,12 @@ const char *twin_open(twin *t)
         return "no CUDA device visible (cudaGetDeviceCount)";
     cr_assert_eq(sinkd_cuda_backend_open(&t->gpu), 0, "cuda backend open");
     cr_assert_eq(sinkd_cpu_backend_open(2, &t->cpu), 0, "cpu backend open");
+    /* fresh inputs every run; SINKD_TEST_SEED replays a logged seed */
+    const char *seed = getenv("SINKD_TEST_SEED");
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    t->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)getpid() ^ (uint64_t)ts.tv_sec;
+    t->rng = seed && *seed ? strtoull(seed, NULL, 10)
+                           : ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)getpid() ^ (uint64_t)ts.tv_sec;
     if (!t->rng)
         t->rng = 1;
     cr_log_info("seed %llu", (unsigned long long)t->rng);

@@ -562,6 +562,18 @@ static void topk_twins(twin *t, tpool *p, int n_seqs, int G, const sinkd_rope *r
     }
 }
 
+/* What a decode or prefill case allocated: queries, positions, outputs
+ * (both backends) and the pool. */
+static void case_free(twin *t, tbuf *q, tbuf *qp, tbuf *out, float *hq, int32_t *hqp, tpool *p)
+{
+    tbuf_free(t, q);
+    tbuf_free(t, qp);
+    tbuf_free(t, out);
+    free(hq);
+    free(hqp);
+    tpool_free(t, p);
+}
+
 static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv, int G, int lo,
                         int hi, int sparse, int score_op)
 {
@@ -623,12 +635,7 @@ static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv
         tbuf_free(t, &selo);
         tbuf_free(t, &tks);
     }
-    tbuf_free(t, &q);
-    tbuf_free(t, &qp);
-    tbuf_free(t, &out);
-    free(hq);
-    free(hqp);
-    tpool_free(t, &p);
+    case_free(t, &q, &qp, &out, hq, hqp, &p);
 }
 
 Test(gpu_ops, decode_dense)
@@ -794,48 +801,65 @@ Test(gpu_ops, decode_full_wave)
 
 /* ---- prefill ---------------------------------------------------------------- */
 
+/* One prefill of @n new tokens after @past on both backends (obs_w @obs,
+ * score op @op when obs), outputs and scores compared. */
+static void prefill_case(twin *t, uint8_t dt, int d, int n_kv, int G, int n, int past, int obs, int op,
+                         sinkd_rope rope, int max_len)
+{
+    sinkd_backend *be[2] = {t->cpu, t->gpu};
+    int nq = n_kv * G;
+    tpool p;
+    tpool_init(t, &p, dt, d, n_kv, n + past, n + past, 0);
+    size_t qn = (size_t)n * nq * d;
+    float *hq = twin_rand_f32(t, qn, -3, 3);
+    int32_t *hqp = malloc(n * 4);
+    for (int i = 0; i < n; i++)
+        hqp[i] = past + i + twin_range(t, 0, 3);
+    tbuf q = tbuf_new(t, hq, qn * 4), qp = tbuf_new(t, hqp, n * 4), out = tbuf_new(t, NULL, qn * 4);
+    for (int b = 0; b < 2; b++) {
+        sinkd_prefill_args a = {.pool = b ? &p.pg : &p.pc, .lanes = b ? p.lg : p.lc, .n = n,
+                                .n_q_heads = nq, .n_kv_heads = n_kv, .head_dim = d, .rope = rope,
+                                .softmax_scale = 1.0f / sqrtf((float)d), .q = b ? q.g : q.c,
+                                .out = b ? out.g : out.c, .q_pos = b ? qp.g : qp.c,
+                                .obs_w = obs, .score_op = op, .score_decay = 0.5f, .max_len = max_len};
+        cr_assert_eq(be[b]->ops->attn_prefill(be[b], &a), 0);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "prefill %s d=%d kv=%d G=%d n=%d past=%d obs=%d op=%d rope=%d/%d",
+             sinkd_dtype_name(dt), d, n_kv, G, n, past, obs, op, rope.style, rope.mode);
+    check_err(tbuf_rel_err(t, &out, qn), TOL16, what);
+    if (op)
+        check_err(tbuf_rel_err(t, &p.score, (size_t)p.np * p.pt), TOL16, what);
+    case_free(t, &q, &qp, &out, hq, hqp, &p);
+}
+
 Test(gpu_ops, prefill)
 {
     TWIN_OR_SKIP(t);
-    sinkd_backend *be[2] = {t.cpu, t.gpu};
     for (int rep = 0; rep < 8; rep++) {
         uint8_t dt = rep & 1 ? SINKD_BF16 : SINKD_F16;
         int d = rep < 2 ? 128 : rand_head_dim(&t), n_kv = twin_range(&t, 1, 3);
-        int G = 1 << twin_range(&t, 0, 3), nq = n_kv * G;
+        int G = 1 << twin_range(&t, 0, 3);
         int n = twin_range(&t, 1, 300), past = twin_range(&t, 0, 1) ? twin_range(&t, 1, 400) : 0;
-        tpool p;
-        tpool_init(&t, &p, dt, d, n_kv, n + past, n + past, 0);
         sinkd_rope rope = rand_rope(&t);
-        size_t qn = (size_t)n * nq * d;
-        float *hq = twin_rand_f32(&t, qn, -3, 3);
-        int32_t *hqp = malloc(n * 4);
-        for (int i = 0; i < n; i++)
-            hqp[i] = past + i + twin_range(&t, 0, 3);
-        tbuf q = tbuf_new(&t, hq, qn * 4), qp = tbuf_new(&t, hqp, n * 4), out = tbuf_new(&t, NULL, qn * 4);
         int obs = twin_range(&t, 0, 2) ? twin_range(&t, 1, 64) : 0;
         int op = obs ? twin_range(&t, 1, 3) : 0;
-        for (int b = 0; b < 2; b++) {
-            sinkd_prefill_args a = {.pool = b ? &p.pg : &p.pc, .lanes = b ? p.lg : p.lc, .n = n,
-                                    .n_q_heads = nq, .n_kv_heads = n_kv, .head_dim = d, .rope = rope,
-                                    .softmax_scale = 1.0f / sqrtf((float)d), .q = b ? q.g : q.c,
-                                    .out = b ? out.g : out.c, .q_pos = b ? qp.g : qp.c,
-                                    .obs_w = obs, .score_op = op, .score_decay = 0.5f,
-                                    /* the longest lane, as the store passes it, or unknown */
-                                    .max_len = rep % 3 == 0 ? 0 : n + past};
-            cr_assert_eq(be[b]->ops->attn_prefill(be[b], &a), 0);
-        }
-        char what[128];
-        snprintf(what, sizeof what, "prefill %s d=%d kv=%d G=%d n=%d past=%d obs=%d op=%d rope=%d/%d",
-                 sinkd_dtype_name(dt), d, n_kv, G, n, past, obs, op, rope.style, rope.mode);
-        check_err(tbuf_rel_err(&t, &out, qn), TOL16, what);
-        if (op)
-            check_err(tbuf_rel_err(&t, &p.score, (size_t)p.np * p.pt), TOL16, what);
-        tbuf_free(&t, &q);
-        tbuf_free(&t, &qp);
-        tbuf_free(&t, &out);
-        free(hq);
-        free(hqp);
-        tpool_free(&t, &p);
+        /* the longest lane, as the store passes it, or unknown */
+        prefill_case(&t, dt, d, n_kv, G, n, past, obs, op, rope, rep % 3 == 0 ? 0 : n + past);
+    }
+    twin_close(&t);
+}
+
+/* The tensor-core paths (head_dim 64 and 128): every group size and dtype,
+ * chunks of many key tiles and row blocks, with and without a past. */
+Test(gpu_ops, prefill_tiles)
+{
+    TWIN_OR_SKIP(t);
+    for (int rep = 0; rep < 16; rep++) {
+        uint8_t dt = rep & 1 ? SINKD_BF16 : SINKD_F16;
+        int d = rep & 2 ? 128 : 64, G = 1 << (rep / 4);
+        int n = twin_range(&t, 200, 900), past = rep % 3 ? twin_range(&t, 1, 700) : 0;
+        prefill_case(&t, dt, d, twin_range(&t, 1, 2), G, n, past, 0, 0, rand_rope(&t), n + past);
     }
     twin_close(&t);
 }
