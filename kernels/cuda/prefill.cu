@@ -10,7 +10,10 @@
  * FLOPs 4*n*G*D*(len - n + (n+1)/2) per kv head (causal); bytes ~ n*n_q*D*8
  * plus K/V reads of about (n*G/64) * len/2 tiles, mostly from L2.
  *
- * v3 (the default, head_dim 64/128): prefill_gather_kernel writes each kv
+ * v5 (the default, head_dim 64/128, prefill_wgmma.cu): v3's gather, then
+ * the dense pass on Hopper's warpgroup products (wgmma).
+ *
+ * v3 (head_dim 64/128): prefill_gather_kernel writes each kv
  * head's keys, rotated and rounded, and values into a contiguous scratch;
  * prefill_dense_kernel is then FlashAttention-2 over it (cp.async ring of
  * 64-key tiles, one barrier a tile, no rotation in the loop, Q straight to
@@ -43,89 +46,16 @@
 #include <string.h>
 
 #include "common.cuh"
-#include "mma.cuh"
+#include "prefill.cuh"
 
 #define PF_WARPS 4
 #define PF_BM (PF_WARPS * 16)
 #define PF_BN 64
 #define PF_LOG2E 1.4426950408889634f
 
-struct pf_params {
-    sinkd_kv_pool pool;
-    sinkd_lanes ln;
-    int n, n_q, n_kv, group, d;
-    sinkd_rope rope;
-    float qscale;
-    const float *q;
-    float *out;
-    const int32_t *q_pos;
-    float *lse;              /* [n][n_q] log2 domain */
-    /* v3: lane h's rotated keys 0..len-1 at kr + h * kv_stride * d, its
-     * values at vr likewise, in the pool dtype */
-    const void *kr, *vr;
-    int64_t kv_stride;
-    int max_len;             /* the caller's longest lane, 0: unknown */
-};
-
 static __device__ __forceinline__ uint32_t ld32(const void *p)
 {
     return *reinterpret_cast<const uint32_t *>(p);
-}
-
-/* Causal mask of a warp's S tile (v1, v2, v3): key kc of row a (columns
- * c < 2) or b is dropped past the row's last key or the range's end. */
-template <int NT>
-static __device__ __forceinline__ void pf_mask(float (&s)[NT][4], int k0, int t4, int lim_a, int lim_b,
-                                               int kend)
-{
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            int kc = k0 + j * 8 + 2 * t4 + (c & 1);
-            if (kc > (c < 2 ? lim_a : lim_b) || kc >= kend)
-                s[j][c] = -INFINITY;
-        }
-}
-
-/* P's accumulators of keys 16*kk .. 16*kk + 15 as an A operand. */
-template <typename T, int NT>
-static __device__ __forceinline__ void pf_p_frag(const float (&s)[NT][4], int kk, uint32_t *a)
-{
-    a[0] = mma_op<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-    a[1] = mma_op<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-    a[2] = mma_op<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[3] = mma_op<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-}
-
-/* A warp's 16 rows out (Ra and Ra + 8, for every version): O / l in the
- * first @d of DP columns (d a multiple of 16), and the row's log2-sum-exp. */
-template <int DP>
-static __device__ __forceinline__ void pf_store(const pf_params &P, int Ra, int t4, int d,
-                                                const float (&o)[DP / 8][4], const float *mrow,
-                                                float *lrow, int rows, int kvh)
-{
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
-        lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        int R = Ra + 8 * h;
-        if (R >= rows)
-            continue;
-        int qi = R / P.group, qh = kvh * P.group + R % P.group;
-        float inv_l = lrow[h] > 0.0f ? 1.0f / lrow[h] : 0.0f;
-        float *orow = P.out + ((size_t)qi * P.n_q + qh) * d;
-#pragma unroll
-        for (int j = 0; j < DP / 8; j++)
-            if (j * 8 < d)
-                *reinterpret_cast<float2 *>(orow + j * 8 + 2 * t4) =
-                    make_float2(o[j][2 * h] * inv_l, o[j][2 * h + 1] * inv_l);
-        if (t4 == 0 && P.lse)
-            P.lse[(size_t)qi * P.n_q + qh] = lrow[h] > 0.0f ? mrow[h] + log2f(lrow[h]) : -INFINITY;
-    }
 }
 
 template <typename T, int DP>
@@ -277,32 +207,6 @@ prefill_kernel(pf_params P)
 #define PF2_WARPS 8
 #define PF2_BM (PF2_WARPS * 16)
 #define PF2_BN 64
-
-/* Where a warp's 16 rows starting at @rw stand: the thread's rows Ra and
- * Ra + 8 attend keys up to lim_a and lim_b (-1: a row past the end); the
- * 16 rows end between wlim_lo and wlim_hi; k_off and v_off are the lane's
- * ldmatrix offsets into K and V tiles of stride RS. */
-struct pf_warp {
-    int Ra, lim_a, lim_b, wlim_lo, wlim_hi, k_off, v_off, t4;
-};
-
-template <int RS>
-static __device__ __forceinline__ pf_warp pf_warp_at(int rw, int rows, int past, int G)
-{
-    const int lane = threadIdx.x % 32;
-    pf_warp W;
-    W.t4 = lane % 4;
-    W.Ra = rw + lane / 4;
-    const int Rb = W.Ra + 8;
-    W.lim_a = W.Ra < rows ? past + W.Ra / G : -1;
-    W.lim_b = Rb < rows ? past + Rb / G : -1;
-    const int R_hi = min(rows - 1, rw + 15);
-    W.wlim_lo = rw < rows ? past + rw / G : -1;
-    W.wlim_hi = rw < rows ? past + R_hi / G : -1;
-    W.k_off = ((lane / 16) * 8 + lane % 8) * RS + ((lane / 8) % 2) * 8;
-    W.v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
-    return W;
-}
 
 /* One 64-key tile of a warp's MT row tiles of 16 (v2, v3, v4), K and V
  * from shared memory with ldmatrix (rows of RS elements), each K or V
@@ -585,58 +489,6 @@ struct pf_q_smem {
     }
 };
 
-/* Fragments of the thread's Q rows @Ra and Ra + 8 (m16n8k16 A layout: row,
- * columns kk + 2*t4 + {0, 1, 8, 9}), rotated at the query position (the
- * block's inverse frequencies @inv, rope_sincos_inv), scaled, rounded to
- * T. NEOX partners (c, c + D/2) sit in fragments kk and kk + D/32 of the
- * same thread, ADJACENT ones side by side. */
-template <typename T, int D>
-static __device__ __forceinline__ void pf_load_q(const pf_params &P, const pf_warp &W, int rows,
-                                                 int past, int kvh, const double *inv,
-                                                 uint32_t (&qa)[D / 16][4])
-{
-    const bool neox = P.rope.style == SINKD_ROPE_NEOX;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int R = W.Ra + 8 * h;
-        const bool ok = R < rows && past >= 0;
-        const int qi = ok ? R / P.group : 0;
-        const float *qr = P.q + ((size_t)qi * P.n_q + kvh * P.group + (ok ? R % P.group : 0)) * D;
-        const int qp = P.rope.mode == SINKD_ROPE_CACHE ? past + qi : (ok ? P.q_pos[qi] : 0);
-        float v[D / 16][4];
-#pragma unroll
-        for (int kf = 0; kf < D / 16; kf++)
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-                v[kf][c] = ok ? qr[kf * 16 + 2 * W.t4 + (c & 1) + 8 * (c >> 1)] : 0.0f;
-        auto rot = [&](float &x0, float &x1, int i) {
-            float sn, cs;
-            rope_sincos_inv(qp, inv[i], &sn, &cs);
-            const float y0 = (x0 * cs - x1 * sn) * P.qscale;
-            x1 = (x0 * sn + x1 * cs) * P.qscale;
-            x0 = y0;
-        };
-        if (ok && neox) {
-#pragma unroll
-            for (int kf = 0; kf < D / 32; kf++)
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-                    rot(v[kf][c], v[kf + D / 32][c], kf * 16 + 2 * W.t4 + (c & 1) + 8 * (c >> 1));
-        } else if (ok) {
-#pragma unroll
-            for (int kf = 0; kf < D / 16; kf++)
-#pragma unroll
-                for (int p = 0; p < 2; p++)
-                    rot(v[kf][2 * p], v[kf][2 * p + 1], kf * 8 + W.t4 + 4 * p);
-        }
-#pragma unroll
-        for (int kf = 0; kf < D / 16; kf++) {
-            qa[kf][h] = mma_op<T>::pack(v[kf][0], v[kf][1]);
-            qa[kf][h + 2] = mma_op<T>::pack(v[kf][2], v[kf][3]);
-        }
-    }
-}
-
 template <typename T, int D, int NW, int MT, int STAGES, int MINB>
 __global__ void __launch_bounds__(NW * 32, MINB)
 prefill_dense_kernel(pf_params P)
@@ -647,17 +499,9 @@ prefill_dense_kernel(pf_params P)
     static_assert(STAGES >= 2, "the ring needs a stage in flight");
     extern __shared__ __align__(16) unsigned char pf3_smem[];
 
-    const int tile = gridDim.x - 1 - blockIdx.x; /* longest rows first */
-    const int kvh = blockIdx.y;
-    const int len = (int)min((int64_t)P.ln.len[kvh], P.kv_stride); /* the scratch's rows */
-    const int past = len - P.n;
-    const int rows = P.n * P.group;
-    const int r0 = tile * SH::BM;
-    const int last_i = min(P.n - 1, (r0 + SH::BM - 1) / P.group);
-    const int kend = past < 0 ? 0 : min(len, past + last_i + 1);
-    const int ntiles = (kend + PF2_BN - 1) / PF2_BN;
-    const T *kg = (const T *)P.kr + (size_t)kvh * P.kv_stride * D;
-    const T *vg = (const T *)P.vr + (size_t)kvh * P.kv_stride * D;
+    const pf_block<T, D> B(P, SH::BM, PF2_BN);
+    const int kvh = B.kvh, past = B.past, rows = B.rows, r0 = B.r0, kend = B.kend, ntiles = B.ntiles;
+    const T *kg = B.kg, *vg = B.vg;
 
     /* Tile kt into its stage (rows past kend zero filled); always commits,
      * so group kt is tile kt's whether or not it exists. A thread copies
@@ -873,19 +717,22 @@ static int prefill_mma_launch(sinkd_cuda *c, const pf_params &P)
  * stages, one block an SM), v3w4 (4 warps, 2 stages, 2 blocks an SM),
  * v3w4x3 (the same held to 168 registers for 3 blocks an SM), v4 (4 warps
  * x 32 rows, 2 stages, 2 blocks an SM), v4w8 (8 warps x 32 rows, 3 stages,
- * one block an SM), or auto (the default): v4 when its grid makes at least
- * PF_V4_WAVES waves, else v3w4, whose 64-row blocks fill the machine better
- * on short calls. A call a version does not take runs the next older one.
- * H100, 32q/8kv, d 128, n = 4K / 8K / 16K / 32K, TFLOP/s: v3w4 238.5 /
- * 268.2 / 286.3 / 292.0, v4 212.5 / 292.4 / 319.5 / 337.6, v4w8 193.1 /
- * 268.7 / 290.9 / 305.7, v3w4x3 222.9 / 262.7 / 284.3 / 289.4
- * (bench/attention/NOTES.md). */
-#define PF_V4_WAVES 6
-enum { PF_V1 = 1, PF_V2 = 2, PF_V3 = 3, PF_V3W4 = 4, PF_V3W4X3 = 5, PF_V4 = 6, PF_V4W8 = 7, PF_AUTO = 8 };
+ * one block an SM), v5 (wgmma, prefill_wgmma.cu: a warpgroup a block, 3
+ * stages, 2 blocks an SM), v5x3 (2 stages, 3 blocks an SM), v5w8 (two
+ * warpgroups sharing each tile, 3 stages, one block an SM), or auto (the
+ * default): v5x3. A call a version does not take runs the next older one.
+ * H100, 32q/8kv, d 128, n = 4K / 8K / 16K / 32K, TFLOP/s: v3w4 245.4 /
+ * 272.3 / 288.2 / 291.9, v4 232.7 / 310.1 / 328.0 / 344.0, v5 377.8 /
+ * 442.1 / 483.9 / 503.6, v5x3 400.8 / 491.8 / 536.3 / 541.5, v5w8 345.9 /
+ * 410.8 / 438.9 / 468.2 (bench/attention/NOTES.md). */
+enum {
+    PF_V1 = 1, PF_V2, PF_V3, PF_V3W4, PF_V3W4X3, PF_V4, PF_V4W8, PF_V5, PF_V5X3, PF_V5W8, PF_AUTO
+};
 
 static int prefill_env_version(void)
 {
-    static const char *const names[] = {"v1", "v2", "v3", "v3w4", "v3w4x3", "v4", "v4w8", "auto"};
+    static const char *const names[] = {"v1", "v2",   "v3",   "v3w4", "v3w4x3", "v4",
+                                        "v4w8", "v5", "v5x3", "v5w8", "auto"};
     const char *env = getenv("SINKD_PREFILL");
     if (!env || !*env)
         return PF_AUTO;
@@ -894,8 +741,8 @@ static int prefill_env_version(void)
             fprintf(stderr, "<6>prefill: SINKD_PREFILL=%s\n", env);
             return PF_V1 + i;
         }
-    fprintf(stderr, "<4>prefill: SINKD_PREFILL=%s is not v1, v2, v3, v3w4, v3w4x3, v4, v4w8 or "
-                    "auto; using auto\n", env);
+    fprintf(stderr, "<4>prefill: SINKD_PREFILL=%s is not v1, v2, v3, v3w4, v3w4x3, v4, v4w8, "
+                    "v5, v5x3, v5w8 or auto; using auto\n", env);
     return PF_AUTO;
 }
 
@@ -921,11 +768,10 @@ static int prefill_dense_launch(sinkd_cuda *c, const pf_params &P)
 template <typename T, int D>
 static int prefill_dense_pick(sinkd_cuda *c, const pf_params &P, int ver)
 {
-    if (ver == PF_AUTO) {
-        constexpr int bm = pf3_shape<T, D, 4, 2, 2>::BM;
-        int64_t v4_blocks = ((int64_t)P.n * P.group + bm - 1) / bm * P.n_kv;
-        ver = v4_blocks >= (int64_t)PF_V4_WAVES * 2 * c->n_sm ? PF_V4 : PF_V3W4;
-    }
+    if (ver == PF_AUTO)
+        ver = PF_V5X3;
+    if (ver == PF_V5 || ver == PF_V5X3 || ver == PF_V5W8)
+        return prefill_wgmma_launch<T, D>(c, P, ver == PF_V5 ? PF5_W4 : ver == PF_V5X3 ? PF5_W4X3 : PF5_W8);
     if (ver == PF_V3W4)
         return prefill_dense_launch<T, D, 4, 1, 2, 2>(c, P);
     if (ver == PF_V3W4X3)
