@@ -47,10 +47,18 @@ static __device__ __forceinline__ uint32_t stat_key(float f)
     return (u & 0x80000000u) ? ~u : u | 0x80000000u;
 }
 
+/* A lane's page table as the rules read it: the lane's page ids (global
+ * memory, or a copy in shared memory) and the page size. */
+struct lane_ref {
+    const int32_t *pids;
+    int32_t pt;
+    __device__ int64_t slot(int32_t t) const { return (int64_t)pids[t / pt] * pt + t % pt; }
+};
+
 static __device__ __forceinline__ int64_t stat_slot(const sinkd_lanes &ln, int32_t pt, int32_t l,
                                                     int32_t t)
 {
-    return (int64_t)ln.page_ids[ln.page_off[l] + t / pt] * pt + t % pt;
+    return lane_ref{ln.page_ids + ln.page_off[l], pt}.slot(t);
 }
 
 /* ---- elementwise ops -------------------------------------------------------- */
@@ -157,14 +165,6 @@ static __device__ int block_scan(int v, int *sh, bool max)
     __syncthreads();
     return v;
 }
-
-/* A lane's page table as a whole-lane rule reads it: the lane's page ids
- * (global memory, or a copy in shared memory) and the page size. */
-struct lane_ref {
-    const int32_t *pids;
-    int32_t pt;
-    __device__ int64_t slot(int32_t t) const { return (int64_t)pids[t / pt] * pt + t % pt; }
-};
 
 /* Lane @l's page table in place, or (@spids non-NULL) copied into @spids for
  * its first @len tokens: a cached lane's slots then cost no dependent global
