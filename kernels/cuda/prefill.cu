@@ -500,8 +500,6 @@ prefill_dense_kernel(pf_params P)
     extern __shared__ __align__(16) unsigned char pf3_smem[];
 
     const pf_block<T, D> B(P, SH::BM, PF2_BN);
-    const int kvh = B.kvh, past = B.past, rows = B.rows, r0 = B.r0, kend = B.kend, ntiles = B.ntiles;
-    const T *kg = B.kg, *vg = B.vg;
 
     /* Tile kt into its stage (rows past kend zero filled); always commits,
      * so group kt is tile kt's whether or not it exists. A thread copies
@@ -511,15 +509,15 @@ prefill_dense_kernel(pf_params P)
      * are a per-thread base plus constants: no per-chunk registers. */
     constexpr int RSTEP = NT / (D / 8);
     const int j0 = threadIdx.x / (D / 8), ch = threadIdx.x % (D / 8);
-    const T *kt0 = kg + (size_t)j0 * D + ch * 8, *vt0 = vg + (size_t)j0 * D + ch * 8;
+    const T *kt0 = B.kg + (size_t)j0 * D + ch * 8, *vt0 = B.vg + (size_t)j0 * D + ch * 8;
     const int so0 = (j0 * RS + ch * 8) * (int)sizeof(T);
     auto issue = [&](int kt) {
-        if (kt < ntiles) {
+        if (kt < B.ntiles) {
             unsigned char *st = pf3_smem + (kt % STAGES) * SH::STAGE + so0;
             const size_t adv = (size_t)kt * PF2_BN * D;
 #pragma unroll
             for (int i = 0; i < CH / NT; i++) {
-                const int nb = kt * PF2_BN + j0 + i * RSTEP < kend ? 16 : 0;
+                const int nb = kt * PF2_BN + j0 + i * RSTEP < B.kend ? 16 : 0;
                 const int so = i * RSTEP * RS * (int)sizeof(T);
                 cp_async16(st + so, kt0 + adv + i * RSTEP * D, nb);
                 cp_async16(st + SH::KV + so, vt0 + adv + i * RSTEP * D, nb);
@@ -538,7 +536,7 @@ prefill_dense_kernel(pf_params P)
     int whi = -1;
 #pragma unroll
     for (int m = 0; m < MT; m++) {
-        W[m] = pf_warp_at<RS>(r0 + (warp * MT + m) * 16, rows, past, P.group);
+        W[m] = pf_warp_at<RS>(B.r0 + (warp * MT + m) * 16, B.rows, B.past, P.group);
         whi = max(whi, W[m].wlim_hi);
     }
     /* the inverse frequencies once a block: a double pow per pair, not per
@@ -552,7 +550,7 @@ prefill_dense_kernel(pf_params P)
                 threadIdx.x % 32;
 #pragma unroll
     for (int m = 0; m < MT; m++) {
-        pf_load_q<T, D>(P, W[m], rows, past, kvh, inv, qa);
+        pf_load_q<T, D>(P, W[m], B.rows, B.past, B.kvh, inv, qa);
         if (MT > 1)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
@@ -569,7 +567,7 @@ prefill_dense_kernel(pf_params P)
         lrow[2 * m] = lrow[2 * m + 1] = 0.0f;
     }
 
-    for (int kt = 0; kt < ntiles; kt++) {
+    for (int kt = 0; kt < B.ntiles; kt++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads(); /* tile kt landed for all; tile kt - 1's stage is free */
         issue(kt + STAGES - 1);
@@ -579,14 +577,14 @@ prefill_dense_kernel(pf_params P)
             continue;
         const T *sK = reinterpret_cast<const T *>(stg), *sV = reinterpret_cast<const T *>(stg + SH::KV);
         if constexpr (MT == 1)
-            pf_tile<T, D, RS, 1>(pf_q_regs<D>{qa}, sK, sV, W, k0, kend, o, mrow, lrow);
+            pf_tile<T, D, RS, 1>(pf_q_regs<D>{qa}, sK, sV, W, k0, B.kend, o, mrow, lrow);
         else
-            pf_tile<T, D, RS, MT>(pf_q_smem<D>{qs}, sK, sV, W, k0, kend, o, mrow, lrow);
+            pf_tile<T, D, RS, MT>(pf_q_smem<D>{qs}, sK, sV, W, k0, B.kend, o, mrow, lrow);
     }
     cp_async_wait<0>();
 #pragma unroll
     for (int m = 0; m < MT; m++)
-        pf_store<D>(P, W[m].Ra, W[m].t4, D, o[m], mrow + 2 * m, lrow + 2 * m, rows, kvh);
+        pf_store<D>(P, W[m].Ra, W[m].t4, D, o[m], mrow + 2 * m, lrow + 2 * m, B.rows, B.kvh);
 }
 
 /* ---- observation window scores ----------------------------------------- */
@@ -725,9 +723,6 @@ static int prefill_mma_launch(sinkd_cuda *c, const pf_params &P)
  * 272.3 / 288.2 / 291.9, v4 232.7 / 310.1 / 328.0 / 344.0, v5 377.8 /
  * 442.1 / 483.9 / 503.6, v5x3 400.8 / 491.8 / 536.3 / 541.5, v5w8 345.9 /
  * 410.8 / 438.9 / 468.2 (bench/attention/NOTES.md). */
-enum {
-    PF_V1 = 1, PF_V2, PF_V3, PF_V3W4, PF_V3W4X3, PF_V4, PF_V4W8, PF_V5, PF_V5X3, PF_V5W8, PF_AUTO
-};
 
 static int prefill_env_version(void)
 {
@@ -771,7 +766,7 @@ static int prefill_dense_pick(sinkd_cuda *c, const pf_params &P, int ver)
     if (ver == PF_AUTO)
         ver = PF_V5X3;
     if (ver == PF_V5 || ver == PF_V5X3 || ver == PF_V5W8)
-        return prefill_wgmma_launch<T, D>(c, P, ver == PF_V5 ? PF5_W4 : ver == PF_V5X3 ? PF5_W4X3 : PF5_W8);
+        return prefill_wgmma_launch<T, D>(c, P, ver);
     if (ver == PF_V3W4)
         return prefill_dense_launch<T, D, 4, 1, 2, 2>(c, P);
     if (ver == PF_V3W4X3)

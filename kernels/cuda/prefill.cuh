@@ -186,10 +186,15 @@ struct pf_block {
     }
 };
 
+/* The prefill versions SINKD_PREFILL names (prefill.cu says what each is). */
+enum {
+    PF_V1 = 1, PF_V2, PF_V3, PF_V3W4, PF_V3W4X3, PF_V4, PF_V4W8, PF_V5, PF_V5X3, PF_V5W8, PF_AUTO
+};
+
 /* v5 (prefill_wgmma.cu): the dense pass over the rotated scratch with
- * wgmma; @variant is one of the PF5_* shapes. Returns 0 or a negative errno. */
-enum { PF5_W4 = 0, PF5_W4X3 = 1, PF5_W8 = 2 };
+ * wgmma in the shape of @ver (PF_V5, PF_V5X3 or PF_V5W8). Returns 0 or a
+ * negative errno. */
 template <typename T, int D>
-int prefill_wgmma_launch(sinkd_cuda *c, const pf_params &P, int variant);
+int prefill_wgmma_launch(sinkd_cuda *c, const pf_params &P, int ver);
 
 #endif /* SINKD_CUDA_PREFILL_CUH */

@@ -46,8 +46,6 @@ prefill_wgmma_kernel(pf_params P)
     unsigned char *ring = pf5_raw + ((1024u - (smem_u32(pf5_raw) & 1023u)) & 1023u);
 
     const pf_block<T, D> B(P, SH::BM, PF5_BN);
-    const int kvh = B.kvh, past = B.past, rows = B.rows, r0 = B.r0, kend = B.kend, ntiles = B.ntiles;
-    const T *kg = B.kg, *vg = B.vg;
 
     /* Tile kt into its stage, rows past kend zero filled (V's must not be
      * garbage: P is 0 there, and 0 * NaN is not); always commits. A thread
@@ -55,15 +53,15 @@ prefill_wgmma_kernel(pf_params P)
      * (RSTEP is a multiple of 8). Every issued row lies within the lane's
      * kv_stride rows (a multiple of the tile), so the source is valid. */
     const int j0 = threadIdx.x / CPR, ch = threadIdx.x % CPR;
-    const T *kt0 = kg + (size_t)j0 * D + ch * 8, *vt0 = vg + (size_t)j0 * D + ch * 8;
+    const T *kt0 = B.kg + (size_t)j0 * D + ch * 8, *vt0 = B.vg + (size_t)j0 * D + ch * 8;
     const int so0 = ch / 8 * SH::HALF + j0 * 128 + ((ch % 8) ^ (j0 % 8)) * 16;
     auto issue = [&](int kt) {
-        if (kt < ntiles) {
+        if (kt < B.ntiles) {
             unsigned char *st = ring + (kt % STAGES) * SH::STAGE + so0;
             const size_t adv = (size_t)kt * PF5_BN * D;
 #pragma unroll
             for (int i = 0; i < PER; i++) {
-                const int nb = kt * PF5_BN + j0 + i * RSTEP < kend ? 16 : 0;
+                const int nb = kt * PF5_BN + j0 + i * RSTEP < B.kend ? 16 : 0;
                 cp_async16(st + i * RSTEP * 128, kt0 + adv + (size_t)i * RSTEP * D, nb);
                 cp_async16(st + SH::KV + i * RSTEP * 128, vt0 + adv + (size_t)i * RSTEP * D, nb);
             }
@@ -75,13 +73,13 @@ prefill_wgmma_kernel(pf_params P)
         issue(s);
 
     const int warp = threadIdx.x / 32;
-    const pf_warp W = pf_warp_at<0>(r0 + warp * 16, rows, past, P.group);
+    const pf_warp W = pf_warp_at<0>(B.r0 + warp * 16, B.rows, B.past, P.group);
     __shared__ double inv[D / 2];
     for (int i = threadIdx.x; i < D / 2; i += NT)
         inv[i] = rope_inv_exact(P.rope.theta, P.rope.scale, i, D);
     __syncthreads();
     uint32_t qa[D / 16][4];
-    pf_load_q<T, D>(P, W, rows, past, kvh, inv, qa);
+    pf_load_q<T, D>(P, W, B.rows, B.past, B.kvh, inv, qa);
     const uint32_t qz = (uint32_t)P.n >> 31; /* 0: n >= 1 here */
     float o[D / 8][4];
 #pragma unroll
@@ -89,7 +87,7 @@ prefill_wgmma_kernel(pf_params P)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
-    for (int kt = 0; kt < ntiles; kt++) {
+    for (int kt = 0; kt < B.ntiles; kt++) {
         cp_async_wait<STAGES - 2>();
         wg_proxy_fence();
         __syncthreads(); /* tile kt landed for all; tile kt - 1's stage is free */
@@ -109,8 +107,8 @@ prefill_wgmma_kernel(pf_params P)
         wg_wait<0>();
         wg_hold(s);
 
-        if (k0 + PF5_BN - 1 > W.wlim_lo || k0 + PF5_BN > kend)
-            pf_mask(s, k0, W.t4, W.lim_a, W.lim_b, kend);
+        if (k0 + PF5_BN - 1 > W.wlim_lo || k0 + PF5_BN > B.kend)
+            pf_mask(s, k0, W.t4, W.lim_a, W.lim_b, B.kend);
         online_softmax(s, o, mrow, lrow);
         uint32_t pa[PF5_BN / 16][4];
 #pragma unroll
@@ -141,7 +139,7 @@ prefill_wgmma_kernel(pf_params P)
                 qa[kk][c] ^= qz;
     }
     cp_async_wait<0>();
-    pf_store<D>(P, W.Ra, W.t4, D, o, mrow, lrow, rows, kvh);
+    pf_store<D>(P, W.Ra, W.t4, D, o, mrow, lrow, B.rows, B.kvh);
 }
 
 template <typename T, int D, int NWG, int STAGES, int MINB>
@@ -159,11 +157,11 @@ static int pf5_launch(sinkd_cuda *c, const pf_params &P)
 }
 
 template <typename T, int D>
-int prefill_wgmma_launch(sinkd_cuda *c, const pf_params &P, int variant)
+int prefill_wgmma_launch(sinkd_cuda *c, const pf_params &P, int ver)
 {
-    if (variant == PF5_W4X3)
+    if (ver == PF_V5X3)
         return pf5_launch<T, D, 1, 2, 3>(c, P);
-    if (variant == PF5_W8)
+    if (ver == PF_V5W8)
         return pf5_launch<T, D, 2, 3, 1>(c, P);
     return pf5_launch<T, D, 1, 3, 2>(c, P);
 }
