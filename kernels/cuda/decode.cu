@@ -40,7 +40,8 @@
 #define DEC_HG 4        /* query heads per block */
 #define DEC_NP 4        /* keys per thread loaded before use */
 #define DEC_LOG2E 1.4426950408889634f
-#define DEC_CNT_BYTES (65536 * 4) /* split counters: one int per lane (<= 65535) */
+#define DEC_CNT_LANES 65536
+#define DEC_CNT_BYTES (2 * DEC_CNT_LANES * 4) /* split and claim counters: an int each per lane */
 #define DEC_EARLY_NEXT_SEQS 4     /* v2: batches up to this many sequences start early (PDL) */
 
 struct dec_params {
@@ -65,6 +66,8 @@ struct dec_params {
     double rope_l2theta;     /* v2 query angles: log2(theta) and 1 / scale */
     double rope_inv_scale;
     int *split_cnt;          /* [lane] blocks done, zero between calls (v2) */
+    int *claim_cnt;          /* [lane] tail tiles claimed, zero between calls (v2) */
+    int tail_pct;            /* v2: percent of a split lane's tiles claimed, not dealt */
     long long *trace;        /* SINKD_DECODE_TRACE (v2): [block][DEC_TRACE_N] or NULL */
     int score_op;
     float score_decay;
@@ -449,6 +452,8 @@ static __device__ void merge_lane(const dec_params &P, int l, int S, float *sw, 
  */
 #define DV2_WARPS 4
 #define DV2_STAGES 3
+#define DV2_TAIL_MIN_SPLITS 16 /* claimed tails: lanes of at least this many splits */
+#define DV2_TAIL_MIN_DEALT 4   /* ... and of this many dealt tiles a warp */
 
 template <typename T, int D>
 struct dv2_shape {
@@ -591,30 +596,48 @@ decode_mma_kernel(dec_params P)
         return; /* block-uniform, before any barrier */
     }
 
-    /* This split's tiles [ub, ue) of the list. */
-    const int tps = (ntile + S - 1) / S;
-    const int ub = min(ntile, split * tps), ue = min(ntile, ub + tps);
+    /* This split's tiles [ub, ue) of the list, warp w taking ub + w,
+     * ub + w + W, ... A lane of many long splits deals only the first
+     * (100 - tail_pct)% of its tiles that way: the rest, from dyn0 on, go
+     * one at a time to whichever warp of the lane asks first (claim_cnt), so
+     * that splits of equal tile counts that stream at unequal speeds finish
+     * together (the lane's merge waits for its slowest split). Lanes of a
+     * few splits, or of a few tiles a warp, lost more to the claims than
+     * the balance bought (bench/attention/NOTES.md, "Claimed tails"). */
+    const int nst = (int)((long long)ntile * (100 - P.tail_pct) / (100LL * S * W));
+    const bool dyn = P.tail_pct > 0 && S >= DV2_TAIL_MIN_SPLITS && nst >= DV2_TAIL_MIN_DEALT;
+    int ub, ue, dyn0 = ntile;
+    if (dyn) {
+        ub = split * W * nst;
+        ue = ub + W * nst;
+        dyn0 = S * W * nst;
+    } else {
+        const int tps = (ntile + S - 1) / S;
+        ub = min(ntile, split * tps);
+        ue = min(ntile, ub + tps);
+    }
     const int nk = ue - ub > warp ? (ue - ub - warp + W - 1) / W : 0;
 
-    /* Tile metadata, 32 tiles at a time: lane r holds ordinal kb + r's page,
-     * first lane token and valid rows (0: nothing to read). */
+    /* Tile @u's page, first lane token and valid rows (0: nothing to read). */
+    auto meta_at = [&](int u, int &pg, int &tok0, int &nv) {
+        pg = tok0 = nv = 0;
+        int lp = L.page(u / tpp);
+        if (lp >= 0 && lp < have) {
+            int p = pids[lp], t = lp * pt + (u % tpp) * 16;
+            if (p >= 0 && p < P.pool.n_pages && t < len) {
+                pg = p;
+                tok0 = t;
+                nv = min(16, len - t);
+            }
+        }
+    };
+    /* Dealt tiles' metadata, 32 at a time: lane r holds ordinal kb + r's. */
     int m_pg = 0, m_tok = 0, m_nv = 0;
     auto load_meta = [&](int kb) {
         int u = ub + warp + (kb + lane) * W;
-        m_pg = 0;
-        m_tok = 0;
-        m_nv = 0;
-        if (u < ue) {
-            int lp = L.page(u / tpp);
-            if (lp >= 0 && lp < have) {
-                int pg = pids[lp], tok0 = lp * pt + (u % tpp) * 16;
-                if (pg >= 0 && pg < P.pool.n_pages && tok0 < len) {
-                    m_pg = pg;
-                    m_tok = tok0;
-                    m_nv = min(16, len - tok0);
-                }
-            }
-        }
+        m_pg = m_tok = m_nv = 0;
+        if (u < ue)
+            meta_at(u, m_pg, m_tok, m_nv);
     };
     /* Before the kernel ahead is done (pdl.cuh): the dense lane's first page
      * ids (lane arrays come from copies; a sparse list may be that kernel's
@@ -690,12 +713,42 @@ decode_mma_kernel(dec_params P)
     }
 
     unsigned char *wring = ring + (size_t)warp * NST * SH::STAGE;
+    /* Claims: lane 0 asks for the next tail tile one issue before the warp
+     * uses it, so the atomic's round trip overlaps a tile's work. */
+    bool claims_out = false; /* warp-uniform: the lane's tail is all taken */
+    int claim = 0;
+    auto claim_next = [&]() {
+        if (lane == 0)
+            claim = atomicAdd(P.claim_cnt + l, 1);
+    };
     auto issue = [&](int k) {
-        if ((k & 31) == 0 && (k > 0 || !meta_early))
-            load_meta(k);
-        int pg = __shfl_sync(0xffffffffu, m_pg, k & 31);
-        int tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
-        int nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
+        int pg, tok0, nv;
+        if (!dyn || k < nk) {
+            if ((k & 31) == 0 && (k > 0 || !meta_early))
+                load_meta(k);
+            pg = __shfl_sync(0xffffffffu, m_pg, k & 31);
+            tok0 = __shfl_sync(0xffffffffu, m_tok, k & 31);
+            nv = __shfl_sync(0xffffffffu, m_nv, k & 31);
+            if (dyn && k + 1 == nk)
+                claim_next();
+        } else {
+            /* the claim asked for last time; nv = -1 past the tail ends
+             * this warp's loop */
+            int u = ntile;
+            if (!claims_out) {
+                if (k == 0)
+                    claim_next(); /* no dealt tiles: nothing asked yet */
+                u = dyn0 + __shfl_sync(0xffffffffu, claim, 0);
+            }
+            pg = tok0 = 0;
+            nv = -1;
+            if (u < ntile) {
+                claim_next();
+                meta_at(u, pg, tok0, nv);
+            } else {
+                claims_out = true;
+            }
+        }
         int st = k % NST, r0 = tok0 % pt;
         /* r0 once a tile, here: the apply and the logits read it from smeta */
         if (lane == 0)
@@ -768,12 +821,14 @@ decode_mma_kernel(dec_params P)
     const int dcol = 8 * ((lane >> 2) & 1) + 2 * (lane & 3) + ((lane >> 3) & 1);
     const int v_off = ((lane / 8) % 2 * 8 + lane % 8) * RS + (lane / 16) * 8;
 
-    for (int k = 0; k < nk; k++) {
+    for (int k = 0; dyn || k < nk; k++) {
         issue(k + NST - 1);
         cp_async_wait<NST - 1>();
         __syncwarp();
         const int st = k % NST;
         const int4 mt = smeta[warp * NST + st];
+        if (mt.y < 0)
+            break; /* warp-uniform: the claims ran out */
         if (mt.y > 0) {
             const unsigned char *sk = wring + st * SH::STAGE;
             const T *sK = reinterpret_cast<const T *>(sk);
@@ -921,8 +976,10 @@ decode_mma_kernel(dec_params P)
         __syncthreads();
         if (threadIdx.x == 0) {
             int last = atomicAdd(P.split_cnt + l, 1) == S - 1;
-            if (last)
-                P.split_cnt[l] = 0; /* every block of the lane has counted */
+            if (last) { /* every block of the lane has counted: no claims left */
+                P.split_cnt[l] = 0;
+                P.claim_cnt[l] = 0;
+            }
             *s_last = last;
         }
         __syncthreads();
@@ -1114,6 +1171,24 @@ static int decode_env_warp_tiles(void)
     return (int)v;
 }
 
+/* SINKD_DECODE_TAIL, read once: the percent of a long split lane's tiles
+ * that its warps claim one at a time instead of being dealt (v2), 0..90,
+ * default DEC_TAIL_PCT; 0 deals them all. */
+#define DEC_TAIL_PCT 10
+static int decode_env_tail(void)
+{
+    const char *env = getenv("SINKD_DECODE_TAIL");
+    if (!env || !*env)
+        return DEC_TAIL_PCT;
+    char *end;
+    long v = strtol(env, &end, 10);
+    if (*end || v < 0 || v > 90) {
+        fprintf(stderr, "<4>decode: SINKD_DECODE_TAIL=%s is not 0..90; using %d\n", env, DEC_TAIL_PCT);
+        return DEC_TAIL_PCT;
+    }
+    return (int)v;
+}
+
 /* SINKD_DECODE_TRACE=1 (read once): each v2 call outside a graph recording
  * stamps its blocks (trace_stamp), then syncs the stream and prints one
  * line of the timeline, in us after the first block began. A diagnostic:
@@ -1186,6 +1261,7 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
 {
     static const int warp_tiles = decode_env_warp_tiles(); /* thread-safe, once */
     static const bool trace = decode_env_trace();
+    static const int tail_pct = decode_env_tail();
     if (!a)
         return -EINVAL;
     int rc = sinkd_cuda_check_attn(a->pool, a->head_dim, a->n_q_heads, a->n_kv_heads, &a->rope);
@@ -1241,6 +1317,7 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         S = 1;
     P.n_split = S;
     P.warp_tiles = warp_tiles;
+    P.tail_pct = warp_tiles > 0 ? tail_pct : 0;
     P.rope_l2theta = log2((double)a->rope.theta);
     P.rope_inv_scale = 1.0 / (double)a->rope.scale;
     P.logits_tiled = mma;
@@ -1276,6 +1353,7 @@ int sinkd_cuda_attn_decode(sinkd_cuda *c, const sinkd_decode_args *a)
         if (c->part.bytes != had)
             SINKD_CUDA_TRY(cudaMemsetAsync(c->part.p, 0, DEC_CNT_BYTES, c->stream));
         P.split_cnt = (int *)c->part.p;
+        P.claim_cnt = P.split_cnt + DEC_CNT_LANES;
         P.part_acc = (float *)((char *)c->part.p + DEC_CNT_BYTES);
         P.part_ml = P.part_acc + (size_t)nl * S * G * a->head_dim;
     }

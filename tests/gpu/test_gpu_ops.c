@@ -799,6 +799,18 @@ Test(gpu_ops, decode_full_wave)
     twin_close(&t);
 }
 
+/* Few lanes of 22K+ tokens: the tensor-core path splits each 64 ways and
+ * the warps of a lane claim its last tiles one at a time (decode.cu,
+ * DV2_TAIL_*); every tile must be attended once, whichever warp takes it. */
+Test(gpu_ops, decode_claimed_tail)
+{
+    TWIN_OR_SKIP(t);
+    for (int rep = 0; rep < 4; rep++)
+        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 2 ? 128 : 64, 16, twin_range(&t, 1, 2),
+                    twin_range(&t, 1, 2), rep < 2 ? 4 : twin_range(&t, 1, 8), 22000, 26000, 0, rep % 4);
+    twin_close(&t);
+}
+
 /* ---- prefill ---------------------------------------------------------------- */
 
 /* One prefill of @n new tokens after @past on both backends (obs_w @obs,
