@@ -1222,6 +1222,7 @@ static int decode_trace_end(sinkd_cuda *c, const dec_params &P, size_t blocks)
     cudaFreeAsync(P.trace, c->stream);
     if (e == cudaSuccess) {
         long long t0 = LLONG_MAX, entry = 0, staged = 0, looped = 0, split_end = 0, merge_end = 0;
+        long long first_end = LLONG_MAX;
         double pro = 0.0, loop = 0.0, merge = 0.0;
         int active = 0, merges = 0;
         for (size_t b = 0; b < blocks; b++)
@@ -1236,6 +1237,7 @@ static int decode_trace_end(sinkd_cuda *c, const dec_params &P, size_t blocks)
             loop += (double)(r[2] - r[1]);
             staged = r[1] - t0 > staged ? r[1] - t0 : staged;
             looped = r[2] - t0 > looped ? r[2] - t0 : looped;
+            first_end = r[3] - t0 < first_end ? r[3] - t0 : first_end;
             if (r[4] == 2) {
                 merges++;
                 merge += (double)(r[3] - r[2]);
@@ -1247,11 +1249,12 @@ static int decode_trace_end(sinkd_cuda *c, const dec_params &P, size_t blocks)
         int n = active > 0 ? active : 1;
         fprintf(stderr,
                 "<7>decode trace: grid %d x %d, %d blocks active, %d merged; us from the first block: "
-                "last entry %.2f, staged %.2f, tiles done %.2f, splits done %.2f, merged %.2f; "
+                "last entry %.2f, staged %.2f, tiles done %.2f, first block done %.2f, splits done %.2f, "
+                "merged %.2f; "
                 "per active block: prologue %.2f, tiles %.2f, merge %.2f\n",
                 P.n_split, (int)(blocks / P.n_split), active, merges, entry * 1e-3, staged * 1e-3,
-                looped * 1e-3, split_end * 1e-3, merge_end * 1e-3, pro / n * 1e-3, loop / n * 1e-3,
-                merges ? merge / merges * 1e-3 : 0.0);
+                looped * 1e-3, active ? first_end * 1e-3 : 0.0, split_end * 1e-3, merge_end * 1e-3,
+                pro / n * 1e-3, loop / n * 1e-3, merges ? merge / merges * 1e-3 : 0.0);
     }
     free(h);
     return sinkd_cuda__err(e);
