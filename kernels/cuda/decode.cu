@@ -1151,8 +1151,10 @@ static int decode_splits(int units, int slots)
  * takes (a lane of n tiles uses at most ceil(n / (4 * that)) of the grid's
  * splits), 1..64, default DEC_WARP_TILES; "legacy" (0) keeps v3: every lane
  * takes all the grid's splits and the query angles come from double pow
- * and sincos. */
-#define DEC_WARP_TILES 2
+ * and sincos. One tile a warp: a short lane (the 1B model's 576 keys at
+ * batch 1) finishes sooner over more splits than it pays in their merge,
+ * 7.7 against 9.1 us with two (bench/attention/NOTES.md). */
+#define DEC_WARP_TILES 1
 static int decode_env_warp_tiles(void)
 {
     const char *env = getenv("SINKD_DECODE_SPLITS");
