@@ -102,6 +102,9 @@ static const sinkd_cfg_key config__keys[] = {
       "open sessions per user; 0: unlimited" },
     { "quota", "pages_per_uid", SINKD_CFG_UINT, OFF(pages_per_uid), "0", 0, 1ull << 40, NULL, 0,
       "KV pages held per user; 0: unlimited" },
+    { "quota", "session_tokens", SINKD_CFG_UINT, OFF(session_tokens), "0", 0, 1ull << 31, NULL, 0,
+      "KV tokens each lane of a session may hold: a session that names no budget gets this one, "
+      "a larger budget is refused; 0: unlimited" },
     { "quota", "generations_per_uid", SINKD_CFG_UINT, OFF(generations_per_uid), "8", 0, 1u << 20, NULL, 0,
       "generations running at once per user; 0: unlimited" },
     { "quota", "request_bytes", SINKD_CFG_SIZE, OFF(request_bytes), "256M", 0, 1024 * TiB, NULL, 0,

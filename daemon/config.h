@@ -99,6 +99,7 @@ typedef struct sinkd_config {
     /* [quota] (0 = unlimited) */
     uint64_t sessions_per_uid;
     uint64_t pages_per_uid;
+    uint64_t session_tokens;
     uint64_t generations_per_uid;
     uint64_t request_bytes;
 } sinkd_config;

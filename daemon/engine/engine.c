@@ -96,8 +96,8 @@ void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *wh
 {
     switch (rc) {
     case -EDQUOT:
-        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: KV page budget exceeded (session budget "
-                  "or [quota] pages_per_uid)", what);
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: KV page budget exceeded (the session's "
+                  "budget, [quota] session_tokens or [quota] pages_per_uid)", what);
         break;
     case -ENOMEM:
         eng_error(e, j, SINKD_ERR_NO_MEMORY, "%s: KV pool or memory exhausted", what);
@@ -485,6 +485,7 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     e->max_batch = cfg->max_batch;
     e->sessions_per_uid = cfg->sessions_per_uid;
     e->generations_per_uid = cfg->generations_per_uid;
+    e->session_tokens = cfg->session_tokens;
     e->request_bytes = cfg->request_bytes;
     e->max_frame = cfg->max_frame ? cfg->max_frame : SINKD_FRAME_MAX_DEFAULT;
     e->next_sess = 1;
@@ -517,6 +518,13 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     kc.head_dim_max = hd_max ? hd_max : 128;
     if (kc.dtype == SINKD_KV_DTYPE_AUTO_ENGINE)
         kc.dtype = strcmp(e->be->info.name, "cpu") == 0 ? SINKD_F32 : SINKD_F16;
+    if (kc.dtype == SINKD_F32 && strcmp(e->be->info.name, "cpu") != 0) {
+        /* refused here, not by the first KV op of the first session */
+        snprintf(err, errlen, "[engine] kv_dtype = f32 needs the cpu backend; the %s backend keeps "
+                 "K/V in f16 or bf16", e->be->info.name);
+        rc = -EINVAL;
+        goto fail;
+    }
     rc = sinkd_kv_open(e->be, &kc, &e->kv);
     if (rc < 0) {
         snprintf(err, errlen, "KV pool: %s", strerror(-rc));

@@ -55,6 +55,9 @@ typedef struct sinkd_engine_config {
                                      it off as well) */
     uint32_t sessions_per_uid;    /* [quota], 0 = unlimited */
     uint32_t generations_per_uid; /* [quota], 0 = unlimited */
+    uint64_t session_tokens;      /* [quota] KV tokens per lane of a session: the
+                                     default budget and the largest allowed;
+                                     0 = unlimited */
     uint64_t request_bytes;       /* [quota] shared-memory bytes per request, 0 = unlimited */
     const char *const *model_names; /* [model "NAME"] path */
     const char *const *model_paths;

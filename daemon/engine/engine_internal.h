@@ -120,6 +120,7 @@ struct sinkd_engine {
     int32_t defer_up_n;           /* defer.c: the pointers last uploaded to */
     void *defer_up_dev;           /* ENG_SLOT_DEFER (h holds them), 0: none */
     uint32_t sessions_per_uid, generations_per_uid;
+    uint64_t session_tokens;      /* session.c: budget default and cap, 0 = none */
     uint64_t request_bytes;       /* quota.c */
     size_t max_frame;
 

@@ -163,6 +163,7 @@ int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen)
     ec.score_defer_off = cfg->score_defer == 0;
     ec.sessions_per_uid = (uint32_t)cfg->sessions_per_uid;
     ec.generations_per_uid = (uint32_t)cfg->generations_per_uid;
+    ec.session_tokens = cfg->session_tokens;
     ec.request_bytes = cfg->request_bytes;
     ec.model_names = names;
     ec.model_paths = paths;

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,6 +186,14 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
                   e->sessions_per_uid);
         return;
     }
+    if (e->session_tokens && j->budget > e->session_tokens) {
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED,
+                  "budget %" PRIu64 " is over [quota] session_tokens (%" PRIu64 ")", j->budget,
+                  e->session_tokens);
+        return;
+    }
+    if (!j->budget)
+        j->budget = e->session_tokens; /* 0 when unlimited */
     if (!j->has_geometry) {
         m = sinkd_engine_model_find(e, j->model ? j->model : "", j->model ? strlen(j->model) : 0);
         if (!m) {

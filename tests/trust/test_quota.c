@@ -1,6 +1,6 @@
 /*
  * [quota] enforcement, each limit on a daemon of its own: sessions_per_uid,
- * generations_per_uid, pages_per_uid and request_bytes answer
+ * generations_per_uid, pages_per_uid, session_tokens and request_bytes answer
  * quota_exceeded with a message naming the key, count per uid (another uid
  * is unaffected), and leave nothing behind. Fair scheduling: while uid A
  * keeps 40 sessions generating, uid B's one session is in every decode batch,
@@ -154,6 +154,31 @@ Test(quota, pages_per_uid)
     cr_assert(sb, "%s", sinkd_client_errmsg(b));
     sinkd_client_close(a);
     sinkd_client_close(b);
+}
+
+Test(quota, session_tokens)
+{
+    /* the tiny model's byte-level tokenizer: 200 bytes are 200 tokens in
+     * every lane, over the 64 a session without a budget of its own gets */
+    start("session_tokens = 64\n");
+    sinkd_client *a = as(UID_A);
+    char text[201];
+    uint64_t s = trust_open(a, NULL);
+
+    memset(text, 'x', 200);
+    text[200] = '\0';
+    cr_assert(s);
+    expect_quota(a, trust_call(a, NULL, "session.append", "session:u text:s", s, text),
+                 "session_tokens");
+    cr_assert_eq(used_bytes(a), 0, "the refused append kept pages");
+    cr_assert_eq(trust_call(a, NULL, "session.append", "session:u text:s", s, "small"), 0, "%s",
+                 sinkd_client_errmsg(a));
+    /* a budget over the cap is refused at open, one under it is kept */
+    expect_quota(a, trust_call(a, NULL, "session.open", "model:s budget:u", "tiny", (uint64_t)65),
+                 "session_tokens");
+    cr_assert_eq(trust_call(a, NULL, "session.open", "model:s budget:u", "tiny", (uint64_t)16), 0,
+                 "%s", sinkd_client_errmsg(a));
+    sinkd_client_close(a);
 }
 
 Test(quota, request_bytes)
