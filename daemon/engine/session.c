@@ -144,6 +144,12 @@ static int eng__check_geometry(sinkd_engine *e, const sinkd_job *j)
                   "geometry: head_dim must be a multiple of 16 up to %d", pool->head_dim_max);
         return -EINVAL;
     }
+    if (g->dtype != SINKD_F32) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT,
+                  "geometry: dtype must be f32: K, V, Q and out in shared memory are f32, "
+                  "and the pool's element type is the daemon's kv_dtype");
+        return -EINVAL;
+    }
     if (!(g->rope.theta > 0) || !(g->rope.scale >= 1)) {
         eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT,
                   "geometry: rope_theta must be > 0 and rope_scale >= 1");

@@ -122,22 +122,37 @@ static uint64_t rep_u64(const sinkd_client_reply *rep, const char *k)
     return v;
 }
 
-static uint64_t open_raw(sinkd_client *c, int layers, int qh, int kvh, int hd)
+/* session.open of a raw session, with geometry.dtype @dtype unless NULL;
+ * returns as call, the session id in @s on success. */
+static int try_open_raw(sinkd_client *c, int layers, int qh, int kvh, int hd, const char *dtype,
+                        uint64_t *s)
 {
     sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
     req q;
-    uint64_t s;
+    int rc;
 
     req_init(&q, 1);
     sinkd_pack_str(&q.pk, "geometry");
-    msgpack_pack_map(&q.pk, 4);
+    msgpack_pack_map(&q.pk, dtype ? 5 : 4);
     kv_u(&q, "layers", (uint64_t)layers);
     kv_u(&q, "q_heads", (uint64_t)qh);
     kv_u(&q, "kv_heads", (uint64_t)kvh);
     kv_u(&q, "head_dim", (uint64_t)hd);
-    cr_assert_eq(call(c, "session.open", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
-    s = rep_u64(&rep, "session");
-    sinkd_client_reply_free(&rep);
+    if (dtype)
+        sinkd_pack_kv_str(&q.pk, "dtype", dtype);
+    if ((rc = call(c, "session.open", &q, &rep, NULL)) == 0) {
+        *s = rep_u64(&rep, "session");
+        sinkd_client_reply_free(&rep);
+    }
+    return rc;
+}
+
+static uint64_t open_raw(sinkd_client *c, int layers, int qh, int kvh, int hd)
+{
+    uint64_t s = 0;
+
+    cr_assert_eq(try_open_raw(c, layers, qh, kvh, hd, NULL, &s), 0, "%s",
+                 sinkd_client_errmsg(c));
     return s;
 }
 
@@ -294,6 +309,108 @@ Test(sessions, raw_session_matches_reference)
     stop();
 }
 
+/* Pages of PT tokens: the daemon's default page_tokens, which ref_attend's
+ * page mask (t / 16) assumes too. */
+#define PT 16
+#define NPG ((L + PT - 1) / PT)
+
+/* attend with n = 1 and scores at layer 0 of @s; @sel (NULL: dense) names
+ * the pages each kv head attends. The scores region is first filled with
+ * -1 so that every value checked afterwards is one the daemon wrote. */
+static void attend_scores(sinkd_client *c, uint64_t s, const sinkd_client_shm *shm, uint64_t qoff,
+                          uint64_t ooff, uint64_t soff, const bool (*sel)[NPG])
+{
+    float *sc = (float *)((char *)shm->base + soff);
+    req q;
+
+    for (int i = 0; i < KVH * L; i++)
+        sc[i] = -1.0f;
+    req_init(&q, sel ? 6 : 5);
+    kv_u(&q, "session", s);
+    kv_u(&q, "layer", 0);
+    kv_region(&q, "q", shm->handle, qoff);
+    kv_region(&q, "out", shm->handle, ooff);
+    kv_region(&q, "scores", shm->handle, soff);
+    if (sel) {
+        sinkd_pack_str(&q.pk, "pages");
+        msgpack_pack_array(&q.pk, KVH);
+        for (int h = 0; h < KVH; h++) {
+            uint32_t n = 0;
+            for (int pg = 0; pg < NPG; pg++)
+                n += sel[h][pg];
+            msgpack_pack_array(&q.pk, n);
+            for (int pg = 0; pg < NPG; pg++)
+                if (sel[h][pg])
+                    msgpack_pack_uint32(&q.pk, (uint32_t)pg);
+        }
+    }
+    cr_assert_eq(call(c, "attend", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+}
+
+/* A dense attend with scores, then sparse ones on the same lanes, each
+ * leaving out pages the call before attended: keys on unselected pages must
+ * read exactly 0, not what an earlier call left in their score slots. */
+Test(sessions, sparse_scores_zero_off_selection)
+{
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    enum { KOFF = 0, VOFF = 8192, QOFF = 16384, OOFF = 20480, SOFF = 24576 };
+    /* round 0 dense; then kv head 0 / 1 on page 1 / 0, then the complement */
+    static const bool sel[2][KVH][NPG] = {
+        { { false, true }, { true, false } },
+        { { true, false }, { false, true } },
+    };
+    const int group = QH / KVH;
+    unsigned st = 11;
+    sinkd_client *c;
+    uint64_t s;
+
+    start(false);
+    c = conn();
+    cr_assert(sinkd_client_shm_create(c, 1 << 16, 5000, &shm) == 0);
+    float *base = shm.base, *k = base + KOFF / 4, *v = base + VOFF / 4, *qv = base + QOFF / 4;
+    const float *out = base + OOFF / 4, *sc = base + SOFF / 4;
+    for (int i = 0; i < L * KVH * HD; i++) {
+        k[i] = frand(&st);
+        v[i] = frand(&st);
+    }
+    for (int i = 0; i < QH * HD; i++)
+        qv[i] = frand(&st);
+    s = open_raw(c, 1, QH, KVH, HD);
+    cr_assert_eq(kv_append(c, s, 0, L, shm.handle, KOFF, VOFF), 0, "%s", sinkd_client_errmsg(c));
+
+    for (int round = 0; round < 3; round++) {
+        const bool (*rs)[NPG] = round ? sel[round - 1] : NULL;
+        double p[KVH][L] = { { 0 } }, ref[HD];
+
+        attend_scores(c, s, &shm, QOFF, OOFF, SOFF, rs);
+        for (int h = 0; h < QH; h++) {
+            ref_attend(qv, L - 1, k, v, h, L, rs ? rs[h / group] : NULL, ref, p[h / group]);
+            for (int i = 0; i < HD; i++)
+                cr_assert_float_eq(out[h * HD + i], ref[i], 1e-4, "round %d head %d dim %d",
+                                   round, h, i);
+        }
+        for (int h = 0; h < KVH; h++) {
+            double sum = 0;
+            for (int t = 0; t < L; t++) {
+                float got = sc[h * L + t];
+                if (rs && !rs[h][t / PT])
+                    cr_assert(got == 0.0f, "round %d kv head %d key %d (unselected): %g", round,
+                              h, t, (double)got);
+                else
+                    cr_assert_float_eq(got, p[h][t], 1e-4, "round %d kv head %d key %d", round,
+                                       h, t);
+                sum += got;
+            }
+            /* each query head's probabilities sum to 1 over the keys it saw */
+            cr_assert_float_eq(sum, (double)group, 1e-4, "round %d kv head %d: sum %g", round, h,
+                               sum);
+        }
+    }
+    sinkd_client_shm_free(c, &shm, 5000);
+    sinkd_client_close(c);
+    stop();
+}
+
 Test(sessions, bad_ranges_and_shrunk_memfd)
 {
     sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
@@ -385,6 +502,37 @@ Test(sessions, ownership_across_connections)
     cr_assert_eq(n, 0);
     cr_assert_eq(stats(b, s), SINKD_ERR_NOT_FOUND);
     sinkd_client_close(b);
+    stop();
+}
+
+/* K, V, Q and out in shared memory are f32 whatever the pool stores: a raw
+ * geometry that asks for another dtype is refused, not silently ignored. */
+Test(sessions, raw_geometry_dtype)
+{
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    static const char *const bad[] = { "f16", "bf16" };
+    sinkd_client *c;
+    uint64_t s = 0;
+
+    start(false);
+    c = conn();
+    cr_assert(sinkd_client_shm_create(c, 4096, 5000, &shm) == 0);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_assert_eq(try_open_raw(c, 1, 2, 2, 16, bad[i], &s), SINKD_ERR_INVALID_ARGUMENT,
+                     "dtype %s", bad[i]);
+        cr_assert(strstr(sinkd_client_errmsg(c), "f32") &&
+                      strstr(sinkd_client_errmsg(c), "kv_dtype"),
+                  "dtype %s: message '%s'", bad[i], sinkd_client_errmsg(c));
+    }
+    cr_assert_eq(n_sessions(c), 0);
+    /* f32, given or by default, opens a session that takes K and V */
+    cr_assert_eq(try_open_raw(c, 1, 2, 2, 16, "f32", &s), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 0, 1024), 0, "%s", sinkd_client_errmsg(c));
+    s = open_raw(c, 1, 2, 2, 16);
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 0, 1024), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(n_sessions(c), 2);
+    sinkd_client_shm_free(c, &shm, 5000);
+    sinkd_client_close(c);
     stop();
 }
 
