@@ -379,13 +379,84 @@ void eng_job_session_stats(sinkd_engine *e, sinkd_job *j)
     eng_send(e, j, &w, true);
 }
 
+/* The session already runs the current version of the policy @j names and
+ * that version changes its parameters live: reconfigure it in place, its
+ * state and statistics kept. */
+static bool eng__reconfigurable(sinkd_engine *e, eng_session *s, const sinkd_job *j)
+{
+    const char *name = j->policy ? j->policy : "full";
+
+    if (sinkd_policy_inst_fallback_reason(s->inst) || strcmp(name, sinkd_policy_inst_name(s->inst)))
+        return false;
+    eng_policy_attach(e, s); /* the caps of a version replaced since are 0 */
+    return (s->inst_caps & SINKD_POLICY_CAP_RECONFIGURE) != 0;
+}
+
+/* What follows a change of plan (a swap or a reconfigure): scores of
+ * another statistic start at zero; the plan may want lanes shorter than
+ * they are. Replies, or reports the error. */
+static void eng__policy_changed(sinkd_engine *e, sinkd_job *j, eng_session *s, uint8_t old_stat,
+                                bool reconfigured)
+{
+    sinkd_fw w;
+    int rc;
+
+    s->fallback[0] = '\0';
+    s->evicted_after_prefill = false;
+    sinkd_log(SINKD_LOG_INFO, "session %llu: policy now %s%s", (unsigned long long)s->id,
+              sinkd_policy_inst_name(s->inst), reconfigured ? " (reconfigured)" : "");
+    rc = eng_policy_swapped(e, s, old_stat);
+    if (rc == 0)
+        rc = eng_evict(e, s, -1, false, j);
+    if (rc < 0) {
+        eng_error_errno(e, j, rc, "session.policy: eviction");
+        return;
+    }
+    if (eng_begin_reply(&w, j, 2) < 0)
+        return;
+    sinkd_pack_kv_str(&w.pk, "policy", sinkd_policy_inst_name(s->inst));
+    sinkd_pack_str(&w.pk, "reconfigured");
+    if (reconfigured)
+        msgpack_pack_true(&w.pk);
+    else
+        msgpack_pack_false(&w.pk);
+    eng_send(e, j, &w, true);
+}
+
+static void eng__reconfigure(sinkd_engine *e, sinkd_job *j, eng_session *s)
+{
+    uint8_t old_stat = sinkd_policy_inst_plan(s->inst)->stat;
+    char why[256] = "";
+    int rc;
+
+    /* pending probabilities were taken under the old parameters */
+    if ((rc = eng_defer_settle(e, s, -1)) < 0) {
+        eng_error_errno(e, j, rc, "session.policy");
+        return;
+    }
+    rc = sinkd_policy_inst_reconfigure(s->inst, j->params, why, sizeof why);
+    if (rc < 0) { /* the instance is unchanged */
+        eng_error(e, j, rc == -ENOMEM ? SINKD_ERR_NO_MEMORY : SINKD_ERR_INVALID_ARGUMENT,
+                  "policy '%s': %s", sinkd_policy_inst_name(s->inst), why[0] ? why : strerror(-rc));
+        return;
+    }
+    if ((rc = eng_apply_rope(e, s)) < 0) {
+        eng_error_errno(e, j, rc, "session.policy");
+        return;
+    }
+    eng__policy_changed(e, j, s, old_stat, true);
+}
+
 void eng_job_session_policy(sinkd_engine *e, sinkd_job *j)
 {
     eng_session *s = eng_session_find(e, j);
     sinkd_policy_inst *inst, *old;
-    sinkd_fw w;
     int rc;
 
+    if (s && eng__reconfigurable(e, s, j)) {
+        eng__reconfigure(e, j, s);
+        return;
+    }
     if (!s || eng__inst_create(e, j, s, &inst) < 0)
         return;
     /* pending probabilities belong to the old plan's statistic */
@@ -406,23 +477,7 @@ void eng_job_session_policy(sinkd_engine *e, sinkd_job *j)
     uint8_t old_stat = sinkd_policy_inst_plan(old)->stat;
     sinkd_policy_inst_destroy(old);
     eng_policy_attach(e, s);
-    s->fallback[0] = '\0';
-    s->evicted_after_prefill = false;
-    sinkd_log(SINKD_LOG_INFO, "session %llu: policy now %s", (unsigned long long)s->id,
-              sinkd_policy_inst_name(inst));
-    /* Scores of another statistic start at zero; the new plan may already
-     * want lanes shorter than they are. */
-    rc = eng_policy_swapped(e, s, old_stat);
-    if (rc == 0)
-        rc = eng_evict(e, s, -1, false, j);
-    if (rc < 0) {
-        eng_error_errno(e, j, rc, "session.policy: eviction");
-        return;
-    }
-    if (eng_begin_reply(&w, j, 1) < 0)
-        return;
-    sinkd_pack_kv_str(&w.pk, "policy", sinkd_policy_inst_name(inst));
-    eng_send(e, j, &w, true);
+    eng__policy_changed(e, j, s, old_stat, false);
 }
 
 /* ---- policy registry ops ------------------------------------------------- */

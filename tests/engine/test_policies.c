@@ -201,6 +201,75 @@ static void swap(uint64_t s, const char *policy, const char *params)
     eng_h_frame_free(f);
 }
 
+/* session.policy on @s: the reply's "reconfigured" (code "ok"), or -1 with
+ * the error's code in @code. */
+static int policy_call(uint64_t s, const char *policy, const char *params, char code[32])
+{
+    sinkd_job *j = eng_h_job(SINKD_JOB_SESSION_POLICY, s);
+    j->policy = strdup(policy);
+    j->params = params ? strdup(params) : NULL;
+    eng_h_frame *f = eng_h_next(eng_h_submit(j));
+    const msgpack_object *err = sinkd_map_get(&f->msg.root, "error"), *r;
+    const char *c = "";
+    size_t n = 0;
+
+    cr_assert(!eng_h_is_event(f), "session.policy sent an event");
+    if (err) {
+        sinkd_map_str(err, "code", &c, &n);
+        snprintf(code, 32, "%.*s", (int)n, c);
+        eng_h_frame_free(f);
+        return -1;
+    }
+    snprintf(code, 32, "ok");
+    r = sinkd_map_get(&f->msg.root, "reconfigured");
+    cr_assert(r && r->type == MSGPACK_OBJECT_BOOLEAN, "no reconfigured in the reply");
+    int out = r->via.boolean;
+    eng_h_frame_free(f);
+    return out;
+}
+
+/* Every lane of every layer of @s holds between @lo and @hi tokens. */
+static void lanes_within(uint64_t s, uint64_t lo, uint64_t hi)
+{
+    eng_h_frame *f = stats(s);
+    for (uint32_t l = 0; l < 4; l++) {
+        uint64_t mn, mx;
+        eng_h_layer_lens(f, l, &mn, &mx);
+        cr_assert(mn >= lo && mx <= hi, "layer %u: %llu..%llu, not in %llu..%llu", l,
+                  (unsigned long long)mn, (unsigned long long)mx, (unsigned long long)lo,
+                  (unsigned long long)hi);
+    }
+    eng_h_frame_free(f);
+}
+
+/* Naming the policy a session runs, at a version that changes its
+ * parameters live (window), reconfigures it in place and cuts the lanes to
+ * the new budget; parameters it refuses leave it as it was; another policy
+ * is a swap. */
+Test(policies, reconfigure_in_place)
+{
+    char code[32];
+    uint64_t s = eng_h_open_session("window", "window=40");
+
+    cr_assert(n_prompt > 40 + SLACK, "the prompt (%zu) must outgrow the first window", n_prompt);
+    eng_h_append(s, prompt, n_prompt);
+    lanes_within(s, 40, 40 + SLACK);
+    cr_assert_eq(policy_call(s, "window", "window=16", code), 1, "%s", code);
+    lanes_within(s, 16, 16 + SLACK);
+    cr_assert_eq(policy_call(s, "window", "window=0", code), -1);
+    cr_assert_str_eq(code, "invalid_argument");
+    cr_assert_eq(policy_call(s, "window", "window=16 nosuchkey=1", code), -1);
+    cr_assert_str_eq(code, "invalid_argument");
+    /* still window=16 and still the same instance: it evicts to 16 again */
+    eng_h_append(s, prompt, 48);
+    lanes_within(s, 16, 16 + SLACK);
+    cr_assert_eq(policy_call(s, "window", "window=24", code), 1, "%s", code);
+    cr_assert_eq(policy_call(s, "h2o", "budget=20", code), 0, "%s", code);
+    eng_h_append(s, prompt, 48);
+    lanes_within(s, 20, 20 + SLACK);
+    close_session(s);
+}
+
 Test(policies, swap_during_generation)
 {
     static const char *const chain[][2] = {
