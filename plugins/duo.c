@@ -10,19 +10,29 @@
  * lowest alphas (the paper's deployment knob, §3.3). sinks=64 and
  * recent=256 are the paper's streaming-head sizes (§4.1).
  *
- *   pattern=PATH    full_attention_heads.tsv (DuoAttention's format), or
+ *   pattern=PATH    full_attention_heads.tsv (DuoAttention's format): a
+ *                   regular file of at most 1 MiB, read by the daemon (as
+ *                   its own user, on its engine thread) when the session
+ *                   selects the policy; anything else fails create. Or
  *   heads=TABLE     the same inline: rows split by ';', values by ','
  *   threshold=0.5   alpha above which a head is full
  *   sparsity=S      instead: fraction of heads made streaming, in [0, 1]
  *   sinks=64 recent=256   what a streaming head keeps
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "policy.h"
 
+/* The largest pattern file read: create() runs on the engine thread, which
+ * every session waits for, so the cap bounds that wait and its memory. A
+ * real table (a line per layer, a value per kv head) is ~5 KB at 32 x 8. */
 #define DUO_FILE_MAX (1 << 20)
 
 typedef struct duo_state {
@@ -31,21 +41,47 @@ typedef struct duo_state {
     uint8_t kind[];   /* sinkd_policy_head_kind per (layer, kv head) */
 } duo_state;
 
-/* Read a whole (small) file into a NUL-terminated buffer. */
-static char *duo_read(const char *path)
+/* Read the pattern file @path, NUL-terminated, into *out (the caller
+ * frees it). Returns 0, -ENOMEM, or -EINVAL with the reason given to
+ * param_fail. The path is a client's and this runs on the engine thread:
+ * O_NONBLOCK keeps a FIFO or a device from blocking the open, fstat refuses
+ * anything but a regular file, and reading stops one byte past the cap, so
+ * a file that grows meanwhile is refused rather than read on. */
+static int32_t duo_read(const sinkd_policy_host *host, const sinkd_policy_params *params,
+                        const char *path, char **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *buf = malloc(DUO_FILE_MAX + 1);
+    char msg[200] = "";
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0 || fstat(fd, &st) < 0)
+        snprintf(msg, sizeof msg, "pattern: cannot open '%.100s': %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        snprintf(msg, sizeof msg, "pattern: '%.100s' is not a regular file (%s)", path,
+                 S_ISDIR(st.st_mode)    ? "a directory"
+                 : S_ISFIFO(st.st_mode) ? "a FIFO"
+                                        : "a device or socket");
+    else if (st.st_size > DUO_FILE_MAX)
+        snprintf(msg, sizeof msg, "pattern: '%.100s' is %lld bytes, over the %d byte limit", path,
+                 (long long)st.st_size, DUO_FILE_MAX);
+    FILE *f = msg[0] == '\0' ? fdopen(fd, "rb") : NULL;
+    char *buf = f != NULL ? malloc(DUO_FILE_MAX + 1) : NULL;
     size_t n = buf != NULL ? fread(buf, 1, DUO_FILE_MAX + 1, f) : 0;
-    fclose(f);
-    if (buf == NULL || n > DUO_FILE_MAX) {
+    if (buf != NULL && ferror(f))
+        snprintf(msg, sizeof msg, "pattern: cannot read '%.100s'", path);
+    else if (n > DUO_FILE_MAX)
+        snprintf(msg, sizeof msg, "pattern: '%.100s' grew past the %d byte limit while read", path,
+                 DUO_FILE_MAX);
+    if (f != NULL)
+        fclose(f); /* and fd */
+    else if (fd >= 0)
+        close(fd);
+    if (msg[0] != '\0' || buf == NULL) {
         free(buf);
-        return NULL;
+        return msg[0] != '\0' ? host->param_fail(params, msg) : -ENOMEM;
     }
     buf[n] = '\0';
-    return buf;
+    *out = buf;
+    return 0;
 }
 
 /* Parse rows of alphas (rows: '\n' or ';', cells: '\t' or ',') into
@@ -74,6 +110,14 @@ static int32_t duo_parse(const sinkd_policy_host *host, const sinkd_policy_param
                          g->n_kv_heads);
                 return host->param_fail(params, msg);
             }
+            /* nan compares false both ways: it would be neither above the
+             * threshold nor rankable (qsort needs a total order); nor is an
+             * infinity a gate value */
+            if (!isfinite(a)) {
+                snprintf(msg, sizeof msg, "head table row %d: value %d is not a finite number",
+                         rows + 1, cols + 1);
+                return host->param_fail(params, msg);
+            }
             alpha[(size_t)rows * (size_t)g->n_kv_heads + (size_t)cols++] = a;
         }
         if (cols != g->n_kv_heads) {
@@ -90,19 +134,44 @@ static int32_t duo_parse(const sinkd_policy_host *host, const sinkd_policy_param
     return 0;
 }
 
-/* Full when above @threshold, or (sparsity >= 0) when not among the
- * round(sparsity * n) lowest alphas, ties broken by index. */
-static void duo_classify(const double *alpha, size_t n, double threshold, double sparsity,
-                         uint8_t *kind)
+typedef struct duo_ranked {
+    double alpha;
+    size_t i;
+} duo_ranked;
+
+/* Lower alpha first, then lower index: a total order (alphas are finite). */
+static int duo_rank_cmp(const void *a, const void *b)
 {
-    size_t m = (size_t)(sparsity * (double)n + 0.5);
-    for (size_t i = 0; i < n; i++) {
-        size_t rank = 0;
-        for (size_t j = 0; j < n; j++)
-            rank += alpha[j] < alpha[i] || (alpha[j] == alpha[i] && j < i);
-        int full = sparsity >= 0 ? rank >= m : alpha[i] > threshold;
-        kind[i] = full ? SINKD_HEAD_FULL : SINKD_HEAD_STREAMING;
+    const duo_ranked *x = a, *y = b;
+    if (x->alpha != y->alpha)
+        return x->alpha < y->alpha ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Full when above @threshold, or (sparsity >= 0) when not among the
+ * round(sparsity * n) lowest alphas, ties broken by index. Sorted, not
+ * ranked pairwise: n can reach a few hundred thousand heads for a raw
+ * session's geometry, and O(n^2) of that would hold the engine thread for
+ * minutes. Returns 0 or -ENOMEM. */
+static int32_t duo_classify(const double *alpha, size_t n, double threshold, double sparsity,
+                            uint8_t *kind)
+{
+    if (sparsity < 0) {
+        for (size_t i = 0; i < n; i++)
+            kind[i] = alpha[i] > threshold ? SINKD_HEAD_FULL : SINKD_HEAD_STREAMING;
+        return 0;
     }
+    duo_ranked *r = malloc(n * sizeof *r);
+    if (r == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        r[i] = (duo_ranked){.alpha = alpha[i], .i = i};
+    qsort(r, n, sizeof *r, duo_rank_cmp);
+    size_t m = (size_t)(sparsity * (double)n + 0.5);
+    for (size_t k = 0; k < n; k++)
+        kind[r[k].i] = k < m ? SINKD_HEAD_STREAMING : SINKD_HEAD_FULL;
+    free(r);
+    return 0;
 }
 
 static int32_t duo_create(const sinkd_policy_host *host, const sinkd_policy_geometry *geom,
@@ -129,17 +198,16 @@ static int32_t duo_create(const sinkd_policy_host *host, const sinkd_policy_geom
         rc = host->param_str(params, "heads", &heads);
     if (rc == 0 && (pattern == NULL) == (heads == NULL))
         rc = host->param_fail(params, "give exactly one of pattern= (a TSV file) or heads=");
-    if (rc == 0) {
-        text = pattern != NULL ? duo_read(pattern) : strdup(heads);
-        if (text == NULL)
-            rc = host->param_fail(params, pattern != NULL ? "pattern: cannot read the file "
-                                  "(missing, unreadable or over 1 MiB)" : "out of memory");
-    }
+    if (rc == 0 && pattern != NULL)
+        rc = duo_read(host, params, pattern, &text);
+    if (rc == 0 && heads != NULL && (text = strdup(heads)) == NULL)
+        rc = -ENOMEM;
     if (rc == 0)
         rc = duo_parse(host, params, text, geom, alpha);
+    if (rc == 0)
+        rc = duo_classify(alpha, n, threshold, sparsity, s->kind);
     if (rc == 0) {
         s->n = n;
-        duo_classify(alpha, n, threshold, sparsity, s->kind);
         *state = s;
     } else {
         free(s);

@@ -21,13 +21,41 @@
  * TWO LEVELS. A policy describes itself with a *plan* (struct sinkd_policy_plan):
  * which statistic the engine keeps per cached token, the budgets, sinks,
  * recent window, when to evict, the rope mode and the decode selection. The
- * engine executes plans with its own device kernels (scores are accumulated
- * inside the attention kernel, top-k and compaction run on the device), so a
- * plan-only policy costs nothing on the host per step. The optional evict and
- * select callbacks are the escape hatch for rules no plan can express: the
- * engine copies positions and scores to host arrays and calls the plugin.
- * That is a device-to-host copy and a host call per eviction point (evict) or
- * per step and layer (select): correct, and much slower. Prefer the plan.
+ * engine executes a plan in two places:
+ *
+ *   - Every step, on the device: the statistic (updated by the attention
+ *     kernel, or by the engine's statistic kernels right after it), the
+ *     per-page key bounds, and decode-time selection (top-k pages by their
+ *     bound, or the pages of the top-k tokens). The plan adds no copy to
+ *     the host per step.
+ *   - At each eviction point (enum sinkd_policy_evict_at), on the host and
+ *     then the device: for each layer with a lane over its limit (checked
+ *     on the host from the lane lengths), the engine reads every lane of
+ *     that layer (positions, and scores unless the statistic is NONE) from
+ *     the device into host arrays, waiting for the device to finish (for
+ *     STAT_KEY_NORM it first computes the norms on the device); computes
+ *     the keep lists on the host (ranking, pooling, sinks, recent, head
+ *     kinds, scope); uploads them; and the device compacts the lanes (K, V,
+ *     positions, scores, bounds) and returns whole pages to the pool.
+ *
+ * So an eviction costs a read of its layers' lanes to the host, a device
+ * synchronisation and a host sort, O(len log len) per lane. It is amortised:
+ * each eviction cuts a lane to its budget, so the next comes `slack` tokens
+ * later (default one page), not every step (slack=0 evicts at every step
+ * once over budget). On the CPU backend the "device" is host memory and
+ * the reads are copies.
+ *
+ * The optional evict and select callbacks are the escape hatch for rules no
+ * plan can express. evict replaces only the host's keep rule, at the same
+ * eviction points and on the same host arrays: it costs what a plan-driven
+ * eviction costs, the same read, sort budget and compaction, with the
+ * plugin's code in place of the engine's own C rule (and a failure ends the
+ * policy for the session, see evict). select replaces the device's top-k,
+ * and that costs at every step: for each selecting layer the engine copies
+ * positions and page bounds or this step's probabilities to the host,
+ * waits, calls select and uploads its pages; and a session whose policy
+ * selects this way decodes alone, not batched with other sessions. Prefer
+ * the plan.
  *
  * VERSIONING (SQLite's habit). Structs carry their size. Fields are only
  * ever appended; a new field bumps SINKD_POLICY_ABI_MINOR; a change that
@@ -45,11 +73,28 @@
  * token's place in its lane, 0 = oldest kept token; "position" is the
  * token's original position in the conversation.
  *
- * THREADS. create, reconfigure and destroy run on the daemon's control
- * thread; plan, evict and select run on its engine thread. The host never
- * calls two callbacks on the same state at once, and never calls evict or
- * select concurrently with reconfigure. Different states of one policy may
- * be used from different threads at the same time: keep no mutable globals.
+ * THREADS. sinkd calls into plugins from one thread, its engine thread:
+ * the thread that also runs every session's prefill and decode steps. That
+ * holds for loading (dlopen, sinkd_policy_v1() and the self-test, which
+ * calls create, plan, the evict/select/reconfigure callbacks the plugin
+ * has, and destroy, for policy.load and policy.reload) and for every
+ * callback of every session.
+ * The exceptions run while no engine thread exists: at start-up the scan
+ * of the plugin directories and the restore of saved sessions run on the
+ * daemon's main thread before the engine thread starts, and at shutdown the
+ * states left are destroyed there after it has stopped. So no two calls
+ * into plugins overlap; in particular the host never calls two callbacks
+ * on the same state at once. (The contract promises only that last part:
+ * keep no mutable globals, per-session data belongs in the state.)
+ *
+ * What follows for plugin authors: while any callback runs, no session
+ * anywhere makes progress. create, plan and reconfigure (and destroy) must
+ * be quick and must not block: no network, no waiting on locks, pipes or
+ * other processes, no I/O beyond reading a small local file (opened
+ * without blocking and size-checked, as plugins/duo.c does); evict and
+ * select have the tighter budgets given with them. A call stuck for two
+ * minutes (less under a shorter systemd WatchdogSec) also makes the daemon
+ * withhold its watchdog ping, so systemd takes it for hung.
  */
 #ifndef SINKD_POLICY_H
 #define SINKD_POLICY_H
@@ -88,9 +133,14 @@ enum {
 #define SINKD_POLICY_CAPS_KNOWN 0x7u
 
 /* The per-token statistic the engine keeps in each cached token's score
- * slot, updated by the attention kernels. For every statistic a HIGHER score
- * means MORE worth keeping. p is the attention probability of a key, summed
- * over the query heads of its GQA group. */
+ * slot, on the device: updated at every step by the attention kernel or the
+ * engine's statistic kernels after it (KEY_NORM: computed at each eviction
+ * point instead). For every statistic a HIGHER score means MORE worth
+ * keeping. p is the attention probability of a key, summed over the query
+ * heads of its GQA group. On raw sessions (driven by a client through
+ * kv.append and attend, see protocol/PROTOCOL.md) QUANTILE and GUMBEL
+ * accumulate plain sums of p instead: their rules run in the model's
+ * forward only. */
 enum sinkd_policy_stat {
     SINKD_STAT_NONE = 0,      /* no score: recency/position rules only (the
                                  score slots are unspecified; with token
@@ -238,13 +288,16 @@ typedef struct sinkd_policy_plan {
     float quantile;        /* STAT_QUANTILE's row quantile in (0, 1); default 0.9 */
     float temperature;     /* STAT_GUMBEL's temperature > 0; default 1 */
     int32_t obs_window;    /* STAT_OBS_WINDOW's w (last w prompt queries); default 0 */
-    int32_t history;       /* STAT_QUANTILE's window in decode steps; default 0 */
+    int32_t history;       /* STAT_QUANTILE's time constant in steps: the count
+                              decays by (1 - 1/history) per step, it is not a
+                              window; >= 1 when used; default 0 */
     int32_t pool_kernel;   /* odd, >= 1; default 1 */
     int32_t budget;        /* tokens a FULL lane keeps; 0 = unlimited; default 0 */
     int32_t sinks;         /* first tokens always kept; default 0 */
     int32_t recent;        /* last tokens always kept; default 0 */
-    int32_t slack;         /* tokens over budget before evicting (batches of
-                              eviction); default geometry.page_tokens */
+    int32_t slack;         /* tokens over budget before evicting: an eviction
+                              cuts to budget, so its cost (TWO LEVELS) is paid
+                              once per slack tokens; default geometry.page_tokens */
     int32_t stream_sinks;  /* what a STREAMING head keeps at the start; default 0 */
     int32_t stream_recent; /* ... and at the end; default 0 */
     int32_t select_pages;  /* k for SELECT_PAGES; default 0 */
@@ -270,14 +323,18 @@ enum {
 };
 
 /* One lane handed to evict() or select(). The host fills the inputs; the
- * plugin writes `out` and `n_out`. */
+ * plugin writes `out` and `n_out`. Every array is the host's, in host
+ * memory, valid only during the call: write out[] in place, free nothing,
+ * keep no pointer into a lane after returning. */
 typedef struct sinkd_policy_lane {
     int32_t layer;
     int32_t kv_head;
     int32_t len;              /* tokens in the lane */
     int32_t n_pages;          /* ceil(len / page_tokens) */
     const int32_t *pos;       /* [len] original positions, ascending */
-    const float *score;       /* [len] the plan's statistic, or NULL for STAT_NONE */
+    const float *score;       /* evict(): [len] the plan's statistic, or NULL for
+                                 STAT_NONE; select(): [len] this step's p at the
+                                 selecting layer for SELECT_TOKENS, NULL for PAGES */
     const float *page_score;  /* select(): [n_pages] Quest bounds of this step's
                                  query when the plan keeps page bounds, else NULL */
     int32_t *out;             /* evict(): room for len indices to KEEP;
@@ -306,43 +363,71 @@ struct sinkd_policy {
      * self-test geometry is SINKD_POLICY_SELFTEST_*, below. */
     const char *selftest_params;
 
-    /* Create a state for one session. Called on the control thread when a
-     * session selects the policy (and by the self-test). May allocate and may
-     * read files named in the params; should finish in milliseconds. Read
-     * every parameter through @host. On success store the state in *state
-     * (NULL is a valid state) and return 0; on failure return a negative
-     * errno, having freed everything. Required. */
+    /* Create a state for one session. Called on the engine thread (see
+     * THREADS) when a session opens with the policy or switches to it
+     * (session.open, session.policy), when a saved session is restored, and
+     * by the self-test. Every session waits while it runs: it may allocate,
+     * and may read a small local file named in the params, opened so that
+     * it cannot block (O_NONBLOCK, a regular file only, a size cap: see
+     * plugins/duo.c); no other I/O; milliseconds at most. Read every
+     * parameter through @host. On success store the state in *state (NULL is
+     * a valid state) and return 0; on failure return a negative errno,
+     * having freed everything: record the reason with host->param_fail,
+     * which the client then gets as an invalid_argument error (-ENOMEM is
+     * reported as out of memory). Required. */
     int32_t (*create)(const sinkd_policy_host *host, const sinkd_policy_geometry *geom,
                       const sinkd_policy_params *params, void **state);
-    /* Free a state. Called on the control thread, once per successful
-     * create, never during another callback on it. Cannot fail. Required. */
+    /* Free a state. Called on the engine thread (at shutdown, on the main
+     * thread: see THREADS) when its session closes, switches policy or falls
+     * back to `window`, and after the self-test; once per successful create,
+     * never during another callback on it. Cannot fail; free memory and
+     * nothing slower. Required. */
     void (*destroy)(void *state);
     /* Describe the state's behaviour in @plan (pre-filled with defaults).
-     * Called on the control thread after create and after each successful
-     * reconfigure; the host keeps the result. Must not allocate what outlives
-     * the call. Required. */
+     * Called on the engine thread right after create and after each
+     * successful reconfigure, never per step: the host keeps the result.
+     * Must not allocate what outlives the call, nor block; it only fills
+     * fields, O(n_layers * n_kv_heads). Required. */
     int32_t (*plan)(void *state, sinkd_policy_plan *plan);
     /* Escape hatch, with SINKD_POLICY_CAP_EVICT: called on the engine thread
      * at each eviction point the plan's evict_at defines, with the lanes of
-     * one layer (all its kv heads) in host memory. For each lane write the
-     * indices to keep into out[] (strictly ascending, < len) and their count
-     * into n_out. Runs inside the decode loop of every session using the
-     * policy: no blocking, no I/O; O(len log len) at most. An out-of-range,
-     * duplicate or unsorted index, n_out > len, or an error return makes the
-     * host switch the session to `window` and tell the client why. */
+     * one layer (all its kv heads) just read from the device into host
+     * memory (see TWO LEVELS). For each lane write the indices to keep into
+     * out[] (strictly ascending, < len) and their count into n_out.
+     * Memory: the lanes and every array in them, out[] included, are the
+     * host's (scratch it reuses across calls and sessions), valid during
+     * the call only; the result is written in place and needs no
+     * allocation. Working memory the rule needs may be malloc()ed and freed
+     * before returning, or better kept in the state and grown when a longer
+     * lane comes: a failed allocation can only be reported as an error, and
+     * any error ends the policy for the session.
+     * Runs between the decode steps of every session: no blocking, no I/O;
+     * O(len log len) per lane at most. An out-of-range, duplicate or
+     * unsorted index, n_out < 0 or > len, or an error return makes the host
+     * switch the session to `window` (with this plan's budget) and tell the
+     * client why. */
     int32_t (*evict)(void *state, sinkd_policy_lane *lanes, int32_t n_lanes);
     /* Escape hatch, with SINKD_POLICY_CAP_SELECT: called on the engine thread
-     * at EVERY decode step for every selecting layer: write the pages to
-     * attend into out[] (strictly ascending, < n_pages) and n_out >= 1. The
-     * hottest host call sinkd makes: O(n_pages), no allocation. The plan
-     * still describes the selection (select names the input: page_score for
-     * PAGES, score for TOKENS; dense_layers and select_src say which layers
-     * call it); the callback replaces only the ranking. Invalid output is
-     * handled as for evict. */
+     * at EVERY decode step for every selecting layer, after the engine has
+     * copied the lanes' positions and page_score or score to the host (see
+     * TWO LEVELS): write the pages to attend into out[] (strictly
+     * ascending, < n_pages) and n_out >= 1. The hottest host call sinkd
+     * makes: O(n_pages), no allocation, memory as for evict. The plan still
+     * describes the selection (select names the input: page_score for PAGES,
+     * score for TOKENS; dense_layers and select_src say which layers call
+     * it); the callback replaces only the ranking. Invalid output is handled
+     * as for evict, the step then attending every page. */
     int32_t (*select)(void *state, sinkd_policy_lane *lanes, int32_t n_lanes);
-    /* With SINKD_POLICY_CAP_RECONFIGURE: apply new parameters to a live state
-     * (control thread). On failure the state must be unchanged. The host then
-     * calls plan() again. */
+    /* With SINKD_POLICY_CAP_RECONFIGURE: apply new parameters to a live
+     * state. Called on the engine thread between two decode steps: when a
+     * session's session.policy names the policy version the session already
+     * runs (the state is kept, not made anew), and by the self-test with
+     * selftest_params. Costs as create does: it may allocate (replace arrays
+     * of the state), must not block, no I/O beyond a small local file read
+     * as create reads one, milliseconds at most. On failure the state must
+     * be unchanged. The host then calls plan() again; when that plan is
+     * refused or a parameter went unread, it calls reconfigure once more
+     * with the parameters the state had before, which must succeed. */
     int32_t (*reconfigure)(void *state, const sinkd_policy_params *params);
 };
 

@@ -3,16 +3,26 @@
  * Persistence of Importance Hypothesis for LLM KV Cache Compression at Test
  * Time", NeurIPS 2023, §4.1 and Algorithm 1). Tokens that were pivotal once
  * stay pivotal ("persistence of importance"), so a token's importance is
- * the number of recent steps, within a history window, in which its
- * attention beat a high quantile of its row; the most often pivotal tokens
- * are kept and the recent window is never dropped. The engine keeps the
- * counts (SINKD_STAT_QUANTILE). History and recent sizes are sinkd's
+ * how often, recently, its attention beat a high quantile of its row; the
+ * most often pivotal tokens are kept and the recent window is never
+ * dropped. The engine keeps the count on the device (SINKD_STAT_QUANTILE)
+ * and it is not the paper's count over an exact window of the last
+ * `history` steps but an exponentially decayed one: at each decode step
+ * (and once per prefill chunk, for the chunk's last query)
+ *
+ *     count = (1 - 1/history) * count + (p > the row's quantile ? 1 : 0)
+ *
+ * so a step's hit weighs 1 when it happens and ~1/e after `history` more
+ * steps, and a token hit at every step tends to a count of `history`:
+ * history is the decay's time constant in steps. That keeps one float per
+ * token instead of a window of bits. History and recent sizes are sinkd's
  * defaults (the paper sweeps them).
  *
  *   budget=512      tokens kept per lane
  *   recent=64       most recent tokens, always kept
- *   history=256     decode steps the counts cover
- *   quantile=0.9    a token counts when its attention beats this row quantile
+ *   history=256     time constant, in steps, of the count's decay (above)
+ *   quantile=0.9    a step counts when the token's attention beats this
+ *                   quantile of its row
  */
 #include <errno.h>
 #include <stdlib.h>

@@ -6,10 +6,13 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -347,16 +350,29 @@ static double duo_alpha(int l, int h)
     return (double)((l * 7 + h * 3) % 10) / 10.0;
 }
 
+/* Write the test table (duo_alpha) as DuoAttention's TSV to @fd, then
+ * blank lines (which the parser skips) up to @pad_to bytes; closes fd.
+ * Returns the file's size. */
+static long duo_write_tsv(int fd, long pad_to)
+{
+    FILE *f = fdopen(fd, "w");
+    cr_assert_not_null(f);
+    for (int l = 0; l < NL; l++)
+        for (int h = 0; h < NKV; h++)
+            fprintf(f, "%.1f%s", duo_alpha(l, h), h + 1 < NKV ? "\t" : "\n");
+    while (ftell(f) < pad_to)
+        fputc('\n', f);
+    long size = ftell(f);
+    cr_assert_eq(fclose(f), 0);
+    return size;
+}
+
 Test(builtins, duo_reads_the_tsv_and_cuts_streaming_heads)
 {
     char path[] = "/tmp/sinkd-duo-XXXXXX";
     int fd = mkstemp(path);
     cr_assert_geq(fd, 0);
-    FILE *f = fdopen(fd, "w");
-    for (int l = 0; l < NL; l++)
-        for (int h = 0; h < NKV; h++)
-            fprintf(f, "%.1f%s", duo_alpha(l, h), h + 1 < NKV ? "\t" : "\n");
-    fclose(f);
+    duo_write_tsv(fd, 0);
     char params[256];
     snprintf(params, sizeof params, "pattern=%s sinks=4 recent=32", path);
     policy__lib *lib = load("duo");
@@ -417,9 +433,110 @@ Test(builtins, bad_params_get_clear_errors)
     expect_create_error("duo", "", "exactly one of pattern=");
     expect_create_error("duo", "heads=1,0,1,0;0,1,0,1", "2 rows, the model 8 layers");
     expect_create_error("duo", "heads=1,0;0,1", "row 1: 2 values, expected 4");
-    expect_create_error("duo", "pattern=/nonexistent/heads.tsv", "cannot read");
+    expect_create_error("duo", "pattern=/nonexistent/heads.tsv",
+                        "duo: pattern: cannot open '/nonexistent/heads.tsv': No such file or "
+                        "directory");
+    expect_create_error("duo", "heads=1,0,1,nan;0,1,0,1", "row 1: value 4 is not a finite number");
     expect_create_error("streaming", "slack=-1", "slack");
     expect_create_error("streaming", "rope=relative", "rope: expected absolute or cache");
+}
+
+/* pattern= names a file the daemon opens on its engine thread: what is not
+ * a small regular file must fail create, at once. */
+
+/* A private directory for the pattern tests; @dir receives its path. */
+static void duo_tmpdir(char *dir, size_t n)
+{
+    snprintf(dir, n, "/tmp/sinkd-duo-dir-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+/* Create duo with pattern=@path: the exact error @want, or success. */
+static void duo_expect_pattern(const char *path, const char *want)
+{
+    char params[512], err[512] = "", expect[512];
+    snprintf(params, sizeof params, "pattern=%s", path);
+    policy__lib *lib = load("duo");
+    sinkd_policy_inst *inst = NULL;
+    int rc = policy__inst_create(lib, &G, params, &inst, err, sizeof err);
+    if (want == NULL) {
+        cr_assert_eq(rc, 0, "pattern=%s: %d %s", path, rc, err);
+        cr_assert_not_null(inst);
+        for (int i = 0; i < NL * NKV; i++)
+            cr_assert_eq(sinkd_policy_inst_plan(inst)->head_kind[i],
+                         duo_alpha(i / NKV, i % NKV) > 0.5 ? SINKD_HEAD_FULL
+                                                          : SINKD_HEAD_STREAMING, "head %d", i);
+        sinkd_policy_inst_destroy(inst);
+    } else {
+        snprintf(expect, sizeof expect, "duo: pattern: '%s' %s", path, want);
+        cr_assert_eq(rc, -EINVAL, "pattern=%s -> %d (%s)", path, rc, err);
+        cr_assert_null(inst);
+        cr_assert_str_eq(err, expect);
+    }
+    policy__lib_unref(lib);
+}
+
+Test(builtins, duo_refuses_a_fifo_without_blocking)
+{
+    char dir[64], path[128];
+    duo_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/heads.tsv", dir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    /* No writer ever opens the FIFO: an open() without O_NONBLOCK would
+     * wait forever. The alarm kills this test's process (a failure) long
+     * before ctest's timeout if create blocks. */
+    alarm(10);
+    duo_expect_pattern(path, "is not a regular file (a FIFO)");
+    alarm(0);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(rmdir(dir), 0);
+}
+
+Test(builtins, duo_refuses_a_directory)
+{
+    char dir[64];
+    duo_tmpdir(dir, sizeof dir);
+    duo_expect_pattern(dir, "is not a regular file (a directory)");
+    cr_assert_eq(rmdir(dir), 0);
+}
+
+Test(builtins, duo_takes_a_file_of_exactly_1_mib_and_refuses_one_byte_more)
+{
+    char dir[64], path[128];
+    duo_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/heads.tsv", dir);
+
+    /* a valid table padded with blank lines to the cap: loads */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(duo_write_tsv(fd, 1 << 20), 1 << 20);
+    duo_expect_pattern(path, NULL);
+
+    /* one byte more: refused on its size, before anything is read */
+    fd = open(path, O_WRONLY | O_APPEND);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, "\n", 1), 1);
+    cr_assert_eq(close(fd), 0);
+    duo_expect_pattern(path, "is 1048577 bytes, over the 1048576 byte limit");
+
+    /* far more (sparse): the same */
+    cr_assert_eq(truncate(path, 1L << 30), 0);
+    duo_expect_pattern(path, "is 1073741824 bytes, over the 1048576 byte limit");
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(rmdir(dir), 0);
+}
+
+Test(builtins, duo_loads_a_small_tsv)
+{
+    char dir[64], path[128];
+    duo_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/full_attention_heads.tsv", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    duo_write_tsv(fd, 0);
+    duo_expect_pattern(path, NULL);
+    cr_assert_eq(unlink(path), 0);
+    cr_assert_eq(rmdir(dir), 0);
 }
 
 Test(builtins, host_keys_override_the_plan)
