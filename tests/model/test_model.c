@@ -349,6 +349,58 @@ static void base_meta(gb_file *f, const char *arch)
     gb_kv_u32(f, key, 2);
 }
 
+/* The hyper-parameters of a built llama file (the tensors are not read). */
+static int hparams_built(gb_file *f, sinkd_model_hparams *hp, char *err)
+{
+    size_t len;
+    uint8_t *p = gb_finish(f, 3, &len);
+    sinkd_gguf *g;
+    cr_assert_eq(sinkd_gguf_open_mem(p, len, &g, err, 256), 0, "%s", err);
+    int rc = sinkd_model_hparams_read(g, hp, err, 256);
+    sinkd_gguf_close(g);
+    free(p);
+    return rc;
+}
+
+/* Linear rope scaling (Llama 2 long-context fine-tunes, TinyLlama's
+ * relatives): the factor comes from rope.scaling.factor, or from the older
+ * rope.scale_linear; type "none" means no scaling whatever the factor says;
+ * a factor below 1 is refused, naming the key. */
+Test(model, linear_rope_scaling)
+{
+    static const struct {
+        const char *type, *key;
+        float factor, want;
+        int rc;
+    } cases[] = {
+        {"linear", "llama.rope.scaling.factor", 4.0f, 4.0f, 0},
+        {NULL, "llama.rope.scaling.factor", 2.5f, 2.5f, 0},
+        {NULL, "llama.rope.scale_linear", 8.0f, 8.0f, 0},
+        {"none", "llama.rope.scaling.factor", 8.0f, 1.0f, 0},
+        {"linear", NULL, 0.0f, 1.0f, 0},
+        {"linear", "llama.rope.scaling.factor", 0.5f, 0.0f, -EINVAL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256] = "";
+        sinkd_model_hparams hp;
+        static const float emb[32 * 10];
+        static const uint64_t ne_emb[2] = {32, 10};
+        gb_file f = GB_FILE_INIT;
+        base_meta(&f, "llama");
+        gb_tensor(&f, "token_embd.weight", 0, 2, ne_emb, emb, sizeof emb);
+        if (cases[i].type)
+            gb_kv_str(&f, "llama.rope.scaling.type", cases[i].type);
+        if (cases[i].key)
+            gb_kv_f32(&f, cases[i].key, cases[i].factor);
+        int rc = hparams_built(&f, &hp, err);
+        cr_assert_eq(rc, cases[i].rc, "case %zu: %d (%s)", i, rc, err);
+        if (rc == 0)
+            cr_assert_eq(hp.rope_scale, cases[i].want, "case %zu: %g", i, (double)hp.rope_scale);
+        else
+            cr_assert(strstr(err, cases[i].key), "case %zu: %s", i, err);
+    }
+}
+
 Test(model, refuses_what_it_cannot_run)
 {
     char err[256];
