@@ -5,7 +5,9 @@
 # installed), then the GPU benchmarks. Each part runs even if an earlier one
 # failed; the exit status says whether all passed.
 #   scripts/gpu-check.sh [BUILD_DIR] [PART...]
-# parts: tests hf e2e attention policy quality (tests also checks the small
+# parts: tests sanitize hf e2e attention policy quality (sanitize runs the
+# GPU test binaries under compute-sanitizer: memcheck on each, racecheck on
+# those with shared-memory kernels, cuBLAS's own kernels excluded; tests also checks the small
 # reference model against its golden file when SINKD_REF_SMALL names it;
 # quality streams QUALITY_TEXT through QUALITY_MODEL, QUALITY_TOKENS tokens,
 # over QUALITY_DAEMONS daemons: more than one only pays under CUDA MPS)
@@ -36,6 +38,15 @@ for p in $parts; do
     tests) part tests ctest --test-dir "$build" -L gpu --output-on-failure
         [ -n "${SINKD_REF_SMALL:-}" ] &&
             part golden-small "$build/tests/model/test_model" --filter 'model/golden_small*' --verbose ;;
+    sanitize)
+        for t in test_gpu_ops test_gpu_stats test_gpu_defer test_gpu_graph; do
+            part "memcheck-$t" compute-sanitizer --tool memcheck --error-exitcode 1 \
+                "$build/tests/gpu/$t"
+        done
+        for t in test_gpu_ops test_gpu_stats test_gpu_defer; do
+            part "racecheck-$t" compute-sanitizer --tool racecheck --error-exitcode 1 \
+                --kernel-name-exclude kns=nvjet "$build/tests/gpu/$t"
+        done ;;
     hf) part hf tests/gpu/model_hf_run.sh "$build" ;;
     e2e) part e2e env OUT="$out" bash bench/e2e/run.sh "$build" ;;
     attention) part attention bash bench/attention/run.sh "$build" "$out" ;;
