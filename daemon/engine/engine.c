@@ -96,8 +96,12 @@ void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *wh
 {
     switch (rc) {
     case -EDQUOT:
-        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: KV page budget exceeded (the session's "
-                  "budget, [quota] session_tokens or [quota] pages_per_uid)", what);
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: %s", what,
+                  sinkd_kv_last_quota(e->kv) == SINKD_KV_QUOTA_UID
+                      ? "[quota] pages_per_uid reached: this user's sessions hold all the KV pages "
+                        "it allows"
+                      : "the session's KV budget is full (the budget it opened with, or [quota] "
+                        "session_tokens)");
         break;
     case -ENOMEM:
         eng_error(e, j, SINKD_ERR_NO_MEMORY, "%s: KV pool or memory exhausted", what);

@@ -131,6 +131,14 @@ void sinkd_kv_stats_get(const sinkd_kv *kv, sinkd_kv_stats *out);
 /* Pages currently held by all sequences of @uid. */
 int64_t sinkd_kv_uid_pages(const sinkd_kv *kv, uint32_t uid);
 
+/* Which budget the store's last -EDQUOT came from, so that the error can
+ * name it: a sequence's own (max_pages) or its uid's (uid_pages). */
+typedef enum sinkd_kv_quota {
+    SINKD_KV_QUOTA_SEQ = 0,
+    SINKD_KV_QUOTA_UID = 1,
+} sinkd_kv_quota;
+sinkd_kv_quota sinkd_kv_last_quota(const sinkd_kv *kv);
+
 /* ---- sequences --------------------------------------------------------- */
 
 /* Open an empty sequence (every lane of length 0, no page). *@out is owned by

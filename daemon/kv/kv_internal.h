@@ -54,6 +54,7 @@ struct sinkd_kv {
     uint64_t stamp;             /* last batch stamp handed out */
     kv__scratch lanes_scr;      /* sinkd_kv_lanes_* results */
     kv__scratch op_scr;         /* arrays of the store's own append/compact */
+    sinkd_kv_quota last_quota;  /* the budget of the last -EDQUOT */
 };
 
 /* Make @s hold @n int32 on both sides. -ENOMEM (old buffers kept). */

@@ -277,10 +277,13 @@ static int batch_grow(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t n_seqs, i
         kv__uid *u = kv__uid_get(kv, q->uid, 0);
         u->pending += need;
         total += need;
-        if (q->max_pages >= 0 && q->pages + need > q->max_pages)
+        if (q->max_pages >= 0 && q->pages + need > q->max_pages) {
             rc = -EDQUOT;
-        else if (kv->cfg.uid_pages > 0 && u->pages + u->pending > kv->cfg.uid_pages)
+            kv->last_quota = SINKD_KV_QUOTA_SEQ;
+        } else if (kv->cfg.uid_pages > 0 && u->pages + u->pending > kv->cfg.uid_pages) {
             rc = -EDQUOT;
+            kv->last_quota = SINKD_KV_QUOTA_UID;
+        }
     }
     for (int32_t s = 0; s < n_seqs; s++)
         kv__uid_get(kv, seqs[s]->uid, 0)->pending = 0;

@@ -160,6 +160,11 @@ int64_t sinkd_kv_uid_pages(const sinkd_kv *kv, uint32_t uid)
     return 0;
 }
 
+sinkd_kv_quota sinkd_kv_last_quota(const sinkd_kv *kv)
+{
+    return kv->last_quota;
+}
+
 kv__uid *kv__uid_get(sinkd_kv *kv, uint32_t uid, int create)
 {
     for (int32_t i = 0; i < kv->n_uids; i++)

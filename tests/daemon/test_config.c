@@ -65,6 +65,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.n_models, 0);
     cr_assert_eq(cfg.sessions_per_uid, 64);
     cr_assert_eq(cfg.pages_per_uid, 0);
+    cr_assert_eq(cfg.session_tokens, 0);
     cr_assert_eq(cfg.generations_per_uid, 8);
     cr_assert_eq(cfg.request_bytes, 256u << 20);
 }
@@ -84,7 +85,7 @@ Test(config, every_key_in_a_file_lands_in_its_field)
              "prefill_chunk = 128\nmax_batch = 9\n"
              "[plugins]\ndirs = /a/b:/c\n"
              "[model \"tiny\"]\npath = /m/tiny.gguf\n"
-             "[quota]\nsessions_per_uid = 2\npages_per_uid = 1000\n"
+             "[quota]\nsessions_per_uid = 2\npages_per_uid = 1000\nsession_tokens = 4096\n"
              "generations_per_uid = 0\nrequest_bytes = 512K\n",
              g, g);
     cr_assert_eq(sinkd_config_load_string(&cfg, text, "t.conf", err, ERRLEN), 0, "%s", err);
@@ -112,6 +113,7 @@ Test(config, every_key_in_a_file_lands_in_its_field)
     cr_assert_str_eq(cfg.models[0].path, "/m/tiny.gguf");
     cr_assert_eq(cfg.sessions_per_uid, 2);
     cr_assert_eq(cfg.pages_per_uid, 1000);
+    cr_assert_eq(cfg.session_tokens, 4096);
     cr_assert_eq(cfg.generations_per_uid, 0);
     cr_assert_eq(cfg.request_bytes, 524288);
 }
@@ -188,6 +190,7 @@ static const struct {
     { "plugins", "dirs", "/a", "a:/b" },
     { "quota", "sessions_per_uid", "0", "x" },
     { "quota", "pages_per_uid", "12345", "1.5" },
+    { "quota", "session_tokens", "8192", "-1" },
     { "quota", "generations_per_uid", "4", " 4x" },
     { "quota", "request_bytes", "0", "12Q" },
 };

@@ -146,6 +146,7 @@ Test(quota, pages_per_uid)
     cr_assert(s);
     expect_quota(a, trust_call(a, NULL, "session.append", "session:u text:s", s, text),
                  "pages_per_uid");
+    cr_assert(!trust_errmsg_has(a, "session_tokens"), "%s", sinkd_client_errmsg(a));
     cr_assert_eq(used_bytes(a), 0, "the refused append kept pages");
     /* what fits still goes in, and uid B has a budget of its own */
     cr_assert_eq(trust_call(a, NULL, "session.append", "session:u text:s", s, "small"), 0,
@@ -170,6 +171,7 @@ Test(quota, session_tokens)
     cr_assert(s);
     expect_quota(a, trust_call(a, NULL, "session.append", "session:u text:s", s, text),
                  "session_tokens");
+    cr_assert(!trust_errmsg_has(a, "pages_per_uid"), "%s", sinkd_client_errmsg(a));
     cr_assert_eq(used_bytes(a), 0, "the refused append kept pages");
     cr_assert_eq(trust_call(a, NULL, "session.append", "session:u text:s", s, "small"), 0, "%s",
                  sinkd_client_errmsg(a));
