@@ -388,8 +388,14 @@ static bool eng__reconfigurable(sinkd_engine *e, eng_session *s, const sinkd_job
 
     if (sinkd_policy_inst_fallback_reason(s->inst) || strcmp(name, sinkd_policy_inst_name(s->inst)))
         return false;
-    eng_policy_attach(e, s); /* the caps of a version replaced since are 0 */
-    return (s->inst_caps & SINKD_POLICY_CAP_RECONFIGURE) != 0;
+    /* attach finds the caps of the registry's current version, 0 when the
+     * session runs one replaced since: a no leaves its caps as they were */
+    uint32_t caps = s->inst_caps;
+    eng_policy_attach(e, s);
+    if (s->inst_caps & SINKD_POLICY_CAP_RECONFIGURE)
+        return true;
+    s->inst_caps = caps;
+    return false;
 }
 
 /* What follows a change of plan (a swap or a reconfigure): scores of
@@ -434,16 +440,27 @@ static void eng__reconfigure(sinkd_engine *e, sinkd_job *j, eng_session *s)
         eng_error_errno(e, j, rc, "session.policy");
         return;
     }
+    char *was = strdup(sinkd_policy_inst_params(s->inst));
+    if (!was) {
+        eng_error(e, j, SINKD_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
     rc = sinkd_policy_inst_reconfigure(s->inst, j->params, why, sizeof why);
     if (rc < 0) { /* the instance is unchanged */
         eng_error(e, j, rc == -ENOMEM ? SINKD_ERR_NO_MEMORY : SINKD_ERR_INVALID_ARGUMENT,
                   "policy '%s': %s", sinkd_policy_inst_name(s->inst), why[0] ? why : strerror(-rc));
+        free(was);
         return;
     }
     if ((rc = eng_apply_rope(e, s)) < 0) {
+        /* the lanes kept their rope mode: so does the plan (the parameters
+         * it ran with were taken before, they are taken again) */
+        sinkd_policy_inst_reconfigure(s->inst, was, why, sizeof why);
+        free(was);
         eng_error_errno(e, j, rc, "session.policy");
         return;
     }
+    free(was);
     eng__policy_changed(e, j, s, old_stat, true);
 }
 
