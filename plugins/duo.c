@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,42 +43,42 @@ typedef struct duo_state {
 } duo_state;
 
 /* Read the pattern file @path, NUL-terminated, into *out (the caller
- * frees it). Returns 0, -ENOMEM, or -EINVAL with the reason given to
- * param_fail. The path is a client's and this runs on the engine thread:
- * O_NONBLOCK keeps a FIFO or a device from blocking the open, fstat refuses
- * anything but a regular file, and reading stops one byte past the cap, so
- * a file that grows meanwhile is refused rather than read on. */
+ * frees it). Returns 0, -ENOMEM, or -EINVAL through param_fail. The path is
+ * a client's, opened as the daemon's user on its engine thread, so:
+ *   - one answer for every refusal: it must not tell the client whether or
+ *     what a file is there, or how large;
+ *   - stat before open: opening a device node can act on it, and O_NONBLOCK
+ *     only keeps a FIFO's open from waiting; fstat checks what was opened
+ *     in case the path names something else by then;
+ *   - reading stops one byte past the cap: a file that grows is refused. */
 static int32_t duo_read(const sinkd_policy_host *host, const sinkd_policy_params *params,
                         const char *path, char **out)
 {
-    char msg[200] = "";
+    char msg[200];
     struct stat st;
+    snprintf(msg, sizeof msg, "pattern: '%.100s' is not a readable regular file of at most %d bytes",
+             path, DUO_FILE_MAX);
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DUO_FILE_MAX)
+        return host->param_fail(params, msg);
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0 || fstat(fd, &st) < 0)
-        snprintf(msg, sizeof msg, "pattern: cannot open '%.100s': %s", path, strerror(errno));
-    else if (!S_ISREG(st.st_mode))
-        snprintf(msg, sizeof msg, "pattern: '%.100s' is not a regular file (%s)", path,
-                 S_ISDIR(st.st_mode)    ? "a directory"
-                 : S_ISFIFO(st.st_mode) ? "a FIFO"
-                                        : "a device or socket");
-    else if (st.st_size > DUO_FILE_MAX)
-        snprintf(msg, sizeof msg, "pattern: '%.100s' is %lld bytes, over the %d byte limit", path,
-                 (long long)st.st_size, DUO_FILE_MAX);
-    FILE *f = msg[0] == '\0' ? fdopen(fd, "rb") : NULL;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DUO_FILE_MAX) {
+        if (fd >= 0)
+            close(fd);
+        return host->param_fail(params, msg);
+    }
+    FILE *f = fdopen(fd, "rb");
     char *buf = f != NULL ? malloc(DUO_FILE_MAX + 1) : NULL;
     size_t n = buf != NULL ? fread(buf, 1, DUO_FILE_MAX + 1, f) : 0;
-    if (buf != NULL && ferror(f))
-        snprintf(msg, sizeof msg, "pattern: cannot read '%.100s'", path);
-    else if (n > DUO_FILE_MAX)
-        snprintf(msg, sizeof msg, "pattern: '%.100s' grew past the %d byte limit while read", path,
-                 DUO_FILE_MAX);
+    bool bad = buf != NULL && (ferror(f) || n > DUO_FILE_MAX);
     if (f != NULL)
         fclose(f); /* and fd */
-    else if (fd >= 0)
+    else
         close(fd);
-    if (msg[0] != '\0' || buf == NULL) {
+    if (buf == NULL)
+        return -ENOMEM;
+    if (bad) {
         free(buf);
-        return msg[0] != '\0' ? host->param_fail(params, msg) : -ENOMEM;
+        return host->param_fail(params, msg);
     }
     buf[n] = '\0';
     *out = buf;
