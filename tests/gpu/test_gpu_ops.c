@@ -799,9 +799,11 @@ Test(gpu_ops, decode_full_wave)
     twin_close(&t);
 }
 
-/* Few lanes of 22K+ tokens: the tensor-core path splits each 64 ways and
- * the warps of a lane claim its last tiles one at a time (decode.cu,
- * DV2_TAIL_*); every tile must be attended once, whichever warp takes it. */
+/* Few lanes of 22K+ tokens: the tensor-core path splits each of 1-4 lanes
+ * many ways (54-62 on an H100's 132 SMs: decode_splits) and the warps of a
+ * lane claim its last tiles one at a time (decode.cu, DV2_TAIL_*); every
+ * tile must be attended once, whichever warp takes it. Dense lanes only:
+ * sparse lists here are far too short to claim. */
 Test(gpu_ops, decode_claimed_tail)
 {
     TWIN_OR_SKIP(t);
