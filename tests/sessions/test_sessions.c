@@ -140,10 +140,10 @@ static int try_open_raw(sinkd_client *c, int layers, int qh, int kvh, int hd, co
     kv_u(&q, "head_dim", (uint64_t)hd);
     if (dtype)
         sinkd_pack_kv_str(&q.pk, "dtype", dtype);
-    if ((rc = call(c, "session.open", &q, &rep, NULL)) == 0) {
+    if ((rc = call(c, "session.open", &q, &rep, NULL)) == 0)
         *s = rep_u64(&rep, "session");
+    if (rc >= 0) /* an error reply is held too */
         sinkd_client_reply_free(&rep);
-    }
     return rc;
 }
 
