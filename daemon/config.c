@@ -83,6 +83,9 @@ static const sinkd_cfg_key config__keys[] = {
       "tokens per KV page (a power of two)" },
     { "engine", "kv_dtype", SINKD_CFG_ENUM, OFF(kv_dtype), "auto", 0, 0, config__kv_dtypes, 0,
       "KV cache element type: auto (f16 on GPU, f32 on CPU), f32, f16 or bf16" },
+    { "engine", "head_dim_max", SINKD_CFG_UINT, OFF(head_dim_max), "0", 0, 1024, NULL, 0,
+      "widest head_dim the KV pool stores (a multiple of 16, at least every model's; raw "
+      "sessions may use up to it); 0: the largest model's head_dim, or 128 without a model" },
     { "engine", "prefill_chunk", SINKD_CFG_UINT, OFF(prefill_chunk), "512", 1, 65536, NULL, 0,
       "prompt tokens processed per forward step" },
     { "engine", "max_batch", SINKD_CFG_UINT, OFF(max_batch), "32", 1, 1024, NULL, 0,

@@ -87,6 +87,7 @@ typedef struct sinkd_config {
     double kv_pool_fraction;
     uint64_t page_tokens;
     int kv_dtype;                 /* SINKD_KV_DTYPE_* */
+    uint64_t head_dim_max;        /* 0: the largest model's head_dim, or 128 */
     uint64_t prefill_chunk;
     uint64_t max_batch;
     int cuda_graphs;              /* 1 on, 0 off */

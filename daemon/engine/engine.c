@@ -520,6 +520,17 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     }
     kc = cfg->kv;
     kc.head_dim_max = hd_max ? hd_max : 128;
+    if (cfg->head_dim_max) {
+        /* every page is this wide: wider than the models only for raw
+         * sessions that need it */
+        if (cfg->head_dim_max % 16 || cfg->head_dim_max < hd_max) {
+            snprintf(err, errlen, "[engine] head_dim_max = %d: must be a multiple of 16 and at "
+                     "least the largest model's head_dim (%d)", cfg->head_dim_max, hd_max);
+            rc = -EINVAL;
+            goto fail;
+        }
+        kc.head_dim_max = cfg->head_dim_max;
+    }
     if (kc.dtype == SINKD_KV_DTYPE_AUTO_ENGINE)
         kc.dtype = strcmp(e->be->info.name, "cpu") == 0 ? SINKD_F32 : SINKD_F16;
     if (kc.dtype == SINKD_F32 && strcmp(e->be->info.name, "cpu") != 0) {

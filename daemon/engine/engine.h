@@ -44,7 +44,9 @@ typedef struct sinkd_engine_config {
     sinkd_kv_config kv;           /* [engine] kv_pool_bytes, kv_pool_fraction,
                                      page_tokens, kv_dtype (dtype 255 = auto:
                                      f32 on cpu, f16 on cuda), [quota] pages_per_uid;
-                                     head_dim_max is derived from the models */
+                                     kv.head_dim_max is set from the models
+                                     and head_dim_max below */
+    int32_t head_dim_max;         /* [engine] head_dim_max, 0 = derived from the models */
     int32_t prefill_chunk;        /* [engine] prefill_chunk */
     int32_t max_batch;            /* [engine] max_batch */
     bool cuda_graphs_off;         /* [engine] cuda_graphs = off (zero keeps them on;

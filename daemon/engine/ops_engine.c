@@ -157,6 +157,7 @@ int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen)
     ec.kv.page_tokens = (int32_t)cfg->page_tokens;
     ec.kv.dtype = ops__kv_dtype(cfg->kv_dtype);
     ec.kv.uid_pages = (int64_t)cfg->pages_per_uid;
+    ec.head_dim_max = (int32_t)cfg->head_dim_max;
     ec.prefill_chunk = (int32_t)cfg->prefill_chunk;
     ec.max_batch = (int32_t)cfg->max_batch;
     ec.cuda_graphs_off = cfg->cuda_graphs == 0;

@@ -66,6 +66,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.sessions_per_uid, 64);
     cr_assert_eq(cfg.pages_per_uid, 0);
     cr_assert_eq(cfg.session_tokens, 0);
+    cr_assert_eq(cfg.head_dim_max, 0);
     cr_assert_eq(cfg.generations_per_uid, 8);
     cr_assert_eq(cfg.request_bytes, 256u << 20);
 }
@@ -184,6 +185,7 @@ static const struct {
     { "engine", "kv_dtype", "f32", "q8_0" },
     { "engine", "prefill_chunk", "65536", "65537" },
     { "engine", "max_batch", "1024", "0" },
+    { "engine", "head_dim_max", "256", "2048" },
     { "engine", "cuda_graphs", "off", "yes" },
     { "engine", "score_defer", "off", "maybe" },
     { "plugins", "dirs", "/a:/b/c", "/a::/b" },

@@ -24,11 +24,20 @@
 
 static sinkd_testd d = SINKD_TESTD_INIT;
 
-static void start(bool model)
+/* Start sinkd on CONF plus @extra engine keys (NULL: none), with the tiny
+ * model when @model. Returns sinkd_testd_start's result. */
+static int start_with(const char *extra, bool model)
 {
     const char *args[] = { "--model", "tiny=" MODEL, NULL };
+    char conf[512];
 
-    cr_assert(sinkd_testd_start(&d, CONF, model ? args : NULL) == 0, "sinkd did not start");
+    snprintf(conf, sizeof conf, "%s%s", CONF, extra ? extra : "");
+    return sinkd_testd_start(&d, conf, model ? args : NULL);
+}
+
+static void start(bool model)
+{
+    cr_assert(start_with(NULL, model) == 0, "sinkd did not start");
 }
 
 static void stop(void)
@@ -534,6 +543,45 @@ Test(sessions, raw_geometry_dtype)
     sinkd_client_shm_free(c, &shm, 5000);
     sinkd_client_close(c);
     stop();
+}
+
+/* The KV pool's rows are as wide as the widest model's head_dim (the tiny
+ * model: 32) unless [engine] head_dim_max says wider: raw sessions of a
+ * larger head_dim open only then, and the daemon refuses a value below a
+ * model's or not a multiple of 16. */
+Test(sessions, head_dim_max_widens_the_pool)
+{
+    sinkd_client_shm shm = SINKD_CLIENT_SHM_INIT;
+    sinkd_client *c;
+    uint64_t s = 0;
+
+    start(true);
+    c = conn();
+    cr_assert_eq(try_open_raw(c, 1, 2, 2, 64, NULL, &s), SINKD_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(sinkd_client_errmsg(c), "up to 32"), "%s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    stop();
+
+    cr_assert_eq(start_with("head_dim_max = 64\n", true), 0, "sinkd did not start");
+    c = conn();
+    cr_assert(sinkd_client_shm_create(c, 4096, 5000, &shm) == 0);
+    cr_assert_eq(try_open_raw(c, 1, 2, 2, 64, NULL, &s), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 0, 1024), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(try_open_raw(c, 1, 2, 2, 80, NULL, &s), SINKD_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(sinkd_client_errmsg(c), "up to 64"), "%s", sinkd_client_errmsg(c));
+    sinkd_client_shm_free(c, &shm, 5000);
+    sinkd_client_close(c);
+    stop();
+
+    static const char *const refused[] = { "head_dim_max = 16\n", "head_dim_max = 40\n" };
+    for (size_t i = 0; i < 2; i++) {
+        cr_assert_eq(start_with(refused[i], true), -ECHILD, "%s", refused[i]);
+        char *log = sinkd_testd_log(&d);
+        cr_assert(log && strstr(log, "head_dim_max") && strstr(log, "multiple of 16"), "%s",
+                  log ? log : "(no log)");
+        free(log);
+        sinkd_testd_free(&d);
+    }
 }
 
 static uint64_t open_model(sinkd_client *c, const char *text)
