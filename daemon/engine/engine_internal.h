@@ -282,6 +282,8 @@ void eng_policy_attach(sinkd_engine *e, eng_session *s);
 /* After a swap from a plan keeping statistic @old_stat: zero every score
  * slot of @s when the new plan keeps another statistic. */
 int eng_policy_swapped(sinkd_engine *e, eng_session *s, uint8_t old_stat);
+/* Run stat op @op (ZERO, or KEY_NORM of every token) over @lanes of @s. */
+int eng_stat_lanes(sinkd_engine *e, const eng_session *s, const sinkd_lanes *lanes, int32_t op);
 /* Record and announce (policy_fallback event on @j, may be NULL) that @s's
  * instance fell back to window. */
 void eng_tell_fallback(sinkd_engine *e, eng_session *s, const sinkd_job *j);

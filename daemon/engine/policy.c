@@ -162,20 +162,26 @@ void eng_policy_attach(sinkd_engine *e, eng_session *s)
     free(all);
 }
 
-/* Run stat op @op over every lane of @s (ZERO, or KEY_NORM of every token). */
+int eng_stat_lanes(sinkd_engine *e, const eng_session *s, const sinkd_lanes *lanes, int32_t op)
+{
+    sinkd_stat_args a = {
+        .pool = sinkd_kv_pool_get(e->kv), .lanes = *lanes, .op = op,
+        .head_dim = s->geom.head_dim, .n = INT32_MAX,
+    };
+
+    return e->be->ops->stat(e->be, &a);
+}
+
+/* The same over every lane of @layer of @s, or of every layer (-1). */
 static int eng__stat_all(sinkd_engine *e, eng_session *s, int32_t layer, int32_t op)
 {
     int32_t first = layer < 0 ? 0 : layer, last = layer < 0 ? s->geom.layers - 1 : layer;
+    sinkd_lanes lanes;
     int rc = 0;
 
-    for (int32_t l = first; l <= last && rc == 0; l++) {
-        sinkd_stat_args a = {
-            .pool = sinkd_kv_pool_get(e->kv), .op = op, .head_dim = s->geom.head_dim,
-            .n = INT32_MAX,
-        };
-        if ((rc = sinkd_kv_lanes_seq(s->seq, l, &a.lanes)) == 0)
-            rc = e->be->ops->stat(e->be, &a);
-    }
+    for (int32_t l = first; l <= last && rc == 0; l++)
+        if ((rc = sinkd_kv_lanes_seq(s->seq, l, &lanes)) == 0)
+            rc = eng_stat_lanes(e, s, &lanes, op);
     return rc;
 }
 

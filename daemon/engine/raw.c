@@ -193,21 +193,6 @@ static int raw__qpos(sinkd_engine *e, const sinkd_job *j, eng_session *s, int32_
     return e->be->ops->h2d(e->be, e->dbuf[RAW_C], qp, (size_t)j->n * 4);
 }
 
-/* Zero the score slots of @lanes before a sparse decode that writes scores:
- * SINKD_SCORE_WRITE stores p only for the keys on selected pages, and the
- * others must read 0 (they got no attention), not what an earlier call left
- * there. The caller has checked that the policy keeps no statistic of its
- * own in these slots. (head_dim: the CUDA stat op checks the pool with it.) */
-static int raw__scores_zero(sinkd_engine *e, const eng_session *s, const sinkd_lanes *lanes)
-{
-    sinkd_stat_args a = {
-        .pool = sinkd_kv_pool_get(e->kv), .lanes = *lanes, .op = SINKD_STAT_OP_ZERO,
-        .head_dim = s->geom.head_dim,
-    };
-
-    return e->be->ops->stat(e->be, &a);
-}
-
 /* Write each kv head's probabilities ([kv_heads][len], lanes one after the
  * other) to the scores region. */
 static int raw__scores_out(sinkd_engine *e, const sinkd_job *j, eng_session *s)
@@ -287,7 +272,10 @@ void eng_job_attend(sinkd_engine *e, sinkd_job *j)
             .sel_off = sel_off, .sel_pages = sel_pages,
             .score_op = j->scores.r ? SINKD_SCORE_WRITE : op, .score_decay = decay,
         };
-        rc = sel_off && j->scores.r ? raw__scores_zero(e, s, &lanes) : 0;
+        /* SINKD_SCORE_WRITE stores p only for the keys on selected pages;
+         * the others must read 0, not what an earlier call left (the policy
+         * keeps no statistic in these slots: checked above) */
+        rc = sel_off && j->scores.r ? eng_stat_lanes(e, s, &lanes, SINKD_STAT_OP_ZERO) : 0;
         if (rc == 0)
             rc = e->be->ops->attn_decode(e->be, &a);
     } else {
