@@ -279,6 +279,8 @@ bool eng_plan_compatible(const sinkd_engine *e, const eng_session *a, const eng_
 /* Record what the engine needs to know of @s's instance (its caps); call
  * after every change of s->inst. */
 void eng_policy_attach(sinkd_engine *e, eng_session *s);
+/* The caps of @inst's version when it is the registry's current one, else 0. */
+uint32_t eng_policy_caps(sinkd_engine *e, const sinkd_policy_inst *inst);
 /* After a swap from a plan keeping statistic @old_stat: zero every score
  * slot of @s when the new plan keeps another statistic. */
 int eng_policy_swapped(sinkd_engine *e, eng_session *s, uint8_t old_stat);

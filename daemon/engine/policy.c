@@ -139,14 +139,14 @@ bool eng_plan_compatible(const sinkd_engine *e, const eng_session *a, const eng_
     return true;
 }
 
-void eng_policy_attach(sinkd_engine *e, eng_session *s)
+uint32_t eng_policy_caps(sinkd_engine *e, const sinkd_policy_inst *inst)
 {
     size_t n = 0, cap = 0;
     sinkd_policy_info *all = NULL;
+    uint32_t caps = 0;
 
-    s->inst_caps = 0;
-    /* The registry lists the current version of each policy: the instance
-     * was just made from it. Built-ins have no callbacks. */
+    /* The registry lists the current version of each policy. Built-ins have
+     * no callbacks. */
     do {
         sinkd_policy_info *p;
         cap = n + 8;
@@ -156,10 +156,16 @@ void eng_policy_attach(sinkd_engine *e, eng_session *s)
         sinkd_policy_list(e->reg, all, cap, &n);
     } while (n > cap);
     for (size_t i = 0; all && n <= cap && i < n; i++)
-        if (!strcmp(all[i].name, sinkd_policy_inst_name(s->inst)) &&
-            all[i].generation == sinkd_policy_inst_generation(s->inst))
-            s->inst_caps = all[i].caps;
+        if (!strcmp(all[i].name, sinkd_policy_inst_name(inst)) &&
+            all[i].generation == sinkd_policy_inst_generation(inst))
+            caps = all[i].caps;
     free(all);
+    return caps;
+}
+
+void eng_policy_attach(sinkd_engine *e, eng_session *s)
+{
+    s->inst_caps = eng_policy_caps(e, s->inst); /* just made from the current version */
 }
 
 int eng_stat_lanes(sinkd_engine *e, const eng_session *s, const sinkd_lanes *lanes, int32_t op)

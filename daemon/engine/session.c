@@ -382,20 +382,14 @@ void eng_job_session_stats(sinkd_engine *e, sinkd_job *j)
 /* The session already runs the current version of the policy @j names and
  * that version changes its parameters live: reconfigure it in place, its
  * state and statistics kept. */
-static bool eng__reconfigurable(sinkd_engine *e, eng_session *s, const sinkd_job *j)
+static bool eng__reconfigurable(sinkd_engine *e, const eng_session *s, const sinkd_job *j)
 {
     const char *name = j->policy ? j->policy : "full";
 
     if (sinkd_policy_inst_fallback_reason(s->inst) || strcmp(name, sinkd_policy_inst_name(s->inst)))
         return false;
-    /* attach finds the caps of the registry's current version, 0 when the
-     * session runs one replaced since: a no leaves its caps as they were */
-    uint32_t caps = s->inst_caps;
-    eng_policy_attach(e, s);
-    if (s->inst_caps & SINKD_POLICY_CAP_RECONFIGURE)
-        return true;
-    s->inst_caps = caps;
-    return false;
+    /* 0 for a version replaced since: a new instance of the current one */
+    return (eng_policy_caps(e, s->inst) & SINKD_POLICY_CAP_RECONFIGURE) != 0;
 }
 
 /* What follows a change of plan (a swap or a reconfigure): scores of
