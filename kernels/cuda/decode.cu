@@ -556,7 +556,7 @@ static __device__ __forceinline__ void defer_apply_tile(const dec_params &P, con
     }
 }
 
-template <typename T, int D, bool DEFER>
+template <typename T, int D, bool DEFER, bool CLAIM>
 __global__ void __launch_bounds__(DV2_WARPS * 32, 2)
 decode_mma_kernel(dec_params P)
 {
@@ -605,7 +605,7 @@ decode_mma_kernel(dec_params P)
      * few splits, or of a few tiles a warp, lost more to the claims than
      * the balance bought (bench/attention/NOTES.md, "Claimed tails"). */
     const int nst = (int)((long long)ntile * (100 - P.tail_pct) / (100LL * S * W));
-    const bool dyn = P.tail_pct > 0 && S >= DV2_TAIL_MIN_SPLITS && nst >= DV2_TAIL_MIN_DEALT;
+    const bool dyn = CLAIM && P.tail_pct > 0 && S >= DV2_TAIL_MIN_SPLITS && nst >= DV2_TAIL_MIN_DEALT;
     int ub, ue, dyn0 = ntile;
     if (dyn) {
         ub = split * W * nst;
@@ -827,7 +827,7 @@ decode_mma_kernel(dec_params P)
         __syncwarp();
         const int st = k % NST;
         const int4 mt = smeta[warp * NST + st];
-        if (mt.y < 0)
+        if (CLAIM && mt.y < 0)
             break; /* warp-uniform: the claims ran out */
         if (mt.y > 0) {
             const unsigned char *sk = wring + st * SH::STAGE;
@@ -1080,23 +1080,36 @@ static int decode_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
     return 0;
 }
 
-template <typename T, int D, bool DEFER>
-static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
+template <typename T, int D, bool DEFER, bool CLAIM>
+static int decode_mma_launch_as(sinkd_cuda *c, const dec_params &P, dim3 grid)
 {
     constexpr int smem = dv2_shape<T, D>::SMEM;
     /* The shared-memory opt-in belongs to the function, not the call: set
      * once (a function-local static is initialised once, thread-safely),
      * which keeps a host call off every decode step. */
-    static const cudaError_t attr =
-        cudaFuncSetAttribute(decode_mma_kernel<T, D, DEFER>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        decode_mma_kernel<T, D, DEFER, CLAIM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     SINKD_CUDA_TRY(attr);
     /* Early start for small batches only: at 16 sequences x 32K the
      * policy bench's whole step measured 9% slower with it (8.9 -> 9.7 ms),
      * where the kernel ahead is a tiny append and nothing is gained. */
-    SINKD_CUDA_TRY(pdl_launch(pdl_env_on() && P.early_next, c->stream, decode_mma_kernel<T, D, DEFER>,
+    SINKD_CUDA_TRY(pdl_launch(pdl_env_on() && P.early_next, c->stream, decode_mma_kernel<T, D, DEFER, CLAIM>,
                               grid, dim3(DV2_WARPS * 32), smem, P));
     SINKD_CUDA_CHECK_LAUNCH();
     return 0;
+}
+
+/* Claimed tails are built into their own kernels, run only where a lane can
+ * claim (a grid of DV2_TAIL_MIN_SPLITS splits or more): with the claim code
+ * in every kernel, the deferred-score decode at 16 x 32K (2 splits, never
+ * claiming) put h2o's step 10% over full's instead of 3-5%
+ * (bench/policy/NOTES.md). */
+template <typename T, int D, bool DEFER>
+static int decode_mma_launch(sinkd_cuda *c, const dec_params &P, dim3 grid)
+{
+    if (P.tail_pct > 0 && P.n_split >= DV2_TAIL_MIN_SPLITS)
+        return decode_mma_launch_as<T, D, DEFER, true>(c, P, grid);
+    return decode_mma_launch_as<T, D, DEFER, false>(c, P, grid);
 }
 
 /* v2 needs tiles of 16 keys inside a page, 16-byte aligned rows and
