@@ -589,12 +589,13 @@ static void decode_case(twin *t, uint8_t dt, int d, int pt, int n_seqs, int n_kv
         hqp[s] = twin_range(t, 0, 7000);
     tbuf q = tbuf_new(t, hq, qn * 4), qp = tbuf_new(t, hqp, n_seqs * 4), out = tbuf_new(t, NULL, qn * 4);
 
-    /* sparse: the top-k pages of each lane (compared too), then decode on them */
+    /* sparse: the top-k pages of each lane (compared too), then decode on
+     * them; k is @sparse when above 1, else drawn from 1..24 */
     int k = 0;
     tbuf selp = {0}, selo = {0}, tks = {0};
     sinkd_backend *be[2] = {t->cpu, t->gpu};
     if (sparse) {
-        k = twin_range(t, 1, 24);
+        k = sparse > 1 ? sparse : twin_range(t, 1, 24);
         int nl = p.n_lanes;
         selp = tbuf_new(t, NULL, (size_t)nl * k * 4);
         tks = tbuf_new(t, NULL, (size_t)nl * k * 4);
@@ -802,14 +803,16 @@ Test(gpu_ops, decode_full_wave)
 /* Few lanes of 22K+ tokens: the tensor-core path splits each of 1-4 lanes
  * many ways (54-62 on an H100's 132 SMs: decode_splits) and the warps of a
  * lane claim its last tiles one at a time (decode.cu, DV2_TAIL_*); every
- * tile must be attended once, whichever warp takes it. Dense lanes only:
- * sparse lists here are far too short to claim. */
+ * tile must be attended once, whichever warp takes it. Dense lanes, then
+ * sparse lists of 1200-1350 of a lane's 1375+ pages: long enough to split
+ * as many ways and claim, through the list instead of the page table. */
 Test(gpu_ops, decode_claimed_tail)
 {
     TWIN_OR_SKIP(t);
-    for (int rep = 0; rep < 4; rep++)
-        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep < 2 ? 128 : 64, 16, twin_range(&t, 1, 2),
-                    twin_range(&t, 1, 2), rep < 2 ? 4 : twin_range(&t, 1, 8), 22000, 26000, 0, rep % 4);
+    for (int rep = 0; rep < 6; rep++)
+        decode_case(&t, rep & 1 ? SINKD_BF16 : SINKD_F16, rep % 4 < 2 ? 128 : 64, 16,
+                    twin_range(&t, 1, 2), twin_range(&t, 1, 2), rep % 4 < 2 ? 4 : twin_range(&t, 1, 8),
+                    22000, 26000, rep < 4 ? 0 : twin_range(&t, 1200, 1350), rep % 4);
     twin_close(&t);
 }
 
