@@ -411,14 +411,15 @@ static inline bool sinkd_stat_args_ok(const sinkd_stat_args *a)
            (a->temperature > 0.0f && a->temperature <= 3.402823466e38f);
 }
 
-/* The uniform variate in (0, 1) of the Gumbel noise of token @t of lane @l
- * (a splitmix64 hash of seed, l and t: the same on every backend). */
 #if defined(__CUDACC__)
 #define SINKD_STAT_HD __host__ __device__
 #else
 #define SINKD_STAT_HD
 #endif
-SINKD_STAT_HD static inline double sinkd_stat_uniform(uint64_t seed, int32_t l, int32_t t)
+
+/* The Gumbel noise's draw for token @t of lane @l: a splitmix64 hash of
+ * seed, l and t, the same on every backend. */
+SINKD_STAT_HD static inline uint64_t sinkd_stat_hash(uint64_t seed, int32_t l, int32_t t)
 {
     uint64_t x = seed ^ (((uint64_t)(uint32_t)l << 32) | (uint32_t)t);
     for (int i = 0; i < 2; i++) {
@@ -427,7 +428,14 @@ SINKD_STAT_HD static inline double sinkd_stat_uniform(uint64_t seed, int32_t l, 
         x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
         x ^= x >> 31;
     }
-    return ((double)(x >> 40) + 0.5) * (1.0 / 16777216.0);
+    return x;
+}
+
+/* Its uniform variate in (0, 1): (k + 0.5) / 2^24 for the hash's top 24
+ * bits k. */
+SINKD_STAT_HD static inline double sinkd_stat_uniform(uint64_t seed, int32_t l, int32_t t)
+{
+    return ((double)(sinkd_stat_hash(seed, l, t) >> 40) + 0.5) * (1.0 / 16777216.0);
 }
 
 /* Token selection (TidalDecode): for each lane the k tokens of highest

@@ -36,10 +36,10 @@ typedef struct sinkd_cuda {
     sinkd_cuda_buf lse;     /* decode/prefill final log2-sum-exp per (row, head) */
     sinkd_cuda_buf logits;  /* decode: stored logits for the score pass */
     sinkd_cuda_buf pscore;  /* topk: per-page bounds */
-    /* stats.cu: floats of shared memory its two whole-lane kernels cache a
-     * lane in, worked out on their first call (per layer and step after) */
-    int32_t lane_cache[2];
-    bool lane_cache_known[2];
+    /* stats.cu: floats of shared memory its whole-lane kernels (QUANTILE,
+     * topk_tokens, GUMBEL) cache a lane in, worked out on their first call (per layer and step after) */
+    int32_t lane_cache[3];
+    bool lane_cache_known[3];
     /* CUDA graphs (graph.cu). A recorded graph keeps the addresses of the
      * buffers its ops used, so while any graph is alive a growing buffer
      * that a recording used has its old block parked in @retired instead of

@@ -52,13 +52,14 @@ static __device__ __forceinline__ uint32_t stat_key(float f)
 struct lane_ref {
     const int32_t *pids;
     int32_t pt;
+    bool vec; /* 16-byte accesses of 4 slots: pt % 4 == 0, arrays aligned */
     __device__ int64_t slot(int32_t t) const { return (int64_t)pids[t / pt] * pt + t % pt; }
 };
 
 static __device__ __forceinline__ int64_t stat_slot(const sinkd_lanes &ln, int32_t pt, int32_t l,
                                                     int32_t t)
 {
-    return lane_ref{ln.page_ids + ln.page_off[l], pt}.slot(t);
+    return lane_ref{ln.page_ids + ln.page_off[l], pt, false}.slot(t);
 }
 
 /* ---- elementwise ops -------------------------------------------------------- */
@@ -170,15 +171,21 @@ static __device__ int block_scan(int v, int *sh, bool max)
  * its first @len tokens: a cached lane's slots then cost no dependent global
  * read each (ncu: a third of the rules' warp time waited on those reads). */
 static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
-                                         int32_t len, int32_t *spids)
+                                         int32_t len, int32_t *spids, bool vec)
 {
     const int32_t pt = pool.page_tokens, *g = ln.page_ids + ln.page_off[l];
+    vec = vec && pt % 4 == 0;
     if (!spids)
-        return {g, pt};
+        return {g, pt, vec};
     for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += LANE_THREADS)
         spids[i] = g[i];
     __syncthreads();
-    return {spids, pt};
+    return {spids, pt, vec};
+}
+
+static __device__ __forceinline__ bool aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
 }
 
 /* Shared floats a cached lane of @len tokens takes: its values, then its
@@ -197,22 +204,53 @@ static __device__ __forceinline__ float lane_get(const float *cache, const float
     return CACHED ? cache[t] : src[lr.slot(t)];
 }
 
-/* Copy the lane's first @len values of @src into @cache (LANE_LOAD_ILP
- * independent loads in flight per thread). */
+/* cache[t] = f(t, v) for the lane's first @len values v of @src, with
+ * LANE_LOAD_ILP independent loads in flight a thread. Pages of a multiple
+ * of 4 tokens are read 16 bytes at a time (4 tokens of a page are 4
+ * adjacent slots): a quarter of the loads, and the rules' global phases are
+ * latency-bound (one block an SM). A page's slots past the lane are the
+ * pool's (allocated), read and dropped. */
 #define LANE_LOAD_ILP 8
-static __device__ void lane_load(float *cache, const float *src, const lane_ref &lr, int32_t len)
+template <int ILP = LANE_LOAD_ILP, typename F>
+static __device__ void lane_load(float *cache, const float *src, const lane_ref &lr, int32_t len, F f)
 {
-    for (int32_t t0 = threadIdx.x; t0 < len; t0 += LANE_LOAD_ILP * LANE_THREADS) {
-        float v[LANE_LOAD_ILP];
+    if (lr.vec) {
+        const int32_t nc = (len + 3) / 4;
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
+            float4 v[ILP];
 #pragma unroll
-        for (int i = 0; i < LANE_LOAD_ILP; i++) {
-            int32_t t = t0 + i * LANE_THREADS;
-            v[i] = t < len ? src[lr.slot(t)] : 0.0f;
+            for (int i = 0; i < ILP; i++) {
+                int32_t c = c0 + i * LANE_THREADS;
+                v[i] = c < nc ? *(const float4 *)(src + lr.slot(4 * c)) : make_float4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < ILP; i++) {
+                int32_t t = 4 * (c0 + i * LANE_THREADS);
+                if (t + 3 < len) {
+                    *(float4 *)(cache + t) = make_float4(f(t, v[i].x), f(t + 1, v[i].y), f(t + 2, v[i].z),
+                                                         f(t + 3, v[i].w));
+                } else if (t < len) { /* past len: the page ids' place */
+                    cache[t] = f(t, v[i].x);
+                    if (t + 1 < len)
+                        cache[t + 1] = f(t + 1, v[i].y);
+                    if (t + 2 < len)
+                        cache[t + 2] = f(t + 2, v[i].z);
+                }
+            }
         }
+    } else {
+        for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
+            float v[ILP];
 #pragma unroll
-        for (int i = 0; i < LANE_LOAD_ILP; i++)
-            if (t0 + i * LANE_THREADS < len)
-                cache[t0 + i * LANE_THREADS] = v[i];
+            for (int i = 0; i < ILP; i++) {
+                int32_t t = t0 + i * LANE_THREADS;
+                v[i] = t < len ? src[lr.slot(t)] : 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < ILP; i++)
+                if (t0 + i * LANE_THREADS < len)
+                    cache[t0 + i * LANE_THREADS] = f(t0 + i * LANE_THREADS, v[i]);
+        }
     }
     __syncthreads();
 }
@@ -269,23 +307,55 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
 
 /* ---- whole-lane rules ----------------------------------------------------------- */
 
-/* score[slot] = f(t, slot, old[slot]) for the lane's first @len tokens, with
- * four tokens' loads in flight a thread: issued one at a time, each load
- * waits behind the store before it (@old may be @score). */
-template <typename F>
+/* score[slot] = f(t, slot, old[slot]) for the lane's first @len tokens (@old
+ * may be @score), with UPDATE_ILP loads in flight a thread before their
+ * stores (issued one at a time, each load waits behind the store before
+ * it); 16 bytes at a time on pages of a multiple of 4 tokens, like
+ * lane_load, storing only the lane's own tokens. */
+#define UPDATE_ILP 8
+template <int ILP = UPDATE_ILP, typename F>
 static __device__ void lane_update(const lane_ref &lr, int32_t len, const float *old, float *score, F f)
 {
-    for (int32_t t0 = threadIdx.x; t0 < len; t0 += 4 * LANE_THREADS) {
-        int64_t sl[4];
-        float ov[4];
+    if (lr.vec) {
+        const int32_t nc = (len + 3) / 4;
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
+            int64_t sl[ILP];
+            float4 ov[ILP];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < ILP; i++) {
+                int32_t c = c0 + i * LANE_THREADS;
+                sl[i] = c < nc ? lr.slot(4 * c) : 0;
+                ov[i] = c < nc ? *(const float4 *)(old + sl[i]) : make_float4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < ILP; i++) {
+                int32_t t = 4 * (c0 + i * LANE_THREADS);
+                int64_t q = sl[i];
+                if (t + 3 < len) {
+                    *(float4 *)(score + q) = make_float4(f(t, q, ov[i].x), f(t + 1, q + 1, ov[i].y),
+                                                         f(t + 2, q + 2, ov[i].z), f(t + 3, q + 3, ov[i].w));
+                } else if (t < len) {
+                    score[q] = f(t, q, ov[i].x);
+                    if (t + 1 < len)
+                        score[q + 1] = f(t + 1, q + 1, ov[i].y);
+                    if (t + 2 < len)
+                        score[q + 2] = f(t + 2, q + 2, ov[i].z);
+                }
+            }
+        }
+        return;
+    }
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
+        int64_t sl[ILP];
+        float ov[ILP];
+#pragma unroll
+        for (int i = 0; i < ILP; i++) {
             int32_t t = t0 + i * LANE_THREADS;
             sl[i] = t < len ? lr.slot(t) : 0;
             ov[i] = t < len ? old[sl[i]] : 0.0f;
         }
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < ILP; i++) {
             int32_t t = t0 + i * LANE_THREADS;
             if (t < len)
                 score[sl[i]] = f(t, sl[i], ov[i]);
@@ -301,10 +371,12 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
                                      int32_t len, const float *src, const float *old, float *cache,
                                      int *hist)
 {
+    const int32_t r = (int32_t)floor((double)a.quantile * (len - 1));
+    uint32_t thr;
+
     if (CACHED)
-        lane_load(cache, src, lr, len);
-    uint32_t thr = lane_select<CACHED>(cache, src, lr, len, (int32_t)floor((double)a.quantile * (len - 1)),
-                                       hist);
+        lane_load(cache, src, lr, len, [](int32_t, float v) { return v; });
+    thr = lane_select<CACHED>(cache, src, lr, len, r, hist);
     const float decay = a.decay;
     lane_update(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         float p = CACHED ? cache[t] : src[slot];
@@ -318,14 +390,17 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
  * e ln 2 + log m of p = m 2^e, -log u through log1p above u = 1/2 (where u
  * itself would round to 1); the sum and the scaling in double. Five double
  * logs and exps a key were most of this rule's time (H100, 16 x 32K lanes:
- * 137 us a layer). */
+ * 137 us a layer). u = (2k + 1) / 2^25 for the hash's top 24 bits k
+ * (sinkd_stat_uniform), so u below 1/2 and u - 1 above it are exact in f32
+ * straight from the integer: no double conversions. */
 static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, double inv_t,
                                                  int32_t l, int32_t t)
 {
     if (!(p > 0))
         return NAN;
-    double u = sinkd_stat_uniform(a.seed, l, t);
-    float e = u > 0.5 ? -log1pf((float)(u - 1.0)) : -logf((float)u);
+    const uint32_t k2 = 2u * (uint32_t)(sinkd_stat_hash(a.seed, l, t) >> 40) + 1u; /* 2k + 1 < 2^25 */
+    const float sc = 0x1p-25f;
+    float e = k2 > (1u << 24) ? -log1pf(-(float)((1u << 25) - k2) * sc) : -logf((float)k2 * sc);
     int ex;
     float m = frexpf(p, &ex);
     double lp = (double)ex * 0.6931471805599453 + (double)logf(m);
@@ -348,33 +423,42 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     const double inv_t = 1.0 / (double)a.temperature;
     double mx = -INFINITY, sum = 0;
 
-    if (CACHED)
-        lane_load(cache, src, lr, len);
-    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = gumbel_z(lane_get<CACHED>(cache, src, lr, t), a, inv_t, l, t);
-        if (CACHED)
-            cache[t] = z; /* each thread rereads only its own entries */
-        if (!isnan(z))
-            mx = fmax(mx, (double)z);
+    /* cached: z replaces p as the lane is read, its math in the shadow of
+     * the loads still in flight */
+    if (CACHED) {
+        lane_load<4>(cache, src, lr, len, [&](int32_t t, float p) {
+            float z = gumbel_z(p, a, inv_t, l, t);
+            if (!isnan(z))
+                mx = fmax(mx, (double)z);
+            return z;
+        });
+    } else {
+        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+            float z = gumbel_z(src[lr.slot(t)], a, inv_t, l, t);
+            if (!isnan(z))
+                mx = fmax(mx, (double)z);
+        }
     }
     mx = block_reduce(mx, sh, true);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         float z = CACHED ? cache[t] : gumbel_z(src[lr.slot(t)], a, inv_t, l, t);
         double x = gumbel_w(z, mx);
         if (CACHED)
-            cache[t] = (float)x; /* its own entries again: the write divides it */
+            cache[t] = (float)x; /* the entries it reads: the write divides them */
         sum += x;
     }
     sum = block_reduce(sum, sh, false);
     /* a lane without p > 0 has sum 0 and adds nothing (every x is 0) */
     const double inv_sum = sum > 0 ? 1.0 / sum : 0.0;
-    lane_update(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+    lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         double x = CACHED ? (double)cache[t] : gumbel_w(gumbel_z(src[slot], a, inv_t, l, t), mx);
         return (float)(o + x * inv_sum);
     });
 }
 
-/* One block per lane; @cache_cap: floats of the dynamic shared memory. */
+/* One block per lane; @cache_cap: floats of the dynamic shared memory. One
+ * kernel a rule: each gets the registers of its own math. */
+template <int OP>
 __global__ void __launch_bounds__(LANE_THREADS)
     stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
 {
@@ -392,8 +476,10 @@ __global__ void __launch_bounds__(LANE_THREADS)
     if (len <= 0)
         return;
     const bool cached = lane_cache_need(len, pool.page_tokens) <= cache_cap;
-    const lane_ref lr = lane_ref_make(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL);
-    if (a.op == SINKD_STAT_OP_QUANTILE) {
+    const bool vec = aligned16(src) && aligned16(old) && aligned16(pool.score);
+    const lane_ref lr =
+        lane_ref_make(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL, vec);
+    if (OP == SINKD_STAT_OP_QUANTILE) {
         if (cached)
             stat_quantile<true>(pool, a, lr, len, src, old, cache, hist);
         else
@@ -451,10 +537,11 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
         return 0;
     /* the pool struct is host memory: it travels by value */
     if (a->op == SINKD_STAT_OP_QUANTILE || a->op == SINKD_STAT_OP_GUMBEL) {
-        if ((rc = lane_cache_floats(c, stat_lane_kernel, 0, &cap)) < 0)
+        const bool q = a->op == SINKD_STAT_OP_QUANTILE;
+        auto kernel = q ? stat_lane_kernel<SINKD_STAT_OP_QUANTILE> : stat_lane_kernel<SINKD_STAT_OP_GUMBEL>;
+        if ((rc = lane_cache_floats(c, kernel, q ? 0 : 2, &cap)) < 0)
             return rc;
-        stat_lane_kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(*a->pool, *a,
-                                                                                       cap);
+        kernel<<<a->lanes.n_lanes, LANE_THREADS, (size_t)cap * 4, c->stream>>>(*a->pool, *a, cap);
     } else {
         /* about 8 blocks per SM in all, at most 64 per lane */
         int gy = 8 * c->n_sm / a->lanes.n_lanes;
@@ -476,7 +563,7 @@ static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const lane_re
     __shared__ int s_tot[2];
 
     if (CACHED)
-        lane_load(cache, pool.score, lr, len);
+        lane_load(cache, pool.score, lr, len, [](int32_t, float v) { return v; });
     uint32_t thr = lane_select<CACHED>(cache, pool.score, lr, len, len - k, hist);
     double above = 0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
@@ -536,7 +623,8 @@ __global__ void __launch_bounds__(LANE_THREADS)
         return;
     }
     const bool cached = lane_cache_need(len, pt) <= cache_cap;
-    const lane_ref lr = lane_ref_make(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL);
+    const lane_ref lr =
+        lane_ref_make(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL, aligned16(pool.score));
     if (cached)
         topk_tokens_lane<true>(pool, lr, len, k, out, cache, hist, sh, scan, wsh);
     else

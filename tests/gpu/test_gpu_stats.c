@@ -30,6 +30,8 @@ enum {
     SC_NAN = 2,  /* one slot in 40 is NaN */
     SC_LONG = 4, /* a third of the lanes hold 30000..60000 tokens: on both sides
                     of the 40960 floats stats.cu caches per lane */
+    SC_REAL = 8, /* every lane holds 8192..34000 tokens: a 32K context's lanes,
+                    each cached in shared memory by the whole-lane rules */
 };
 
 /* A pool on both backends with ragged lanes and a prev array. */
@@ -47,6 +49,8 @@ typedef struct spool {
 
 static int32_t rand_len(twin *t, int pt, int flags)
 {
+    if (flags & SC_REAL)
+        return twin_range(t, 8192, 34000);
     if ((flags & SC_LONG) && twin_range(t, 0, 2) == 0)
         return twin_range(t, 30000, 60000);
     switch (twin_range(t, 0, 6)) {
@@ -439,6 +443,30 @@ Test(gpu_stats, rules_on_row)
                                        .seed = seed},
                      TOL32, what);
         }
+    }
+    twin_close(&t);
+}
+
+/* Every lane at the sizes the rule runs at with a 32K context (the quantile
+ * test draws most lanes short): the exact element, so the counts agree bit
+ * for bit at decay 0. Smooth scores, then heavy ties, in place and on a
+ * deferred row; pages of 4k tokens take the 16-byte loads and stores. */
+Test(gpu_stats, quantile_real_lanes)
+{
+    TWIN_OR_SKIP(t);
+    static const float qs[] = {0.01f, 0.1f, 0.5f, 0.9f, 0.99f};
+    for (int rep = 0; rep < 12; rep++) {
+        float q = rep < 5 ? qs[rep] : twin_uniform(&t, 0.001f, 0.999f);
+        float decay = rep & 1 ? 0.0f : 1.0f - 1.0f / (float)twin_range(&t, 2, 512);
+        int flags = SC_REAL | (rep >= 8 ? SC_TIES : 0) | (rep % 3 == 2 ? SC_NAN : 0);
+        sinkd_stat_args a = {.op = SINKD_STAT_OP_QUANTILE, .quantile = q, .decay = decay};
+        char what[80];
+        snprintf(what, sizeof what, "real-size quantile%s q=%g decay=%g", rep % 4 == 3 ? " row" : "",
+                 q, decay);
+        if (rep % 4 == 3)
+            row_case(&t, SINKD_F16, 64, flags, a, decay == 0 ? 0 : TOL32, what);
+        else
+            rule_case(&t, SINKD_F16, 64, flags, a, decay == 0 ? 0 : TOL32, what);
     }
     twin_close(&t);
 }
