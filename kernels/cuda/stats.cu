@@ -462,7 +462,7 @@ template <int OP>
 __global__ void __launch_bounds__(LANE_THREADS)
     stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
 {
-    extern __shared__ float cache[];
+    extern __shared__ __align__(16) float cache[]; /* float4 stores */
     __shared__ double sh[LANE_WARPS];
     __shared__ int hist[256];
     int32_t l = blockIdx.x, len = a.lanes.len[l];
@@ -608,7 +608,7 @@ __global__ void __launch_bounds__(LANE_THREADS)
     topk_tokens_kernel(sinkd_kv_pool pool, sinkd_lanes ln, int32_t k, int32_t *out_pages,
                        int32_t cache_cap)
 {
-    extern __shared__ float cache[];
+    extern __shared__ __align__(16) float cache[]; /* float4 stores */
     __shared__ int hist[256];
     __shared__ int scan[LANE_THREADS];
     __shared__ int wsh[LANE_WARPS];

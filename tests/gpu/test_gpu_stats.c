@@ -31,7 +31,8 @@ enum {
     SC_LONG = 4, /* a third of the lanes hold 30000..60000 tokens: on both sides
                     of the 40960 floats stats.cu caches per lane */
     SC_REAL = 8, /* every lane holds 8192..34000 tokens: a 32K context's lanes,
-                    each cached in shared memory by the whole-lane rules */
+                    cached in shared memory by the whole-lane rules except at
+                    pages of 1 token (a page id a token) past 20480 */
 };
 
 /* A pool on both backends with ragged lanes and a prev array. */
@@ -450,7 +451,8 @@ Test(gpu_stats, rules_on_row)
 /* Every lane at the sizes the rule runs at with a 32K context (the quantile
  * test draws most lanes short): the exact element, so the counts agree bit
  * for bit at decay 0. Smooth scores, then heavy ties, in place and on a
- * deferred row; pages of 4k tokens take the 16-byte loads and stores. */
+ * deferred row; pages of a multiple of 4 tokens take the 16-byte loads and
+ * stores. */
 Test(gpu_stats, quantile_real_lanes)
 {
     TWIN_OR_SKIP(t);
