@@ -6,6 +6,7 @@
  */
 #include "sinkctl.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -152,6 +153,27 @@ static int apply_global(sinkctl_ctx *ctx, int opt, const char *arg, int *code)
     }
 }
 
+/* getopt_long's complaint (@opt '?' or ':') in words. optopt is a short
+ * option's character, but a long-only option's internal code (past ASCII)
+ * or 0 for an unknown long option: those are named as typed, without any
+ * "=value" (long options take their whole argv element, so it is the one
+ * before optind). */
+static void option_error(char *msg, size_t cap, int opt, int argc, char **argv)
+{
+    const char *what = opt == ':' ? "missing argument for" : "unknown option";
+
+    if (optopt > 0 && optopt < 128 && isprint(optopt)) {
+        snprintf(msg, cap, "%s '-%c'", what, optopt);
+        return;
+    }
+    const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+    int len = (int)strcspn(arg, "=");
+    if (opt == '?' && optopt != 0) /* a known option that takes no value, given one */
+        snprintf(msg, cap, "option '%.*s' takes no value", len, arg);
+    else
+        snprintf(msg, cap, "%s '%.*s'", what, len, arg);
+}
+
 int sinkctl_getopt(sinkctl_ctx *ctx, int argc, char **argv, const char *shortopts,
                    const struct option *longopts, int *code)
 {
@@ -175,12 +197,8 @@ int sinkctl_getopt(sinkctl_ctx *ctx, int argc, char **argv, const char *shortopt
     for (;;) {
         int opt = getopt_long(argc, argv, shorts, all, NULL);
         if (opt == '?' || opt == ':') {
-            char msg[128];
-            const char *what = opt == ':' ? "missing argument for" : "unknown option";
-            if (optopt != 0)
-                snprintf(msg, sizeof(msg), "%s '-%c'", what, optopt);
-            else
-                snprintf(msg, sizeof(msg), "%s '%s'", what, argv[optind - 1]);
+            char msg[160];
+            option_error(msg, sizeof(msg), opt, argc, argv);
             *code = sinkctl_usage_error(ctx, msg);
             return SINKCTL_OPT_EXIT;
         }

@@ -95,6 +95,30 @@ Test(sinkctl, policy_ls_and_show)
     check_run_free(&r);
 }
 
+/* A usage error names the option as typed: long options too, whose
+ * getopt code is no character (it printed as garbage before). */
+Test(sinkctl, option_errors_name_the_option)
+{
+    static const struct {
+        const char *args[4];
+        const char *msg;
+    } cases[] = {
+        { { "run", "x", "--model" }, "missing argument for '--model'" },
+        { { "models", "--timeout" }, "missing argument for '--timeout'" },
+        { { "--json=1", "models" }, "option '--json' takes no value" },
+        { { "models", "--frob=2" }, "unknown option '--frob'" },
+        { { "run", "-n" }, "missing argument for '-n'" },
+        { { "run", "-Z", "x" }, "unknown option '-Z'" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        check_run r = check_sinkctl(NULL, cases[i].args);
+        cr_expect_eq(r.status, 2, "%s %s: exit %d", cases[i].args[0], cases[i].args[1], r.status);
+        cr_expect(strstr(r.err, cases[i].msg) != NULL, "%s %s: stderr '%s' lacks \"%s\"",
+                  cases[i].args[0], cases[i].args[1], r.err, cases[i].msg);
+        check_run_free(&r);
+    }
+}
+
 Test(sinkctl, exit_codes)
 {
     static const struct {
