@@ -106,7 +106,8 @@ int sinkctl_join_params(char *const *words, int n, char **out);
 /* Write @o as JSON to @f (strings escaped; bin as base64; NaN/inf as null). */
 void sinkctl_json_write(FILE *f, const msgpack_object *o);
 
-/* Write @n bytes of @s as a JSON string literal (quotes and escapes). */
+/* Write @n bytes of @s as a JSON string literal (quotes and escapes; a byte
+ * that starts no well-formed UTF-8 sequence as \ufffd). */
 void sinkctl_json_str(FILE *f, const char *s, size_t n);
 
 #endif /* SINKCTL_H */

@@ -1,7 +1,8 @@
 /*
  * sinkctl: msgpack objects as JSON. Map keys that are not strings are
  * written as their JSON text in a string, so the output is always valid
- * JSON; bin becomes base64, ext and non-finite floats become null.
+ * JSON; bin becomes base64, ext and non-finite floats become null, and the
+ * bytes of a string that are not UTF-8 become U+FFFD.
  */
 #include "sinkctl.h"
 
@@ -9,11 +10,46 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Bytes in the well-formed UTF-8 sequence at @p (at most @n bytes): 1-4,
+ * or 0 when it is not one (a stray continuation byte, a truncated or
+ * overlong sequence, a surrogate, past U+10FFFF). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    if (p[0] < 0x80)
+        return 1;
+    size_t len = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+    if (len == 0 || len > n || p[0] > 0xf4)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    /* the second byte's range rules out overlongs, surrogates and > U+10FFFF */
+    if ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] > 0x9f) ||
+        (p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] > 0x8f))
+        return 0;
+    return len;
+}
+
+/* JSON text is UTF-8: a byte that starts no well-formed sequence (a token
+ * piece holding part of a character, say) is written as U+FFFD. */
 void sinkctl_json_str(FILE *f, const char *s, size_t n)
 {
+    const unsigned char *u = (const unsigned char *)s;
+
     fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = u[i];
+        size_t len = utf8_seq(u + i, n - i);
+        if (len == 0) {
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (len > 1) {
+            fwrite(u + i, 1, len, f);
+            i += len;
+            continue;
+        }
         switch (ch) {
         case '"':  fputs("\\\"", f); break;
         case '\\': fputs("\\\\", f); break;
@@ -26,6 +62,7 @@ void sinkctl_json_str(FILE *f, const char *s, size_t n)
             else
                 fputc(ch, f);
         }
+        i++;
     }
     fputc('"', f);
 }

@@ -116,6 +116,16 @@ Test(sinkctl, tokenize_prints_the_golden_ids)
     snprintf(want, sizeof(want), "{\"ids\":[%d,%d]}\n", 'a' + 3, 'b' + 3);
     cr_expect_str_eq(r.out, want);
     check_run_free(&r);
+
+    /* A character split over byte tokens: each piece alone is not UTF-8,
+     * and JSON text must be; whole characters pass through */
+    r = CHECK_SINKCTL_RUN(NULL, "--json", "tokenize", "-v", "--no-bos", "\xe2\x82\xac\"x");
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    snprintf(want, sizeof(want),
+             "{\"ids\":[%d,%d,%d,%d,%d],\"pieces\":[\"\\ufffd\",\"\\ufffd\",\"\\ufffd\",\"\\\"\",\"x\"]}\n",
+             0xe2 + 3, 0x82 + 3, 0xac + 3, '"' + 3, 'x' + 3);
+    cr_expect_str_eq(r.out, want);
+    check_run_free(&r);
 }
 
 Test(sinkctl, models_lists_the_tiny_geometry)
