@@ -160,8 +160,8 @@ static int client__recv_frame(sinkd_client *c, int64_t deadline,
         ssize_t n = recv(c->fd, chunk, sizeof(chunk), MSG_DONTWAIT);
         if (n > 0) {
             rc = sinkd_frame_reader_feed(&c->rd, chunk, (size_t)n);
-            if (rc == -ENOMEM)
-                return rc;
+            if (rc == -ENOMEM) /* the chunk is off the socket: the stream has a hole */
+                return client__fail(c, -ENOMEM);
             if (rc < 0)
                 return client__fail(c, -EPROTO);
             continue;

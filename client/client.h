@@ -150,8 +150,10 @@ void sinkd_client_reply_free(sinkd_client_reply *r);
  * msgpack map), -EMSGSIZE (request over the daemon's max_frame), -ETIMEDOUT
  * (the request may still run; its reply will be discarded), -EPIPE or
  * -ECONNRESET (connection lost), -ECONNABORTED (a timeout cut a frame in
- * half), -EPROTO, -ENOMEM. After a lost or aborted connection the handle
- * stays valid to close, and every later call returns the same error. */
+ * half), -EPROTO, -ENOMEM. After a lost or aborted connection, or memory
+ * running out while a reply was being received (its bytes are gone from
+ * the socket), the handle stays valid to close, and every later call
+ * returns the same error. */
 int sinkd_client_request(sinkd_client *c, const sinkd_client_req *req,
                          sinkd_client_reply *reply);
 
