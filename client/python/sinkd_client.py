@@ -15,10 +15,13 @@
 Frames are a 4-byte big-endian length and one msgpack map
 (protocol/PROTOCOL.md). One request is in flight at a time; replies and
 events of other ids (requests abandoned after an error) are skipped.
-Errors the daemon answers raise SinkdError with its code and message.
+Errors the daemon answers raise SinkdError with its code and message; a
+frame that is not a msgpack map raises ConnectionError. Leaving a
+generation's loop early (break, an exception) cancels the generation.
 
 As a program: python3 sinkd_client.py [--socket S] [--model M] [-n N]
-[--temp T] [--seed S] "prompt" streams a generation to stdout.
+[--temp T] [--seed S] [--timeout SECONDS] "prompt" streams a generation
+to stdout.
 """
 
 import argparse
@@ -59,8 +62,17 @@ class SinkdError(Exception):
         self.message = message
 
 
+def _error(err):
+    """The SinkdError of an error reply's "error" field."""
+    if not isinstance(err, dict):
+        return SinkdError("protocol", f"an error reply whose error is not a map: {err!r}")
+    return SinkdError(err.get("code"), err.get("message"))
+
+
 class Client:
-    """One connection to sinkd. Not thread-safe: one thread per Client."""
+    """One connection to sinkd. Not thread-safe: one thread per Client.
+    @timeout: seconds a reply may take (None: no limit), except a prompt's
+    prefill (session_append), which waits as long as it takes."""
 
     def __init__(self, path=None, timeout=30.0, hello=True):
         self.path = path or default_socket()
@@ -102,7 +114,11 @@ class Client:
                 if len(self.buf) >= 4 + n:
                     payload = bytes(self.buf[4:4 + n])
                     del self.buf[:4 + n]
-                    msg = msgpack.unpackb(payload, raw=False, unicode_errors="surrogateescape")
+                    try:
+                        msg = msgpack.unpackb(payload, raw=False,
+                                              unicode_errors="surrogateescape")
+                    except (ValueError, msgpack.UnpackException) as e:
+                        raise ConnectionError(f"a malformed frame from the daemon: {e}") from e
                     if not isinstance(msg, dict):
                         raise ConnectionError("the daemon sent a frame that is not a map")
                     return msg
@@ -118,16 +134,14 @@ class Client:
         while True:
             msg = self._recv()
             if "id" not in msg and "error" in msg:
-                err = msg["error"]      # the daemon could not read our frame
-                raise SinkdError(err.get("code"), err.get("message"))
+                raise _error(msg["error"])  # the daemon could not read our frame
             if msg.get("id") != rid:
                 continue
             if "ev" in msg:
                 yield msg
                 continue
             if "error" in msg:
-                err = msg["error"]
-                raise SinkdError(err.get("code"), err.get("message"))
+                raise _error(msg["error"])
             return msg
 
     def request(self, op, **fields):
@@ -161,24 +175,44 @@ class Client:
         return self.last_open["session"]
 
     def session_append(self, session, text=None, ids=None, bos=None):
-        return self.request("session.append", session=session, text=text,
-                            ids=None if ids is None else list(ids), bos=bos)
+        """Prefill a prompt: no timeout (a long prompt, or other sessions'
+        prompts ahead of it, may take longer than any reply)."""
+        old = self.sock.gettimeout()
+        self.sock.settimeout(None)
+        try:
+            return self.request("session.append", session=session, text=text,
+                                ids=None if ids is None else list(ids), bos=bos)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(old)
 
     def session_generate(self, session, max_tokens=128, temperature=0.0, seed=0, **more):
         """Generator of the generation's events: {"ev": "token", "token",
         "text"} for each token (and "policy_fallback" events), then the
         final reply with "ev" set to "done" (reason, n_tokens, text,
-        timings)."""
+        timings). Closed before that reply (a break out of the loop, an
+        exception in it), it cancels the generation, which would otherwise
+        run on and keep the session busy."""
         gen = self.stream("session.generate", session=session, max_tokens=max_tokens,
                           temperature=float(temperature), seed=seed, **more)
-        while True:
-            try:
-                yield next(gen)
-            except StopIteration as done:
-                reply = dict(done.value)
-                reply["ev"] = "done"
-                yield reply
-                return
+        finished = False
+        try:
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as done:
+                    finished = True
+                    reply = dict(done.value)
+                    reply["ev"] = "done"
+                    yield reply
+                    return
+                yield ev
+        finally:
+            if not finished and self.sock is not None:
+                try:
+                    self.session_cancel(session)
+                except (OSError, SinkdError):
+                    pass    # a lost connection cancels it too
 
     def session_cancel(self, session):
         return self.request("session.cancel", session=session)
@@ -190,6 +224,10 @@ class Client:
         return self.request("session.close", session=session)
 
 
+class _StdoutGone(Exception):
+    """stdout's reader went away (| head)."""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Stream a generation from sinkd.")
     ap.add_argument("--socket", help="daemon socket (default as libsinkd)")
@@ -197,24 +235,40 @@ def main(argv=None):
     ap.add_argument("-n", type=int, default=128, help="max tokens (default 128)")
     ap.add_argument("--temp", type=float, default=0.0, help="temperature (0: greedy)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a reply may take, 0: no limit (default 30; the "
+                         "prompt's prefill waits as long as it takes)")
     ap.add_argument("prompt")
     args = ap.parse_args(argv)
+    if args.timeout < 0:
+        ap.error("--timeout must be 0 or more seconds")
     try:
-        with Client(args.socket) as c:
+        with Client(args.socket, timeout=args.timeout or None) as c:
             s = c.session_open(model=args.model)
             c.session_append(s, text=args.prompt)
             out = sys.stdout.buffer
             for ev in c.session_generate(s, max_tokens=args.n, temperature=args.temp,
                                          seed=args.seed):
                 if ev["ev"] == "token":
-                    out.write(ev["text"].encode("utf-8", "surrogateescape"))
-                    out.flush()
+                    try:
+                        out.write(ev["text"].encode("utf-8", "surrogateescape"))
+                        out.flush()
+                    except BrokenPipeError as e:
+                        raise _StdoutGone() from e
                 elif ev["ev"] == "done":
                     print(f"[{ev['n_tokens']} tokens, "
                           f"{ev['timings']['tokens_per_s']:.1f} tokens/s, {ev['reason']}]",
                           file=sys.stderr)
     except SinkdError as e:
         print(f"sinkd_client.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nsinkd_client.py: interrupted", file=sys.stderr)
+        return 130
+    except _StdoutGone:
+        # nothing more to say; stdout to /dev/null, so that the
+        # interpreter's final flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as e:
         print(f"sinkd_client.py: {args.socket or default_socket()}: {e}", file=sys.stderr)

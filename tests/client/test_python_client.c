@@ -1,7 +1,8 @@
 /*
  * client/python/sinkd_client.py against the real daemon: its streamed greedy
- * generation equals `sinkctl run` and the golden tokens. Skipped when no
- * python3 with the msgpack module is installed.
+ * generation equals `sinkctl run` and the golden tokens; a generation left
+ * early is cancelled; a daemon's bad frames are clear errors. Skipped when
+ * no python3 with the msgpack module is installed.
  */
 #include "client_check.h"
 
@@ -27,13 +28,20 @@ static const char *find_python(void)
     return NULL;
 }
 
-static check_golden golden[CHECK_GOLDEN_CASES];
-
-Test(python, streams_the_same_text_as_sinkctl)
+/* find_python's, or the test skips saying why. */
+static const char *python_or_skip(void)
 {
     const char *py = find_python();
     if (py == NULL)
         cr_skip_test("no python3 with the msgpack module (Debian: python3-msgpack)");
+    return py;
+}
+
+static check_golden golden[CHECK_GOLDEN_CASES];
+
+Test(python, streams_the_same_text_as_sinkctl)
+{
+    const char *py = python_or_skip();
     check_golden_load(golden);
     for (int k = 0; k < CHECK_GOLDEN_CASES; k++) {
         char n[16], want[CHECK_GREEDY_MAX + 1];
@@ -60,5 +68,75 @@ Test(python, streams_the_same_text_as_sinkctl)
     check_run r = check_exec(argv, NULL);
     cr_expect_eq(r.status, 1, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "not_found"), "%s", r.err);
+    check_run_free(&r);
+}
+
+/* python3 -c @script, the daemon's socket as argv[1] (or the test skips
+ * without a python3 that has msgpack). */
+static check_run run_script(const char *script)
+{
+    char *argv[] = { (char *)python_or_skip(), (char *)"-c", (char *)script,
+                     check_daemon.socket_path, NULL };
+    return check_exec(argv, NULL);
+}
+
+/* The script's first lines: the client's directory on sys.path. */
+#define PY_PRELUDE \
+    "import sys\n" \
+    "sys.path.insert(0, '" SINKD_SOURCE_DIR "/client/python')\n" \
+    "from sinkd_client import Client, SinkdError\n"
+
+/* Leaving a generation's loop early cancels it: the session takes the next
+ * prompt at once instead of answering busy while the abandoned generation
+ * runs on (a million tokens: it would still be running). */
+Test(python, leaving_the_loop_cancels_the_generation)
+{
+    check_run r = run_script(PY_PRELUDE
+                             "with Client(sys.argv[1]) as c:\n"
+                             "    s = c.session_open()\n"
+                             "    c.session_append(s, text='Once upon a time')\n"
+                             "    for ev in c.session_generate(s, max_tokens=1000000):\n"
+                             "        break\n"
+                             "    c.session_append(s, text=' and')\n"
+                             "    for ev in c.session_generate(s, max_tokens=3):\n"
+                             "        if ev['ev'] == 'done':\n"
+                             "            print(ev['reason'], ev['n_tokens'])\n");
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    cr_expect_str_eq(r.out, "length 3\n", "%s", r.err);
+    check_run_free(&r);
+}
+
+/* A daemon that answers with bytes that are not msgpack, or with an error
+ * that is not a map: ConnectionError and SinkdError with a message, never
+ * a decoder's or an AttributeError's traceback. A throwaway server in the
+ * script plays the daemon. */
+Test(python, bad_frames_are_clear_errors)
+{
+    check_run r = run_script(PY_PRELUDE
+                             "import os, socket, struct, tempfile, threading\n"
+                             "def serve(path, payload):\n"
+                             "    srv = socket.socket(socket.AF_UNIX)\n"
+                             "    srv.bind(path)\n"
+                             "    srv.listen(1)\n"
+                             "    def run():\n"
+                             "        conn, _ = srv.accept()\n"
+                             "        conn.recv(65536)\n"
+                             "        conn.sendall(struct.pack('>I', len(payload)) + payload)\n"
+                             "        conn.recv(65536)\n"
+                             "        conn.close()\n"
+                             "    threading.Thread(target=run, daemon=True).start()\n"
+                             "d = tempfile.mkdtemp()\n"
+                             "for i, payload in enumerate([b'\\xc1', b'\\x81\\xa5error\\xa3bad']):\n"
+                             "    path = os.path.join(d, str(i))\n"
+                             "    serve(path, payload)\n"
+                             "    try:\n"
+                             "        Client(path)\n"
+                             "    except (ConnectionError, SinkdError) as e:\n"
+                             "        print(type(e).__name__ + ': ' + str(e))\n");
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    cr_expect(strstr(r.out, "ConnectionError: a malformed frame from the daemon") != NULL, "%s|%s",
+              r.out, r.err);
+    cr_expect(strstr(r.out, "SinkdError: protocol: an error reply whose error is not a map") != NULL,
+              "%s|%s", r.out, r.err);
     check_run_free(&r);
 }
