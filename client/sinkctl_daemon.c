@@ -119,11 +119,10 @@ static int run_ping(sinkctl_ctx *ctx, int argc, char **argv)
     if (code != SINKCTL_EXIT_OK)
         return code;
 
-    double *rtt = calloc((size_t)count, sizeof(*rtt));
-    if (rtt == NULL) {
-        sinkd_client_close(c);
-        return sinkctl_fail(ctx, NULL, -ENOMEM, NULL);
-    }
+    /* --json lists every round trip: kept as they come, not sized by -c
+     * up front (-c 2147483647 would ask for 16 GiB before the first ping) */
+    double *rtt = NULL;
+    size_t rtt_cap = 0;
     const sinkd_client_info *info = sinkd_client_info_get(c);
     if (!ctx->json)
         printf("PING %s %s\n", info->server, info->version);
@@ -147,7 +146,19 @@ static int run_ping(sinkctl_ctx *ctx, int argc, char **argv)
             code = sinkctl_fail(ctx, c, rc, NULL);
             break;
         }
-        rtt[received++] = dt;
+        if (ctx->json && (size_t)received == rtt_cap) {
+            size_t cap = rtt_cap ? 2 * rtt_cap : 64;
+            double *grown = realloc(rtt, cap * sizeof(*rtt));
+            if (grown == NULL) {
+                code = sinkctl_fail(ctx, NULL, -ENOMEM, NULL);
+                break;
+            }
+            rtt = grown;
+            rtt_cap = cap;
+        }
+        if (ctx->json)
+            rtt[received] = dt;
+        received++;
         min = received == 1 || dt < min ? dt : min;
         max = dt > max ? dt : max;
         sum += dt;

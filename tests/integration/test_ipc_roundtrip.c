@@ -239,6 +239,16 @@ Test(roundtrip, sinkctl_status_and_ping)
     cr_expect_eq(sinkctl("ping --json -c 2 -i 0", &out, true), 0);
     cr_expect_not_null(strstr(out, "\"sent\":2,\"received\":2"), "%s", out);
     free(out);
+
+    /* more round trips than the list's first allocation holds */
+    cr_expect_eq(sinkctl("ping --json -c 70 -i 0", &out, true), 0);
+    const char *list = strstr(out, "\"rtt_ms\":[");
+    cr_assert_not_null(list, "%s", out);
+    size_t n = 1;
+    for (const char *p = list; *p != ']' && *p != '\0'; p++)
+        n += *p == ',';
+    cr_expect_eq(n, 70, "%s", out);
+    free(out);
 }
 
 Test(roundtrip, sinkctl_exit_codes_and_help)
