@@ -274,6 +274,10 @@ typedef struct gen_out {
 static int gen_on_token(void *arg, int32_t token, const char *text, size_t len)
 {
     gen_out *out = arg;
+    /* Ctrl-C between the prefill and the daemon starting the generation:
+     * the watcher's cancel found nothing to stop, so stop it from here */
+    if (gen_interrupted)
+        return 1;
     if (out->ctx->json) {
         printf("{\"ev\":\"token\",\"token\":%d,\"text\":", (int)token);
         sinkctl_json_str(stdout, text, len);
