@@ -181,6 +181,9 @@ void eng_update_memory(sinkd_engine *e);
 void eng_beat(sinkd_engine *e, bool busy);
 
 /* session.c */
+/* Sessions @uid holds ([quota] sessions_per_uid counts them). */
+size_t eng_uid_sessions(const sinkd_engine *e, uint32_t uid);
+
 /* Pairs eng_pack_session packs: the reply of session.open (and attach). */
 #define ENG_SESSION_REPLY_PAIRS 8
 void eng_pack_session(sinkd_fw *w, const eng_session *s);

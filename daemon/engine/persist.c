@@ -636,8 +636,24 @@ static void persist__restore_job(sinkd_engine *e, sinkd_job *j)
     }
     if (rc < 0) {
         sinkd_log(SINKD_LOG_WARNING, "persist: %s refused: %s", path, err);
-        eng_error(e, j, rc == -ENOMEM ? SINKD_ERR_NO_MEMORY : SINKD_ERR_INVALID_ARGUMENT,
+        eng_error(e, j, rc == -ENOMEM ? SINKD_ERR_NO_MEMORY
+                        : rc == -EDQUOT ? SINKD_ERR_QUOTA_EXCEEDED : SINKD_ERR_INVALID_ARGUMENT,
                   "snapshot of session %" PRIu64 " refused: %s", id, err);
+        return;
+    }
+    /* A file copied or renamed under another session's name would replace
+     * that session and bring a second session of its own id. */
+    if (s->id != id) {
+        eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "%s holds session %" PRIu64 ", not %" PRIu64,
+                  path, s->id, id);
+        persist__discard(s);
+        return;
+    }
+    /* a session that comes back counts like one that opens */
+    if (!live && e->sessions_per_uid && eng_uid_sessions(e, s->uid) >= e->sessions_per_uid) {
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "[quota] sessions_per_uid (%u) reached",
+                  e->sessions_per_uid);
+        persist__discard(s);
         return;
     }
     /* the snapshot replaces the live session (a rollback) */

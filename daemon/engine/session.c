@@ -158,7 +158,7 @@ static int eng__check_geometry(sinkd_engine *e, const sinkd_job *j)
     return 0;
 }
 
-static size_t eng__uid_sessions(const sinkd_engine *e, uint32_t uid)
+size_t eng_uid_sessions(const sinkd_engine *e, uint32_t uid)
 {
     size_t n = 0;
 
@@ -187,7 +187,7 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
     sinkd_fw w;
     int rc;
 
-    if (e->sessions_per_uid && eng__uid_sessions(e, j->uid) >= e->sessions_per_uid) {
+    if (e->sessions_per_uid && eng_uid_sessions(e, j->uid) >= e->sessions_per_uid) {
         eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "[quota] sessions_per_uid (%u) reached",
                   e->sessions_per_uid);
         return;

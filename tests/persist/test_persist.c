@@ -57,18 +57,24 @@ static void teardown(void)
 
 TestSuite(persist, .init = setup, .fini = teardown);
 
-/* Start sinkd with [server] state_dir = state and model tiny at @model. */
-static void start(sinkd_testd *d, const char *model)
+/* Start sinkd with [server] state_dir = state, model tiny at @model and
+ * the config lines @extra. */
+static void start_with(sinkd_testd *d, const char *model, const char *extra)
 {
-    char conf[512], arg[256];
+    char conf[640], arg[256];
     const char *args[] = { "--model", arg, NULL };
 
     snprintf(conf, sizeof conf,
              "[server]\nsocket_mode = 0666\nstate_dir = %s/state\n[engine]\nbackend = cpu\n"
-             "threads = 1\nkv_pool_bytes = 16M\nkv_dtype = f32\n", state);
+             "threads = 1\nkv_pool_bytes = 16M\nkv_dtype = f32\n%s", state, extra);
     snprintf(arg, sizeof arg, "tiny=%s", model);
     *d = (sinkd_testd)SINKD_TESTD_INIT;
     cr_assert(sinkd_testd_start(d, conf, args) == 0, "sinkd did not start");
+}
+
+static void start(sinkd_testd *d, const char *model)
+{
+    start_with(d, model, "");
 }
 
 /* Stop cleanly and keep the daemon's log (caller frees). */
@@ -549,6 +555,54 @@ Test(persist, save_and_restore_roll_back, .timeout = 200)
     /* a new session does not take the saved id */
     sess n = open_session(c, false);
     cr_assert_gt(n.id, s.id);
+    sinkd_client_close(c);
+    free(stop(&d));
+}
+
+static int close_session(sinkd_client *c, uint64_t id)
+{
+    req q;
+
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", id);
+    return call(c, "session.close", &q, NULL, NULL);
+}
+
+/* A restore is checked like an open and reads only its own session's file:
+ * a snapshot copied under another live session's name is refused and that
+ * session lives on; a closed session comes back only within [quota]
+ * sessions_per_uid; a rollback of a live one takes no extra session. */
+Test(persist, restore_checks_the_file_and_the_session_quota, .timeout = 200)
+{
+    static tokens t;
+    char from[512], to[512];
+    sinkd_testd d;
+    sinkd_client *c;
+    req q;
+
+    start_with(&d, MODEL, "[quota]\nsessions_per_uid = 2\n");
+    c = conn(&d);
+    sess a = open_session(c, false), b = open_session(c, false);
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", a.id);
+    cr_assert_eq(call(c, "session.save", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+
+    snprintf(from, sizeof from, "%s/state/snapshots/%llu.snap", state, (unsigned long long)a.id);
+    snprintf(to, sizeof to, "%s/state/snapshots/%llu.snap", state, (unsigned long long)b.id);
+    cr_assert_eq(link(from, to), 0, "%s", strerror(errno));
+    cr_expect_eq(restore(c, "session", b.id, NULL, NULL), SINKD_ERR_INVALID_ARGUMENT);
+    cr_expect_eq(generate(c, b.id, 2, &t), 0, "b after the refused restore: %s",
+                 sinkd_client_errmsg(c));
+    cr_assert_eq(unlink(to), 0);
+
+    cr_expect_eq(restore(c, "session", a.id, NULL, NULL), 0, "a rollback: %s",
+                 sinkd_client_errmsg(c));
+    cr_assert_eq(close_session(c, a.id), 0, "%s", sinkd_client_errmsg(c));
+    sess n = open_session(c, false); /* b and n: the quota is full */
+    cr_expect_eq(restore(c, "session", a.id, NULL, NULL), SINKD_ERR_QUOTA_EXCEEDED);
+    cr_assert_eq(close_session(c, n.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_expect_eq(restore(c, "session", a.id, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_expect_eq(generate(c, a.id, 2, &t), 0, "%s", sinkd_client_errmsg(c));
     sinkd_client_close(c);
     free(stop(&d));
 }
