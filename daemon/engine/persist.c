@@ -166,6 +166,20 @@ static int persist__save(sinkd_engine *e, eng_session *s, const char *dir)
 
 /* ---- snapshot -> session ------------------------------------------------------ */
 
+/* @m's KV budget in this pool's pages. It was counted in the saving
+ * pool's (ceil(tokens / page_tokens) a lane, session.open): a restart with
+ * another [engine] page_tokens keeps the tokens a lane may hold, not the
+ * page count. */
+static int64_t persist__budget(const sinkd_engine *e, const sinkd_snap_meta *m)
+{
+    int64_t lanes = (int64_t)m->layers * m->kv_heads;
+
+    if (m->max_pages <= 0 || m->page_tokens == e->page_tokens || lanes <= 0)
+        return m->max_pages;
+    int64_t tokens = m->max_pages / lanes * m->page_tokens;
+    return (tokens + e->page_tokens - 1) / e->page_tokens * lanes;
+}
+
 /* A session shaped by @m, its policy instance and an empty KV sequence;
  * NULL with @err set. */
 static eng_session *persist__shell(sinkd_engine *e, const sinkd_snap_meta *m, char *err,
@@ -221,7 +235,8 @@ static eng_session *persist__shell(sinkd_engine *e, const sinkd_snap_meta *m, ch
     sp.head_dim = m->head_dim;
     sp.rope = m->rope;
     sp.rope.mode = em ? SINKD_ROPE_ABSOLUTE : m->rope.mode;
-    sp.max_pages = m->max_pages;
+    sp.max_pages = persist__budget(e, m);
+    s->max_pages = sp.max_pages;
     s->rope_mode = sp.rope.mode;
     if ((rc = sinkd_kv_seq_open(e->kv, &sp, &s->seq)) < 0 ||
         (rc = eng_apply_rope(e, s)) < 0) {
@@ -257,7 +272,6 @@ static void persist__fields(eng_session *s, const sinkd_snap_meta *m)
     s->uid = m->uid;
     s->persist = m->persist;
     memcpy(s->secret, m->secret, sizeof s->secret);
-    s->max_pages = m->max_pages;
     s->tokens = m->tokens;
     s->evictions = m->evictions;
     s->evicted_tokens = m->evicted_tokens;

@@ -606,3 +606,55 @@ Test(persist, restore_checks_the_file_and_the_session_quota, .timeout = 200)
     sinkd_client_close(c);
     free(stop(&d));
 }
+
+/* session.append of @n copies of token 10, no BOS. */
+static int append_ids(sinkd_client *c, uint64_t id, int n)
+{
+    req q;
+
+    req_init(&q, 3);
+    sinkd_pack_kv_u64(&q.pk, "session", id);
+    sinkd_pack_kv_bool(&q.pk, "bos", false);
+    msgpack_pack_str(&q.pk, 3);
+    msgpack_pack_str_body(&q.pk, "ids", 3);
+    msgpack_pack_array(&q.pk, (uint32_t)n);
+    for (int i = 0; i < n; i++)
+        msgpack_pack_int32(&q.pk, 10);
+    return call(c, "session.append", &q, NULL, NULL);
+}
+
+/* A budget of 64 tokens a lane, saved from a pool of 16-token pages (4 a
+ * lane) and restored into one of 32-token pages: still 64 tokens (2 pages),
+ * not 4 pages' 128. */
+Test(persist, restore_keeps_the_budget_in_tokens_across_page_sizes, .timeout = 200)
+{
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    sinkd_testd d;
+    sinkd_client *c;
+    uint64_t id;
+    req q;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    req_init(&q, 3);
+    sinkd_pack_kv_str(&q.pk, "model", "tiny");
+    sinkd_pack_kv_str(&q.pk, "policy", "full");
+    sinkd_pack_kv_u64(&q.pk, "budget", 64);
+    cr_assert_eq(call(c, "session.open", &q, &rep, NULL), 0, "%s", sinkd_client_errmsg(c));
+    id = rep_u64(&rep, "session");
+    sinkd_client_reply_free(&rep);
+    cr_assert_eq(append_ids(c, id, 40), 0, "%s", sinkd_client_errmsg(c));
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", id);
+    cr_assert_eq(call(c, "session.save", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    free(stop(&d));
+
+    start_with(&d, MODEL, "page_tokens = 32\n");
+    c = conn(&d);
+    cr_assert_eq(restore(c, "session", id, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_expect_eq(append_ids(c, id, 24), 0, "up to the budget: %s", sinkd_client_errmsg(c));
+    cr_expect_eq(append_ids(c, id, 1), SINKD_ERR_QUOTA_EXCEEDED, "past the budget");
+    sinkd_client_close(c);
+    free(stop(&d));
+}
