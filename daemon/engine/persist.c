@@ -455,8 +455,9 @@ static void persist__scan(sinkd_engine *e, const char *sub, bool restore)
         if (!restore || d->d_name[0] == '.') {
             if (id >= e->next_sess)
                 e->next_sess = id + 1;
-            if (restore && !strncmp(d->d_name, ".tmp.", 5)) {
-                /* a write cut short: never a committed snapshot */
+            if (!strncmp(d->d_name, ".tmp.", 5)) {
+                /* a write cut short (shutdown or session.save): never a
+                 * committed snapshot */
                 unlinkat(dirfd(dp), d->d_name, 0);
                 sinkd_log(SINKD_LOG_INFO, "persist: removed unfinished %s/%s", dir, d->d_name);
             }

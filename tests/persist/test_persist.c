@@ -658,3 +658,34 @@ Test(persist, restore_keeps_the_budget_in_tokens_across_page_sizes, .timeout = 2
     sinkd_client_close(c);
     free(stop(&d));
 }
+
+/* A save cut short leaves a temporary file: the next start removes it from
+ * snapshots/ as from sessions/, and the committed snapshot beside it stays. */
+Test(persist, unfinished_saves_are_removed_at_start, .timeout = 200)
+{
+    char p[512];
+    sinkd_testd d;
+    sinkd_client *c;
+    FILE *f;
+    req q;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    sess s = open_session(c, false);
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", s.id);
+    cr_assert_eq(call(c, "session.save", &q, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    free(stop(&d));
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/state/%s/.tmp.7.snap", state, i ? "sessions" : "snapshots");
+        cr_assert((f = fopen(p, "w")) != NULL, "%s: %s", p, strerror(errno));
+        fputs("half a snapshot", f);
+        fclose(f);
+    }
+    start(&d, MODEL);
+    free(stop(&d));
+    cr_expect(!exists("%s/state/snapshots/.tmp.7.snap", state));
+    cr_expect(!exists("%s/state/sessions/.tmp.7.snap", state));
+    cr_expect(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+}
