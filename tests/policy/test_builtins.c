@@ -504,20 +504,29 @@ Test(builtins, duo_refuses_a_directory)
     cr_assert_eq(rmdir(dir), 0);
 }
 
+/* A fresh directory @dir holding the table as @name (@path), padded with
+ * blank lines to @pad_to bytes; returns its size. */
+static long duo_tsv_in_tmpdir(char *dir, size_t dn, char *path, size_t pn, const char *name,
+                              long pad_to)
+{
+    duo_tmpdir(dir, dn);
+    snprintf(path, pn, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    return duo_write_tsv(fd, pad_to);
+}
+
 Test(builtins, duo_takes_a_file_of_exactly_1_mib_and_refuses_one_byte_more)
 {
     char dir[64], path[128];
-    duo_tmpdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/heads.tsv", dir);
 
     /* a valid table padded with blank lines to the cap: loads */
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(duo_write_tsv(fd, 1 << 20), 1 << 20);
+    cr_assert_eq(duo_tsv_in_tmpdir(dir, sizeof dir, path, sizeof path, "heads.tsv", 1 << 20),
+                 1 << 20);
     duo_expect_pattern(path, false);
 
     /* one byte more: refused on its size, before anything is read */
-    fd = open(path, O_WRONLY | O_APPEND);
+    int fd = open(path, O_WRONLY | O_APPEND);
     cr_assert_geq(fd, 0);
     cr_assert_eq(write(fd, "\n", 1), 1);
     cr_assert_eq(close(fd), 0);
@@ -533,11 +542,7 @@ Test(builtins, duo_takes_a_file_of_exactly_1_mib_and_refuses_one_byte_more)
 Test(builtins, duo_loads_a_small_tsv)
 {
     char dir[64], path[128];
-    duo_tmpdir(dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/full_attention_heads.tsv", dir);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    cr_assert_geq(fd, 0);
-    duo_write_tsv(fd, 0);
+    duo_tsv_in_tmpdir(dir, sizeof dir, path, sizeof path, "full_attention_heads.tsv", 0);
     duo_expect_pattern(path, false);
     cr_assert_eq(unlink(path), 0);
     cr_assert_eq(rmdir(dir), 0);
