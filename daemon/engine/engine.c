@@ -92,16 +92,20 @@ void eng_error(sinkd_engine *e, const sinkd_job *j, sinkd_errcode code, const ch
     va_end(ap);
 }
 
+const char *eng_quota_reason(const sinkd_engine *e)
+{
+    return sinkd_kv_last_quota(e->kv) == SINKD_KV_QUOTA_UID
+               ? "[quota] pages_per_uid reached: this user's sessions hold all the KV pages it "
+                 "allows"
+               : "the session's KV budget is full (the budget it opened with, or [quota] "
+                 "session_tokens)";
+}
+
 void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *what)
 {
     switch (rc) {
     case -EDQUOT:
-        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: %s", what,
-                  sinkd_kv_last_quota(e->kv) == SINKD_KV_QUOTA_UID
-                      ? "[quota] pages_per_uid reached: this user's sessions hold all the KV pages "
-                        "it allows"
-                      : "the session's KV budget is full (the budget it opened with, or [quota] "
-                        "session_tokens)");
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "%s: %s", what, eng_quota_reason(e));
         break;
     case -ENOMEM:
         eng_error(e, j, SINKD_ERR_NO_MEMORY, "%s: KV pool or memory exhausted", what);

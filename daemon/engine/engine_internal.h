@@ -166,6 +166,8 @@ void eng_error(sinkd_engine *e, const sinkd_job *j, sinkd_errcode code, const ch
  * means: -EDQUOT quota_exceeded, -ENOMEM no_memory, -ERANGE/-EFAULT
  * bad_shm, -EINVAL invalid_argument, else internal. @what prefixes it. */
 void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *what);
+/* Which KV budget the store's last -EDQUOT hit, in words (static). */
+const char *eng_quota_reason(const sinkd_engine *e);
 int eng_begin_reply(sinkd_fw *w, const sinkd_job *j, uint32_t extra);
 int eng_begin_event(sinkd_fw *w, const sinkd_job *j, const char *ev, uint32_t extra);
 /* Finish and emit @w (released in every case); a frame over max_frame is

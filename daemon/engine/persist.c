@@ -321,7 +321,7 @@ static int persist__load(sinkd_engine *e, const char *path, uint32_t uid, bool a
         if (rc < 0)
             snprintf(err, errlen, "layer %d: %s", layer,
                      rc == -ENOMEM ? "KV pool exhausted" :
-                     rc == -EDQUOT ? "uid page budget exceeded" : strerror(-rc));
+                     rc == -EDQUOT ? eng_quota_reason(e) : strerror(-rc));
         sinkd_snap_layer_free(&l);
         eng_beat(e, true);
     }
