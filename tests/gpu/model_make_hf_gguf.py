@@ -11,8 +11,9 @@ a 200-token prompt followed by 50 greedy steps. It writes, per geometry:
 
     <name>.gguf      the model
     <name>.ref.txt   prompt ids, logits at the last prompt position, the 50
-                     greedy tokens and the top1 - top2 margin before each, in
-                     the format of tests/data/golden-*.txt
+                     greedy tokens, the top1 - top2 margin before each and
+                     the logits after each (step_logits), in the format of
+                     tests/data/golden-*.txt
 
 The GGUF writer is plain `struct` (the gguf package is not needed).
 tests/gpu/model_hf_test.c (label gpu, directory in $SINKD_HF_REF_DIR) loads
@@ -207,29 +208,32 @@ def gguf_meta(name, arch, cfg):
 
 @torch.no_grad()
 def reference(model, seed):
-    """float64 forward: last prompt logits, greedy tokens and margins."""
+    """float64 forward: last prompt logits, greedy tokens, margins and the
+    logits after each greedy token."""
     m = model.to(torch.float64)
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, VOCAB, (1, PROMPT_LEN), generator=g)
     out = m(prompt, use_cache=True)
     logits, past = out.logits[0, -1], out.past_key_values
     last = logits.clone()
-    tokens, margins = [], []
+    tokens, margins, steps = [], [], []
     for _ in range(GREEDY_STEPS):
         top = torch.topk(logits, 2)
         tokens.append(int(top.indices[0]))
         margins.append(float(top.values[0] - top.values[1]))
         out = m(torch.tensor([[tokens[-1]]]), past_key_values=past, use_cache=True)
         logits, past = out.logits[0, -1], out.past_key_values
-    return prompt[0].tolist(), last.tolist(), tokens, margins
+        steps.extend(logits.tolist())
+    return prompt[0].tolist(), last.tolist(), tokens, margins, steps
 
 
-def write_ref(path, prompt, last, tokens, margins):
+def write_ref(path, prompt, last, tokens, margins, steps):
     lines = ["cases 1", "prompt_hex " + b"random".hex(),
              "prompt_ids %d %s" % (len(prompt), " ".join(map(str, prompt))),
              "last_logits %d %s" % (len(last), " ".join(repr(float(x)) for x in last)),
              "greedy_ids %d %s" % (len(tokens), " ".join(map(str, tokens))),
-             "greedy_margins %d %s" % (len(margins), " ".join(repr(x) for x in margins))]
+             "greedy_margins %d %s" % (len(margins), " ".join(repr(x) for x in margins)),
+             "step_logits %d %s" % (len(steps), " ".join(repr(float(x)) for x in steps))]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -244,8 +248,8 @@ def main():
         model = build(arch, heads, kvh, hd, layers, ffn, theta, tied, seed=1000 + k)
         write_gguf(os.path.join(out_dir, name + ".gguf"), gguf_meta(name, arch, model.config),
                    gguf_tensors(model, arch, heads, kvh, tied))
-        prompt, last, tokens, margins = reference(model, seed=2000 + k)
-        write_ref(os.path.join(out_dir, name + ".ref.txt"), prompt, last, tokens, margins)
+        prompt, last, tokens, margins, steps = reference(model, seed=2000 + k)
+        write_ref(os.path.join(out_dir, name + ".ref.txt"), prompt, last, tokens, margins, steps)
         print("%s: min margin %.4g, logit range %.3g..%.3g" %
               (name, min(margins), min(last), max(last)))
 

@@ -46,6 +46,24 @@ static int read_hex(FILE *fp, golden_case *c)
     return 0;
 }
 
+/* The optional "step_logits" list after a case's margins: one row of
+ * n_logits a greedy step, or nothing (the file position is left where it
+ * was). */
+static int read_steps(FILE *fp, golden_case *c)
+{
+    char k[64];
+    long at = ftell(fp);
+    size_t n;
+    if (at < 0)
+        return -1;
+    if (fscanf(fp, "%63s", k) != 1 || strcmp(k, "step_logits"))
+        return fseek(fp, at, SEEK_SET) == 0 ? 0 : -1;
+    if (fseek(fp, at, SEEK_SET) != 0 ||
+        read_list(fp, "step_logits", 1, (void **)&c->step_logits, &n))
+        return -1;
+    return n == c->n_greedy * c->n_logits ? 0 : -1;
+}
+
 int golden_load(const char *path, golden *g)
 {
     memset(g, 0, sizeof *g);
@@ -67,7 +85,8 @@ int golden_load(const char *path, golden *g)
             read_list(fp, "prompt_ids", 0, (void **)&c->prompt_ids, &c->n_prompt) ||
             read_list(fp, "last_logits", 1, (void **)&c->last_logits, &c->n_logits) ||
             read_list(fp, "greedy_ids", 0, (void **)&c->greedy_ids, &c->n_greedy) ||
-            read_list(fp, "greedy_margins", 1, (void **)&c->greedy_margins, &nm) || nm != c->n_greedy)
+            read_list(fp, "greedy_margins", 1, (void **)&c->greedy_margins, &nm) || nm != c->n_greedy ||
+            read_steps(fp, c))
             goto out;
     }
     rc = 0;
@@ -87,6 +106,7 @@ void golden_free(golden *g)
         free(c->last_logits);
         free(c->greedy_ids);
         free(c->greedy_margins);
+        free(c->step_logits);
     }
     free(g->cases);
     memset(g, 0, sizeof *g);

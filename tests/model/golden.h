@@ -18,6 +18,10 @@ typedef struct golden_case {
     int32_t *greedy_ids;
     size_t n_greedy;
     float *greedy_margins;   /* top1 - top2 before greedy_ids[i] */
+    /* Optional (NULL when the file has none): n_greedy rows of n_logits, row
+     * i the logits after greedy_ids[i] was fed, i.e. the ones that choose
+     * greedy_ids[i + 1]. */
+    float *step_logits;
 } golden_case;
 
 typedef struct golden {
@@ -25,7 +29,8 @@ typedef struct golden {
     size_t n_cases;
 } golden;
 
-/* 0 on success, -1 if the file is missing or malformed. */
+/* 0 on success, -1 if the file is missing or malformed. @g is owned by the
+ * caller and freed with golden_free (also after a failed load). */
 int golden_load(const char *path, golden *g);
 void golden_free(golden *g);
 
