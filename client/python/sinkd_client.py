@@ -35,7 +35,9 @@ import msgpack
 SOCKET_DEFAULT = "/run/sinkd/sinkd.sock"
 SOCKET_XDG_NAME = "sinkd.sock"
 PROTO_VERSION = 1
-FRAME_MAX = 256 * 1024 * 1024   # what we accept from the daemon
+# The protocol's default max_frame: the payload limit both ways until the
+# daemon's hello reply says what it enforces.
+FRAME_DEFAULT = 16 * 1024 * 1024
 
 
 def default_socket():
@@ -81,7 +83,10 @@ class Client:
         self.sock.connect(self.path)
         self.next_id = 1
         self.buf = bytearray()
+        self.max_frame = FRAME_DEFAULT
         self.info = self.hello() if hello else None
+        if self.info is not None:
+            self.max_frame = int(self.info.get("max_frame", FRAME_DEFAULT))
 
     def close(self):
         if self.sock is not None:
@@ -102,6 +107,11 @@ class Client:
         msg = {"op": op, "id": rid}
         msg.update({k: v for k, v in fields.items() if v is not None})
         payload = msgpack.packb(msg, use_bin_type=True)
+        if len(payload) > self.max_frame:
+            # the daemon would answer frame_too_large and close the
+            # connection: refuse it here and keep the connection
+            raise SinkdError("frame_too_large", f"a request of {len(payload)} bytes is over "
+                             f"the daemon's max_frame ({self.max_frame}); nothing was sent")
         self.sock.sendall(struct.pack(">I", len(payload)) + payload)
         return rid
 
@@ -109,8 +119,9 @@ class Client:
         while True:
             if len(self.buf) >= 4:
                 n = struct.unpack(">I", self.buf[:4])[0]
-                if n > FRAME_MAX:
-                    raise ConnectionError(f"frame of {n} bytes from the daemon")
+                if n > self.max_frame:
+                    raise ConnectionError(f"a frame of {n} bytes from the daemon, over its "
+                                          f"max_frame ({self.max_frame})")
                 if len(self.buf) >= 4 + n:
                     payload = bytes(self.buf[4:4 + n])
                     del self.buf[:4 + n]

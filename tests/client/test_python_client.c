@@ -140,3 +140,21 @@ Test(python, bad_frames_are_clear_errors)
               "%s|%s", r.out, r.err);
     check_run_free(&r);
 }
+
+/* A request over the daemon's max_frame (its hello says 16 MiB here) is
+ * refused by the client before a byte is sent: the daemon would close the
+ * connection, and the same connection answers the next request. */
+Test(python, oversized_requests_are_refused_before_sending)
+{
+    check_run r = run_script(PY_PRELUDE
+                             "with Client(sys.argv[1]) as c:\n"
+                             "    print(c.max_frame)\n"
+                             "    try:\n"
+                             "        c.tokenize('x' * (c.max_frame + 1))\n"
+                             "    except SinkdError as e:\n"
+                             "        print(e.code)\n"
+                             "    print(c.tokenize('hi') == c.tokenize('hi'))\n");
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    cr_expect_str_eq(r.out, "16777216\nframe_too_large\nTrue\n", "%s", r.err);
+    check_run_free(&r);
+}
