@@ -4,7 +4,9 @@
  * tests/gpu/model_make_hf_gguf.py into $SINKD_HF_REF_DIR: a 200-token
  * prompt, then 50 greedy steps. The steps are teacher-forced: each feeds the
  * reference's token, so every step's logits are compared, also after a step
- * where rounding may legitimately pick another token. Tolerances:
+ * where rounding may legitimately pick another token. The weights hold
+ * bf16 values, so every backend below runs the reference's own model and
+ * the errors are sinkd's arithmetic. Tolerances:
  *   CPU backend, f32 weights and cache:          relative error < 1e-4
  *   CUDA backend, bf16 weights with the daemon's default f16 cache, and
  *   f16 weights and cache:                       relative error < 2e-2

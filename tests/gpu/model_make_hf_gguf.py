@@ -2,7 +2,7 @@
 """Reference models for sinkd's model runner, from Hugging Face transformers.
 
 For each geometry below this builds a random-weight LlamaForCausalLM or
-Qwen2ForCausalLM, writes it as GGUF (version 3, f32 tensors) the way
+Qwen2ForCausalLM (weights rounded to bf16 values), writes it as GGUF (version 3, f32 tensors) the way
 llama.cpp's convert_hf_to_gguf.py lays it out -- including the q/k row
 permutation of llama models, which turns HF's half-split RoPE pairs into the
 adjacent pairs GGUF llama files use; qwen2 files are not permuted and use the
@@ -146,6 +146,12 @@ def build(arch, heads, kv_heads, head_dim, layers, ffn, theta, tied, seed):
                 p.normal_(0.0, 0.1)     # HF initialises biases to zero
             elif "norm" in name:
                 p.uniform_(0.8, 1.2)    # not all ones, so a missed norm shows
+            # bf16-representable values (still written as f32): the model a
+            # bf16 backend loads is then exactly this one, as with a model
+            # published in bf16, and the bf16 comparison measures sinkd's
+            # arithmetic rather than the rounding of the file at load (which
+            # alone put one geometry's logits 2.6% off after a greedy step)
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
     return model.eval()
 
 
