@@ -244,7 +244,8 @@ static void eng__run_job(sinkd_engine *e, sinkd_job *j)
     case SINKD_JOB_DEBUG_STALL: eng_job_debug_stall(e, j); break;
     case SINKD_JOB_SESSION_ATTACH:
     case SINKD_JOB_SESSION_SAVE:
-    case SINKD_JOB_SESSION_RESTORE: eng_job_persist(e, j); break;
+    case SINKD_JOB_SESSION_RESTORE:
+    case SINKD_JOB_SESSION_FORGET: eng_job_persist(e, j); break;
     default: eng_error(e, j, SINKD_ERR_INTERNAL, "unknown job %d", (int)j->kind); break;
     }
     sinkd_job_free(j);
@@ -495,6 +496,7 @@ int sinkd_engine_open(const sinkd_engine_config *cfg, sinkd_engine **out, char *
     e->generations_per_uid = cfg->generations_per_uid;
     e->session_tokens = cfg->session_tokens;
     e->request_bytes = cfg->request_bytes;
+    e->snapshots_per_uid = cfg->snapshots_per_uid;
     e->max_frame = cfg->max_frame ? cfg->max_frame : SINKD_FRAME_MAX_DEFAULT;
     e->next_sess = 1;
     *out = e;
@@ -600,7 +602,7 @@ void sinkd_engine_close(sinkd_engine *e)
         eng_session_destroy(e, e->sess[e->n_sess - 1]);
     eng_defer_spares_free(e);
     free(e->sess);
-    free(e->state_dir);
+    eng_persist_close(e);
     sinkd_policy_registry_close(e->reg);
     for (int i = 0; i < ENG_DBUF; i++)
         if (e->dbuf[i])

@@ -61,6 +61,7 @@ typedef struct sinkd_engine_config {
                                      default budget and the largest allowed;
                                      0 = unlimited */
     uint64_t request_bytes;       /* [quota] shared-memory bytes per request, 0 = unlimited */
+    uint32_t snapshots_per_uid;   /* [quota] session.save files per owner uid, 0 = unlimited */
     const char *const *model_names; /* [model "NAME"] path */
     const char *const *model_paths;
     size_t n_models;
@@ -119,6 +120,7 @@ typedef enum sinkd_job_kind {
     SINKD_JOB_SESSION_ATTACH,     /* persist.c: session (id), text (secret) */
     SINKD_JOB_SESSION_SAVE,
     SINKD_JOB_SESSION_RESTORE,    /* session, or text (a snapshot's path) */
+    SINKD_JOB_SESSION_FORGET,     /* session (the id of a snapshot to delete) */
 } sinkd_job_kind;
 
 /* A range in a client region: the job holds a reference on @r. */

@@ -157,7 +157,20 @@ struct sinkd_engine {
 
     eng_scratch sc;
     char *state_dir;              /* persist.c; NULL: sessions do not persist */
+    /* persist.c: the files of snapshots/ and their owners, read once at
+     * start and kept by session.save and session.forget ([quota]
+     * snapshots_per_uid counts them without reading a file) */
+    struct eng_snap_ref {
+        uint64_t id;
+        uint32_t uid;             /* ENG_SNAP_NOBODY: the head did not read */
+    } *snaps;
+    size_t n_snaps, cap_snaps;
+    uint32_t snapshots_per_uid;
 };
+
+/* The owner of a snapshot whose head cannot be read: (uid_t)-1, which no
+ * connection has. It keeps its id and counts for nobody. */
+#define ENG_SNAP_NOBODY UINT32_MAX
 
 /* engine.c: answers (engine thread) */
 void eng_error(sinkd_engine *e, const sinkd_job *j, sinkd_errcode code, const char *fmt, ...)
@@ -370,9 +383,12 @@ int eng_exec_prev(sinkd_engine *e);
  * Returns 0 or a negative errno (logged; sessions then do not persist). */
 int eng_persist_open(sinkd_engine *e, const char *state_dir);
 /* Save every persist=true session to sessions/ (shutdown, generations
- * ended). Failures are logged. */
+ * ended). Failures are logged; the older file of a session whose save
+ * failed is set aside (<id>.snap.bad), not restored as if current. */
 void eng_persist_save_all(sinkd_engine *e);
-/* session.attach, session.save, session.restore. */
+/* session.attach, session.save, session.restore, session.forget. */
 void eng_job_persist(sinkd_engine *e, sinkd_job *j);
+/* Free what eng_persist_open kept (engine close). Safe when it never ran. */
+void eng_persist_close(sinkd_engine *e);
 
 #endif /* SINKD_ENGINE_INTERNAL_H */

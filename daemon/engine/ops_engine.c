@@ -166,6 +166,7 @@ int sinkd_engine_ops_start(sinkd_server *s, char *err, size_t errlen)
     ec.generations_per_uid = (uint32_t)cfg->generations_per_uid;
     ec.session_tokens = cfg->session_tokens;
     ec.request_bytes = cfg->request_bytes;
+    ec.snapshots_per_uid = (uint32_t)cfg->snapshots_per_uid;
     ec.model_names = names;
     ec.model_paths = paths;
     ec.n_models = cfg->n_models;

@@ -1,15 +1,25 @@
 /* Persistent sessions: snapshots of sessions in the state directory, the
  * save of every persist=true session at shutdown and their restore at
- * start, and the ops session.attach, session.save and session.restore.
+ * start, and the ops session.attach, session.save, session.restore and
+ * session.forget.
  *
  * State directory layout (0700 directories, 0600 files):
  *   sessions/<id>.snap   written at shutdown for every persistent session
  *                        (files of sessions closed since are removed then);
  *                        restored at the next start. A file that cannot be
  *                        restored is renamed <id>.snap.bad and logged, never
- *                        deleted. A daemon killed without a shutdown restores
- *                        the same files again: the last clean shutdown's.
- *   snapshots/<id>.snap  session.save; read back by session.restore
+ *                        deleted. So is the file of an earlier shutdown
+ *                        when this shutdown's save of its session fails:
+ *                        restored, it would roll the conversation back
+ *                        without a word. A daemon killed without a
+ *                        shutdown restores the same files again: the last
+ *                        clean shutdown's.
+ *   snapshots/<id>.snap  session.save; read back by session.restore,
+ *                        deleted by session.forget. [quota]
+ *                        snapshots_per_uid caps how many a uid owns (the
+ *                        disk is the daemon's, not the user's): the owners
+ *                        are indexed at start from each file's HEAD and
+ *                        kept in memory, so a save reads no other file.
  *
  * What a snapshot restores: the lanes (K, V, positions, scores), the
  * counters, the policy re-created from its name and parameters (plugin
@@ -363,7 +373,70 @@ static eng_session *persist__by_id(sinkd_engine *e, uint64_t id)
     return NULL;
 }
 
+/* ---- the index of snapshots/ ------------------------------------------------------ */
+
+static struct eng_snap_ref *persist__ref(sinkd_engine *e, uint64_t id)
+{
+    for (size_t i = 0; i < e->n_snaps; i++)
+        if (e->snaps[i].id == id)
+            return &e->snaps[i];
+    return NULL;
+}
+
+/* Snapshots @uid owns ([quota] snapshots_per_uid counts them). */
+static size_t persist__owned(const sinkd_engine *e, uint32_t uid)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < e->n_snaps; i++)
+        n += e->snaps[i].uid == uid;
+    return n;
+}
+
+/* Room for one more entry: taken before a file is written, so that
+ * recording it afterwards cannot fail. Returns 0 or -ENOMEM. */
+static int persist__ref_reserve(sinkd_engine *e)
+{
+    size_t cap = e->cap_snaps ? 2 * e->cap_snaps : 16;
+    struct eng_snap_ref *p;
+
+    if (e->n_snaps < e->cap_snaps)
+        return 0;
+    if (!(p = reallocarray(e->snaps, cap, sizeof *p)))
+        return -ENOMEM;
+    e->snaps = p;
+    e->cap_snaps = cap;
+    return 0;
+}
+
+/* Record that snapshots/<@id>.snap belongs to @uid (replacing what was
+ * known of it). Needs room reserved; can't fail. */
+static void persist__ref_set(sinkd_engine *e, uint64_t id, uint32_t uid)
+{
+    struct eng_snap_ref *r = persist__ref(e, id);
+
+    if (!r)
+        r = &e->snaps[e->n_snaps++];
+    *r = (struct eng_snap_ref){ id, uid };
+}
+
+static void persist__ref_drop(sinkd_engine *e, struct eng_snap_ref *r)
+{
+    *r = e->snaps[--e->n_snaps];
+}
+
 /* ---- start-up and shutdown ------------------------------------------------------- */
+
+/* Whether @name in @dirfd is what this daemon writes: a regular file it
+ * owns, not writable by others. A file another user could have planted
+ * would hand its sessions to whoever it names. */
+static bool persist__trusted(int dirfd, const char *name)
+{
+    struct stat st;
+
+    return fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+           st.st_uid == geteuid() && !(st.st_mode & 022);
+}
 
 /* Rename @name in @dirfd to the first free "<name>.bad", "<name>.1.bad", ... */
 static void persist__set_aside(int dirfd, const char *dir, const char *name, const char *why)
@@ -393,17 +466,13 @@ static void persist__restore_one(sinkd_engine *e, int dirfd, const char *dir, co
 {
     char path[4096], err[512] = "";
     eng_session *s = NULL;
-    struct stat st;
     int rc;
 
     if (!persist__path(path, sizeof path, dir, name)) {
         persist__set_aside(dirfd, dir, name, "path too long");
         return;
     }
-    /* Only what this daemon wrote: a file another user could have planted
-     * would hand its sessions to whoever it names. */
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_uid != geteuid() || (st.st_mode & 022)) {
+    if (!persist__trusted(dirfd, name)) {
         persist__set_aside(dirfd, dir, name, "not a regular file owned by sinkd, mode 0600");
         return;
     }
@@ -428,6 +497,34 @@ static void persist__restore_one(sinkd_engine *e, int dirfd, const char *dir, co
               sinkd_policy_inst_name(s->inst), s->tokens);
 }
 
+/* Index @name (snapshot @id) of snapshots/ (@dirfd, @dir) under the owner
+ * its HEAD names; a file whose HEAD does not read keeps its id for
+ * ENG_SNAP_NOBODY. Returns 0 or -ENOMEM. */
+static int persist__index_one(sinkd_engine *e, int dirfd, const char *dir, const char *name,
+                              uint64_t id)
+{
+    sinkd_snap_reader r = SINKD_SNAP_READER_INIT;
+    char path[4096], err[512] = "not a regular file owned by sinkd, mode 0600";
+    uint32_t uid = ENG_SNAP_NOBODY;
+    sinkd_snap_meta m;
+
+    if (persist__ref_reserve(e) < 0)
+        return -ENOMEM;
+    if (!persist__path(path, sizeof path, dir, name))
+        snprintf(err, sizeof err, "path too long");
+    else if (persist__trusted(dirfd, name) &&
+             sinkd_snap_read_begin(&r, path, &m, err, sizeof err) == 0) {
+        uid = m.uid;
+        sinkd_snap_meta_free(&m);
+        sinkd_snap_read_end(&r);
+    }
+    if (uid == ENG_SNAP_NOBODY)
+        sinkd_log(SINKD_LOG_WARNING, "persist: %s/%s: owner unknown (%s); it keeps its id and "
+                  "only an admin can forget it", dir, name, err);
+    persist__ref_set(e, id, uid);
+    return 0;
+}
+
 /* Make @dir (0700) if missing. */
 static int persist__mkdir(const char *dir)
 {
@@ -441,16 +538,18 @@ static int persist__mkdir(const char *dir)
 }
 
 /* Walk @sub of the state directory: restore its snapshots (@restore) or
- * only keep session ids above the ids of its files. */
-static void persist__scan(sinkd_engine *e, const char *sub, bool restore)
+ * index them (their ids stay above the ids new sessions get). Returns 0
+ * or -ENOMEM (index). */
+static int persist__scan(sinkd_engine *e, const char *sub, bool restore)
 {
     char dir[4096];
     struct dirent *d;
+    int rc = 0;
     DIR *dp;
 
     if (!persist__path(dir, sizeof dir, e->state_dir, sub) || !(dp = opendir(dir)))
-        return;
-    while ((d = readdir(dp))) {
+        return 0;
+    while (rc == 0 && (d = readdir(dp))) {
         uint64_t id = persist__name_id(d->d_name);
         if (!restore || d->d_name[0] == '.') {
             if (id >= e->next_sess)
@@ -458,8 +557,11 @@ static void persist__scan(sinkd_engine *e, const char *sub, bool restore)
             if (!strncmp(d->d_name, ".tmp.", 5)) {
                 /* a write cut short (shutdown or session.save): never a
                  * committed snapshot */
-                unlinkat(dirfd(dp), d->d_name, 0);
-                sinkd_log(SINKD_LOG_INFO, "persist: removed unfinished %s/%s", dir, d->d_name);
+                if (unlinkat(dirfd(dp), d->d_name, 0) == 0)
+                    sinkd_log(SINKD_LOG_INFO, "persist: removed unfinished %s/%s", dir,
+                              d->d_name);
+            } else if (id) {
+                rc = persist__index_one(e, dirfd(dp), dir, d->d_name, id);
             }
             continue;
         }
@@ -468,6 +570,7 @@ static void persist__scan(sinkd_engine *e, const char *sub, bool restore)
             persist__restore_one(e, dirfd(dp), dir, d->d_name);
     }
     closedir(dp);
+    return rc;
 }
 
 int eng_persist_open(sinkd_engine *e, const char *state_dir)
@@ -489,9 +592,23 @@ int eng_persist_open(sinkd_engine *e, const char *state_dir)
     if (!(e->state_dir = strdup(state_dir)))
         return -ENOMEM;
     /* Explicit snapshots keep their ids: new sessions must not take them. */
-    persist__scan(e, PERSIST_SNAPSHOTS, false);
+    if ((rc = persist__scan(e, PERSIST_SNAPSHOTS, false)) < 0) {
+        sinkd_log(SINKD_LOG_ERR, "persist: indexing %s/%s: %s; sessions will not persist",
+                  state_dir, PERSIST_SNAPSHOTS, strerror(-rc));
+        eng_persist_close(e);
+        return rc;
+    }
     persist__scan(e, PERSIST_SESSIONS, true);
     return 0;
+}
+
+void eng_persist_close(sinkd_engine *e)
+{
+    free(e->state_dir);
+    free(e->snaps);
+    e->state_dir = NULL;
+    e->snaps = NULL;
+    e->n_snaps = e->cap_snaps = 0;
 }
 
 /* Remove the files of sessions/ whose session is no longer a live
@@ -512,13 +629,33 @@ static void persist__prune(sinkd_engine *e, const char *dir)
         closedir(dp);
 }
 
+/* After @s's save to sessions/ (@dirfd, @dir) failed with @rc: the file an
+ * earlier shutdown left for it is older than the conversation, so it is
+ * set aside rather than restored at the next start as if current. */
+static void persist__save_failed(int dirfd, const char *dir, const eng_session *s, int rc)
+{
+    char name[32], why[128];
+    struct stat st;
+
+    sinkd_log(SINKD_LOG_ERR, "persist: session %" PRIu64 " not saved: %s", s->id,
+              strerror(-rc));
+    snprintf(name, sizeof name, "%" PRIu64 PERSIST_EXT, s->id);
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+        return;
+    snprintf(why, sizeof why, "older than session %" PRIu64 ", whose save failed: %s", s->id,
+             strerror(-rc));
+    persist__set_aside(dirfd, dir, name, why);
+}
+
 void eng_persist_save_all(sinkd_engine *e)
 {
     char dir[4096];
     size_t saved = 0, failed = 0;
+    int dfd;
 
     if (!e->state_dir || !persist__path(dir, sizeof dir, e->state_dir, PERSIST_SESSIONS))
         return;
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     for (size_t i = 0; i < e->n_sess; i++) {
         eng_session *s = e->sess[i];
         int rc;
@@ -527,12 +664,13 @@ void eng_persist_save_all(sinkd_engine *e)
         rc = persist__save(e, s, dir);
         if (rc < 0) {
             failed++;
-            sinkd_log(SINKD_LOG_ERR, "persist: session %" PRIu64 " not saved: %s", s->id,
-                      strerror(-rc));
+            persist__save_failed(dfd, dir, s, rc);
         } else {
             saved++;
         }
     }
+    if (dfd >= 0)
+        close(dfd);
     persist__prune(e, dir);
     if (saved || failed)
         sinkd_log(failed ? SINKD_LOG_ERR : SINKD_LOG_NOTICE,
@@ -590,6 +728,17 @@ static void persist__save_job(sinkd_engine *e, sinkd_job *j)
         eng_error(e, j, SINKD_ERR_BUSY, "session %" PRIu64 " is generating", s->id);
         return;
     }
+    /* a new file counts against its owner; replacing one is always allowed */
+    if (!persist__ref(e, s->id) && e->snapshots_per_uid &&
+        persist__owned(e, s->uid) >= e->snapshots_per_uid) {
+        eng_error(e, j, SINKD_ERR_QUOTA_EXCEEDED, "[quota] snapshots_per_uid (%u) reached: "
+                  "session.forget one first", e->snapshots_per_uid);
+        return;
+    }
+    if (persist__ref_reserve(e) < 0) {
+        eng_error(e, j, SINKD_ERR_NO_MEMORY, "out of memory");
+        return;
+    }
     persist__path(dir, sizeof dir, e->state_dir, PERSIST_SNAPSHOTS);
     rc = persist__save(e, s, dir);
     if (rc < 0) {
@@ -598,6 +747,7 @@ static void persist__save_job(sinkd_engine *e, sinkd_job *j)
         eng_error_errno(e, j, rc, "session.save");
         return;
     }
+    persist__ref_set(e, s->id, s->uid);
     snprintf(path, sizeof path, "%s/%" PRIu64 PERSIST_EXT, dir, s->id);
     sinkd_log(SINKD_LOG_INFO, "session %" PRIu64 " saved to %s", s->id, path);
     if (eng_begin_reply(&w, j, 1) < 0)
@@ -685,6 +835,39 @@ static void persist__restore_job(sinkd_engine *e, sinkd_job *j)
     persist__reply(e, j, s);
 }
 
+static void persist__forget_job(sinkd_engine *e, sinkd_job *j)
+{
+    struct eng_snap_ref *r = persist__ref(e, j->session);
+    char path[4200];
+    int rc = 0;
+
+    /* Another uid's snapshot and none read the same; one whose owner is
+     * unknown is an admin's to remove. */
+    if (r && !j->admin && (r->uid != j->uid || r->uid == ENG_SNAP_NOBODY))
+        r = NULL;
+    snprintf(path, sizeof path, "%s/%s/%" PRIu64 PERSIST_EXT, e->state_dir, PERSIST_SNAPSHOTS,
+             j->session);
+    if (r && unlink(path) < 0)
+        rc = -errno;
+    if (r && rc == -ENOENT) { /* removed behind the daemon's back */
+        persist__ref_drop(e, r);
+        r = NULL;
+    }
+    if (!r) {
+        eng_error(e, j, SINKD_ERR_NOT_FOUND, "no snapshot of session %" PRIu64, j->session);
+        return;
+    }
+    if (rc < 0) {
+        sinkd_log(SINKD_LOG_ERR, "persist: %s not removed: %s", path, strerror(-rc));
+        eng_error_errno(e, j, rc, "session.forget");
+        return;
+    }
+    persist__ref_drop(e, r);
+    sinkd_log(SINKD_LOG_INFO, "session %" PRIu64 ": snapshot %s forgotten by uid %u", j->session,
+              path, j->uid);
+    eng_reply_empty(e, j);
+}
+
 void eng_job_persist(sinkd_engine *e, sinkd_job *j)
 {
     if (!e->state_dir) {
@@ -695,6 +878,7 @@ void eng_job_persist(sinkd_engine *e, sinkd_job *j)
     switch (j->kind) {
     case SINKD_JOB_SESSION_ATTACH: persist__attach(e, j); break;
     case SINKD_JOB_SESSION_SAVE: persist__save_job(e, j); break;
+    case SINKD_JOB_SESSION_FORGET: persist__forget_job(e, j); break;
     default: persist__restore_job(e, j); break;
     }
 }
@@ -724,9 +908,11 @@ static int persist__op(sinkd_req *r, sinkd_job_kind kind, bool need_session, con
     if (kind == SINKD_JOB_SESSION_RESTORE && has_id == has_str)
         return sinkd_req_error(r, SINKD_ERR_BAD_REQUEST, "give exactly one of 'session' and "
                                "'path'");
+    /* attach and restore make the connection a session's owner */
     if (!(j = sinkd_job_new(kind, r->conn_id, r->id, (uint32_t)r->conn->uid, r->conn->admin)) ||
         (has_str && !(j->text = strndup(s, n))) ||
-        (kind != SINKD_JOB_SESSION_SAVE && sinkd_engine_ops_track(r->conn_id) < 0)) {
+        ((kind == SINKD_JOB_SESSION_ATTACH || kind == SINKD_JOB_SESSION_RESTORE) &&
+         sinkd_engine_ops_track(r->conn_id) < 0)) {
         sinkd_job_free(j);
         return sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
     }
@@ -750,9 +936,15 @@ static int op_session_restore(sinkd_req *r)
     return persist__op(r, SINKD_JOB_SESSION_RESTORE, false, "path", false);
 }
 
+static int op_session_forget(sinkd_req *r)
+{
+    return persist__op(r, SINKD_JOB_SESSION_FORGET, true, NULL, false);
+}
+
 const sinkd_op sinkd_ops_persist[] = {
     { "session.attach", op_session_attach, 0 },
     { "session.save", op_session_save, 0 },
     { "session.restore", op_session_restore, 0 },
+    { "session.forget", op_session_forget, 0 },
     { NULL, NULL, 0 },
 };

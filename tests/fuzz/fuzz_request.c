@@ -125,6 +125,7 @@ static void fuzz__setup(void)
     ec.sessions_per_uid = (uint32_t)cfg.sessions_per_uid;
     ec.generations_per_uid = (uint32_t)cfg.generations_per_uid;
     ec.request_bytes = cfg.request_bytes;
+    ec.snapshots_per_uid = (uint32_t)cfg.snapshots_per_uid;
     ec.model_names = names;
     ec.model_paths = paths;
     ec.n_models = 1;

@@ -6,7 +6,10 @@
  * of a generation; attach needs the id, the secret and the owner's uid;
  * truncated, garbage and stale-model snapshots are refused with a log line
  * and set aside while the daemon keeps serving; session.save and
- * session.restore roll a session back and reopen it after a restart.
+ * session.restore roll a session back and reopen it after a restart;
+ * [quota] snapshots_per_uid caps a uid's snapshots (across restarts) and
+ * session.forget deletes only the owner's; a failed shutdown save sets the
+ * older file aside instead of restoring it as current.
  */
 #include <criterion/criterion.h>
 
@@ -232,24 +235,51 @@ static void reference(sinkd_client *c, int n, tokens *ref)
     cr_assert_eq(atomic_load(&ref->n), n);
 }
 
-/* As another uid (root only): attach with the right secret is not_found. */
-static void other_uid_cannot_attach(const sinkd_testd *d, const sess *s)
+/* Run @fn(@o, @arg) in a child connected as uid 65534, not an admin; it
+ * must return true. Only root can switch: false (nothing run) otherwise.
+ * @fn runs in the child, so it reports by its result, never cr_assert. */
+static bool as_other_uid(const sinkd_testd *d, bool (*fn)(sinkd_client *o, const void *arg),
+                         const void *arg)
 {
     pid_t pid;
     int status;
 
     if (geteuid() != 0)
-        return;
+        return false;
     pid = fork();
     if (pid == 0) {
         sinkd_client *o;
         if (setgid(65534) || setuid(65534) || sinkd_client_connect(d->socket_path, 5000, &o))
             _exit(2);
-        _exit(attach(o, s->id, s->secret, NULL) == SINKD_ERR_NOT_FOUND ? 0 : 1);
+        _exit(fn(o, arg) ? 0 : 1);
     }
     cr_assert(waitpid(pid, &status, 0) == pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "other uid: child status %d",
               status);
+    return true;
+}
+
+static bool attach_not_found(sinkd_client *o, const void *arg)
+{
+    const sess *s = arg;
+
+    return attach(o, s->id, s->secret, NULL) == SINKD_ERR_NOT_FOUND;
+}
+
+/* As another uid: attach with the right secret is not_found. */
+static void other_uid_cannot_attach(const sinkd_testd *d, const sess *s)
+{
+    as_other_uid(d, attach_not_found, s);
+}
+
+/* An op whose only field is {session: @id} (close, save, forget). */
+static int by_id(sinkd_client *c, const char *op, uint64_t id)
+{
+    req q;
+
+    req_init(&q, 1);
+    sinkd_pack_kv_u64(&q.pk, "session", id);
+    return call(c, op, &q, NULL, NULL);
 }
 
 static bool exists(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -561,11 +591,7 @@ Test(persist, save_and_restore_roll_back, .timeout = 200)
 
 static int close_session(sinkd_client *c, uint64_t id)
 {
-    req q;
-
-    req_init(&q, 1);
-    sinkd_pack_kv_u64(&q.pk, "session", id);
-    return call(c, "session.close", &q, NULL, NULL);
+    return by_id(c, "session.close", id);
 }
 
 /* A restore is checked like an open and reads only its own session's file:
@@ -688,4 +714,168 @@ Test(persist, unfinished_saves_are_removed_at_start, .timeout = 200)
     cr_expect(!exists("%s/state/snapshots/.tmp.7.snap", state));
     cr_expect(!exists("%s/state/sessions/.tmp.7.snap", state));
     cr_expect(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+}
+
+/* ---- snapshots per uid, session.forget ---------------------------------------- */
+
+#define SAVE(c, id) by_id((c), "session.save", (id))
+#define FORGET(c, id) by_id((c), "session.forget", (id))
+
+/* A file @text at @path, mode 0600 (as sinkd writes its own). */
+static void plant(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    fputs(text, f);
+    fclose(f);
+    cr_assert_eq(chmod(path, 0600), 0);
+}
+
+static void quota_refused(sinkd_client *c, uint64_t id)
+{
+    cr_assert_eq(SAVE(c, id), SINKD_ERR_QUOTA_EXCEEDED, "session %llu saved past the quota",
+                 (unsigned long long)id);
+    cr_assert(strstr(sinkd_client_errmsg(c), "[quota] snapshots_per_uid (2)"), "message: %s",
+              sinkd_client_errmsg(c));
+    cr_assert(!exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)id));
+}
+
+static bool forget_not_found(sinkd_client *o, const void *arg)
+{
+    const uint64_t *id = arg;
+
+    return FORGET(o, *id) == SINKD_ERR_NOT_FOUND &&
+           strstr(sinkd_client_errmsg(o), "no snapshot of session") != NULL;
+}
+
+/* With snapshots_per_uid = 2: a third new snapshot is refused, re-saving
+ * one replaces it, a closed session's file still counts until forgotten;
+ * a restarted daemon counts the files it finds, and a file whose HEAD does
+ * not read counts for nobody, keeps its id and is only an admin's to
+ * forget. */
+Test(persist, snapshots_per_uid_caps_new_files_across_restarts, .timeout = 200)
+{
+    static const uint64_t garbage = 999;
+    sinkd_testd d;
+    sinkd_client *c;
+    char *log;
+    char p[512];
+
+    start_with(&d, MODEL, "[quota]\nsnapshots_per_uid = 2\n");
+    c = conn(&d);
+    sess a = open_session(c, false), b = open_session(c, false), n = open_session(c, false);
+    cr_assert_eq(SAVE(c, a.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(SAVE(c, b.id), 0, "%s", sinkd_client_errmsg(c));
+    quota_refused(c, n.id);
+    cr_assert_eq(SAVE(c, a.id), 0, "a re-save replaces: %s", sinkd_client_errmsg(c));
+    cr_assert_eq(close_session(c, b.id), 0, "%s", sinkd_client_errmsg(c));
+    quota_refused(c, n.id);
+    cr_assert_eq(FORGET(c, b.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(SAVE(c, n.id), 0, "after a forget: %s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    free(stop(&d));
+
+    snprintf(p, sizeof p, "%s/state/snapshots/%llu.snap", state, (unsigned long long)garbage);
+    plant(p, "not a snapshot");
+    start_with(&d, MODEL, "[quota]\nsnapshots_per_uid = 2\n");
+    c = conn(&d);
+    sess m = open_session(c, false);
+    cr_assert_gt(m.id, garbage, "the unreadable file keeps its id");
+    quota_refused(c, m.id); /* a and n, read back from their files */
+    cr_assert_eq(restore(c, "session", a.id, NULL, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(SAVE(c, a.id), 0, "a re-save after a restart: %s", sinkd_client_errmsg(c));
+    cr_assert_eq(FORGET(c, n.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(SAVE(c, m.id), 0, "the garbage file counts for nobody: %s",
+                 sinkd_client_errmsg(c));
+    as_other_uid(&d, forget_not_found, &garbage);
+    cr_assert(exists("%s", p));
+    cr_assert_eq(FORGET(c, garbage), 0, "an admin forgets it: %s", sinkd_client_errmsg(c));
+    cr_assert(!exists("%s", p));
+    sinkd_client_close(c);
+    log = stop(&d);
+    cr_assert(strstr(log, "owner unknown"), "%s", log);
+    free(log);
+}
+
+/* session.forget deletes the owner's snapshot and nothing else: another
+ * uid's and a missing one read the same (not_found), and the live session
+ * of the id lives on. */
+Test(persist, forget_deletes_only_the_owners_snapshot, .timeout = 200)
+{
+    static tokens t;
+    static const uint64_t missing = 424242;
+    sinkd_testd d;
+    sinkd_client *c;
+
+    start(&d, MODEL);
+    c = conn(&d);
+    sess s = open_session(c, false), u = open_session(c, false);
+    cr_assert_eq(SAVE(c, s.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(SAVE(c, u.id), 0, "%s", sinkd_client_errmsg(c));
+    as_other_uid(&d, forget_not_found, &s.id);
+    as_other_uid(&d, forget_not_found, &missing);
+    cr_assert(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+
+    cr_assert_eq(FORGET(c, s.id), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert(!exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+    cr_assert_eq(restore(c, "session", s.id, NULL, NULL), SINKD_ERR_NOT_FOUND);
+    cr_assert_eq(FORGET(c, s.id), SINKD_ERR_NOT_FOUND, "forgotten twice");
+    cr_assert_eq(FORGET(c, missing), SINKD_ERR_NOT_FOUND);
+    cr_assert(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)u.id));
+    cr_assert_eq(generate(c, s.id, 2, &t), 0, "the live session: %s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    free(stop(&d));
+}
+
+/* Without a usable state directory there is nothing to forget. */
+Test(persist, forget_without_a_state_dir_is_unsupported, .timeout = 200)
+{
+    char p[512];
+    sinkd_testd d;
+    sinkd_client *c;
+
+    snprintf(p, sizeof p, "%s/state", state);
+    plant(p, "a file where the state directory goes");
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(FORGET(c, 1), SINKD_ERR_UNSUPPORTED, "%s", sinkd_client_errmsg(c));
+    sinkd_client_close(c);
+    free(stop(&d));
+}
+
+/* A shutdown whose save of a session fails must not leave the previous
+ * shutdown's file to be restored as if current (the conversation would
+ * lose its last turns without a word): it is set aside as .bad. The save
+ * is made to fail by a directory where its temporary file goes, which
+ * stops root as well as anyone. */
+Test(persist, failed_shutdown_save_sets_the_older_file_aside, .timeout = 200)
+{
+    static tokens t;
+    char tmp[512];
+    sinkd_testd d;
+    sinkd_client *c;
+    char *log;
+    sess s = saved_session(MODEL);
+
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, s.secret, NULL), 0, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(generate(c, s.id, 3, &t), 0, "%s", sinkd_client_errmsg(c));
+    snprintf(tmp, sizeof tmp, "%s/state/sessions/.tmp.%llu.snap", state,
+             (unsigned long long)s.id);
+    cr_assert_eq(mkdir(tmp, 0700), 0, "%s", strerror(errno));
+    sinkd_client_close(c);
+    log = stop(&d);
+    cr_assert(strstr(log, "not saved") && strstr(log, "whose save failed"), "%s", log);
+    free(log);
+    cr_assert(!exists("%s/state/sessions/%llu.snap", state, (unsigned long long)s.id));
+    cr_assert(exists("%s/state/sessions/%llu.snap.bad", state, (unsigned long long)s.id));
+    cr_assert_eq(rmdir(tmp), 0, "%s", strerror(errno));
+
+    start(&d, MODEL);
+    c = conn(&d);
+    cr_assert_eq(attach(c, s.id, s.secret, NULL), SINKD_ERR_NOT_FOUND, "restored as current");
+    sinkd_client_close(c);
+    free(stop(&d));
 }
