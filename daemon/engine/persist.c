@@ -57,9 +57,11 @@ static bool persist__path(char *buf, size_t n, const char *dir, const char *sub)
     return k > 0 && (size_t)k < n;
 }
 
-/* The id a snapshot file name "<id>.snap" carries, or 0. */
-static uint64_t persist__name_id(const char *name)
+/* The id a file name "<id>.snap" carries (with @any, also "<id>.snap"
+ * followed by more: a set-aside "<id>.snap.bad"), or 0. */
+static uint64_t persist__file_id(const char *name, bool any)
 {
+    size_t n = strlen(PERSIST_EXT);
     char *end;
     uint64_t id;
 
@@ -67,7 +69,14 @@ static uint64_t persist__name_id(const char *name)
         return 0;
     errno = 0;
     id = strtoull(name, &end, 10);
-    return errno == 0 && strcmp(end, PERSIST_EXT) == 0 ? id : 0;
+    if (errno != 0 || strncmp(end, PERSIST_EXT, n) != 0 || (!any && end[n] != '\0'))
+        return 0;
+    return id;
+}
+
+static uint64_t persist__name_id(const char *name)
+{
+    return persist__file_id(name, false);
 }
 
 /* ---- session -> snapshot ----------------------------------------------------- */
@@ -438,18 +447,24 @@ static bool persist__trusted(int dirfd, const char *name)
            st.st_uid == geteuid() && !(st.st_mode & 022);
 }
 
-/* Rename @name in @dirfd to the first free "<name>.bad", "<name>.1.bad", ... */
-static void persist__set_aside(int dirfd, const char *dir, const char *name, const char *why)
+/* Rename @name in @dir to the first free "<name>.bad", "<name>.1.bad", ...
+ * By path, not through a directory fd: it must work when no descriptor
+ * can be had (EMFILE at shutdown), or a stale file would be restored. */
+static void persist__set_aside(const char *dir, const char *name, const char *why)
 {
-    char bad[300];
+    char from[4200], bad[4300];
 
+    if (snprintf(from, sizeof from, "%s/%s", dir, name) >= (int)sizeof from) {
+        errno = ENAMETOOLONG;
+        goto fail;
+    }
     for (int i = 0; i < PERSIST_BAD_MAX; i++) {
         if (i == 0)
-            snprintf(bad, sizeof bad, "%s.bad", name);
+            snprintf(bad, sizeof bad, "%s.bad", from);
         else
-            snprintf(bad, sizeof bad, "%s.%d.bad", name, i);
-        if (linkat(dirfd, name, dirfd, bad, 0) == 0) {
-            unlinkat(dirfd, name, 0);
+            snprintf(bad, sizeof bad, "%s.%d.bad", from, i);
+        if (link(from, bad) == 0) {
+            unlink(from);
             sinkd_log(SINKD_LOG_WARNING, "persist: %s/%s refused (%s); kept as %s", dir, name,
                       why, bad);
             return;
@@ -457,6 +472,7 @@ static void persist__set_aside(int dirfd, const char *dir, const char *name, con
         if (errno != EEXIST)
             break;
     }
+fail:
     sinkd_log(SINKD_LOG_ERR, "persist: %s/%s refused (%s) and could not be set aside: %s",
               dir, name, why, strerror(errno));
 }
@@ -469,11 +485,11 @@ static void persist__restore_one(sinkd_engine *e, int dirfd, const char *dir, co
     int rc;
 
     if (!persist__path(path, sizeof path, dir, name)) {
-        persist__set_aside(dirfd, dir, name, "path too long");
+        persist__set_aside(dir, name, "path too long");
         return;
     }
     if (!persist__trusted(dirfd, name)) {
-        persist__set_aside(dirfd, dir, name, "not a regular file owned by sinkd, mode 0600");
+        persist__set_aside(dir, name, "not a regular file owned by sinkd, mode 0600");
         return;
     }
     rc = persist__load(e, path, UINT32_MAX, true, &s, err, sizeof err);
@@ -489,7 +505,7 @@ static void persist__restore_one(sinkd_engine *e, int dirfd, const char *dir, co
         rc = -ENOMEM;
     }
     if (rc < 0) {
-        persist__set_aside(dirfd, dir, name, err[0] ? err : strerror(-rc));
+        persist__set_aside(dir, name, err[0] ? err : strerror(-rc));
         return;
     }
     sinkd_log(SINKD_LOG_NOTICE, "session %" PRIu64 " restored for uid %u: %s, policy %s, "
@@ -550,10 +566,12 @@ static int persist__scan(sinkd_engine *e, const char *sub, bool restore)
     if (!persist__path(dir, sizeof dir, e->state_dir, sub) || !(dp = opendir(dir)))
         return 0;
     while (rc == 0 && (d = readdir(dp))) {
-        uint64_t id = persist__name_id(d->d_name);
+        uint64_t id = persist__name_id(d->d_name), any = persist__file_id(d->d_name, true);
+        /* a set-aside <id>.snap.bad keeps its id too: an administrator may
+         * rename it back */
+        if (any >= e->next_sess)
+            e->next_sess = any + 1;
         if (!restore || d->d_name[0] == '.') {
-            if (id >= e->next_sess)
-                e->next_sess = id + 1;
             if (!strncmp(d->d_name, ".tmp.", 5)) {
                 /* a write cut short (shutdown or session.save): never a
                  * committed snapshot */
@@ -629,33 +647,41 @@ static void persist__prune(sinkd_engine *e, const char *dir)
         closedir(dp);
 }
 
-/* After @s's save to sessions/ (@dirfd, @dir) failed with @rc: the file an
- * earlier shutdown left for it is older than the conversation, so it is
- * set aside rather than restored at the next start as if current. */
-static void persist__save_failed(int dirfd, const char *dir, const eng_session *s, int rc)
+/* After @s's save to sessions/ (@dir) failed with @rc (before its rename:
+ * SINKD_SNAP_NOT_DURABLE is a save): the file an earlier shutdown left for
+ * it is older than the conversation, so it is set aside rather than
+ * restored at the next start as if current. */
+static void persist__save_failed(const char *dir, const eng_session *s, int rc)
 {
-    char name[32], why[128];
+    char name[32], path[4200], why[128];
     struct stat st;
 
     sinkd_log(SINKD_LOG_ERR, "persist: session %" PRIu64 " not saved: %s", s->id,
               strerror(-rc));
     snprintf(name, sizeof name, "%" PRIu64 PERSIST_EXT, s->id);
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (lstat(path, &st) < 0 && errno == ENOENT)
         return;
     snprintf(why, sizeof why, "older than session %" PRIu64 ", whose save failed: %s", s->id,
              strerror(-rc));
-    persist__set_aside(dirfd, dir, name, why);
+    persist__set_aside(dir, name, why);
+}
+
+/* A save whose rename happened but whose directory sync failed is a save:
+ * say that a crash may undo it. */
+static void persist__not_durable(const eng_session *s, const char *dir)
+{
+    sinkd_log(SINKD_LOG_WARNING, "persist: session %" PRIu64 " saved in %s, but the directory "
+              "could not be synced: a crash may bring its older snapshot back", s->id, dir);
 }
 
 void eng_persist_save_all(sinkd_engine *e)
 {
     char dir[4096];
     size_t saved = 0, failed = 0;
-    int dfd;
 
     if (!e->state_dir || !persist__path(dir, sizeof dir, e->state_dir, PERSIST_SESSIONS))
         return;
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     for (size_t i = 0; i < e->n_sess; i++) {
         eng_session *s = e->sess[i];
         int rc;
@@ -664,13 +690,13 @@ void eng_persist_save_all(sinkd_engine *e)
         rc = persist__save(e, s, dir);
         if (rc < 0) {
             failed++;
-            persist__save_failed(dfd, dir, s, rc);
+            persist__save_failed(dir, s, rc);
         } else {
+            if (rc == SINKD_SNAP_NOT_DURABLE)
+                persist__not_durable(s, dir);
             saved++;
         }
     }
-    if (dfd >= 0)
-        close(dfd);
     persist__prune(e, dir);
     if (saved || failed)
         sinkd_log(failed ? SINKD_LOG_ERR : SINKD_LOG_NOTICE,
@@ -747,6 +773,8 @@ static void persist__save_job(sinkd_engine *e, sinkd_job *j)
         eng_error_errno(e, j, rc, "session.save");
         return;
     }
+    if (rc == SINKD_SNAP_NOT_DURABLE)
+        persist__not_durable(s, dir);
     persist__ref_set(e, s->id, s->uid);
     snprintf(path, sizeof path, "%s/%" PRIu64 PERSIST_EXT, dir, s->id);
     sinkd_log(SINKD_LOG_INFO, "session %" PRIu64 " saved to %s", s->id, path);

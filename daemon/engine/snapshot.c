@@ -545,11 +545,12 @@ int sinkd_snap_write_commit(sinkd_snap_writer *w)
         sinkd_snap_write_abort(w);
         return rc;
     }
-    rc = fclose(w->f) == 0 ? 0 : -errno;
+    /* the file is in place: from here a failure cannot undo the rename */
+    rc = fclose(w->f) == 0 ? 0 : SINKD_SNAP_NOT_DURABLE;
     w->f = NULL;
     /* the rename is durable only once the directory is */
-    if (fsync(w->dirfd) != 0 && rc == 0)
-        rc = -errno;
+    if (fsync(w->dirfd) != 0)
+        rc = SINKD_SNAP_NOT_DURABLE;
     close(w->dirfd);
     *w = (sinkd_snap_writer)SINKD_SNAP_WRITER_INIT;
     return rc;

@@ -141,10 +141,16 @@ int sinkd_snap_write_begin(sinkd_snap_writer *w, const char *dir, const char *na
  * commit then fails too). */
 int sinkd_snap_write_layer(sinkd_snap_writer *w, const sinkd_snap_layer *l);
 
+/* sinkd_snap_write_commit's result when the snapshot has replaced @name
+ * but closing it or syncing the directory failed afterwards: the new file
+ * is in place and whole (it was synced before the rename), yet a crash may
+ * still bring the older one back. */
+#define SINKD_SNAP_NOT_DURABLE 1
+
 /* After every layer: write END, fsync, rename over @name, fsync the
- * directory. Returns 0, -EINVAL (layers missing) or the I/O error; on any
- * error the temporary file is removed and an older @name is untouched. @w
- * is released in every case. */
+ * directory. Returns 0, SINKD_SNAP_NOT_DURABLE (above), or -EINVAL (layers
+ * missing) or the I/O error, and then the temporary file is removed and an
+ * older @name is untouched. @w is released in every case. */
 int sinkd_snap_write_commit(sinkd_snap_writer *w);
 
 /* Drop a snapshot being written (the temporary file is removed). Safe on
