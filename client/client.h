@@ -313,7 +313,9 @@ typedef struct sinkd_client_session_opts {
     const char *policy;                      /* NULL: "full" */
     const char *params;                      /* policy parameters "k=v k=v" */
     uint64_t budget;                         /* max tokens per lane, 0 = none */
-    bool persist;                            /* outlive this connection */
+    bool persist;                            /* outlive this connection and
+                                                restarts of the daemon: see
+                                                sinkd_client_session_attach */
 } sinkd_client_session_opts;
 
 #define SINKD_CLIENT_SESSION_OPTS_INIT { NULL, NULL, NULL, NULL, 0, false }
@@ -321,7 +323,11 @@ typedef struct sinkd_client_session_opts {
 /* What session.open answered. */
 typedef struct sinkd_client_session_info {
     uint64_t session;
-    char secret[64];
+    char secret[64];         /* the session's secret, as the daemon sent it
+                                (32 hex digits): what sinkd_client_session_attach
+                                needs. It lives in this struct, which is the
+                                caller's: nothing to free; keep it private and
+                                wipe it when done */
     char model[64];          /* "" for a raw session */
     char policy[64];
     uint32_t n_layers, n_kv_heads, head_dim;
@@ -330,7 +336,9 @@ typedef struct sinkd_client_session_info {
 
 /* Open a session as @opts says (NULL: all defaults) and describe it in
  * @info. Model and geometry together are -EINVAL. A session that is not
- * persistent closes with @c's connection. */
+ * persistent closes with @c's connection; a persistent one lives on until
+ * sinkd_client_session_close, across restarts of the daemon, and another
+ * connection of the same uid takes it back with its id and @info->secret. */
 int sinkd_client_session_open(sinkd_client *c, const sinkd_client_session_opts *opts,
                               int timeout_ms, sinkd_client_session_info *info);
 
@@ -504,6 +512,58 @@ int sinkd_client_session_stats_get(sinkd_client *c, uint64_t session, int timeou
 int sinkd_client_session_policy(sinkd_client *c, uint64_t session, const char *policy,
                                 const char *params, int timeout_ms,
                                 char *name, size_t name_size);
+
+/* --- persistent sessions and snapshots ----------------------------------- */
+
+/* Make @c the owner connection of @session again (session.attach): after a
+ * restart of the daemon, or from another connection of the owner's uid.
+ * @secret is the NUL-terminated secret session.open gave (info->secret).
+ * @info (may be NULL) gets the session as sinkd_client_session_open
+ * describes it, *@n_past (may be NULL) the tokens in its conversation (the
+ * pending one included: the next append or generate continues after them).
+ * @info and *@n_past are written only on success. A session that is not
+ * persistent then closes with @c. A wrong secret, another uid's session and
+ * a missing one are all SINKD_ERR_NOT_FOUND; -EINVAL for a NULL or empty
+ * @secret; SINKD_ERR_UNSUPPORTED when the daemon has no usable state
+ * directory. */
+int sinkd_client_session_attach(sinkd_client *c, uint64_t session, const char *secret,
+                                int timeout_ms, sinkd_client_session_info *info,
+                                uint64_t *n_past);
+
+/* Write a snapshot of @session now (session.save; it replaces the
+ * session's earlier one, and the session stays live). @path (may be NULL)
+ * of @path_size bytes gets the file's absolute path, NUL-terminated
+ * (PATH_MAX bytes hold any path open(2) accepts). A path that does not fit
+ * is -ENAMETOOLONG with @path set to "", never a cut path that names
+ * another file (the snapshot was written all the same). Errors of the
+ * daemon: SINKD_ERR_NOT_FOUND, SINKD_ERR_BUSY (generating),
+ * SINKD_ERR_QUOTA_EXCEEDED ([quota] snapshots_per_uid: forget one first),
+ * SINKD_ERR_UNSUPPORTED (no state directory), SINKD_ERR_INTERNAL (I/O). */
+int sinkd_client_session_save(sinkd_client *c, uint64_t session, int timeout_ms,
+                              char *path, size_t path_size);
+
+/* Reopen a snapshot that session.save wrote (session.restore), named by
+ * @session when @path is NULL, else by @path, a path that
+ * sinkd_client_session_save returned (then @session must be 0: -EINVAL
+ * otherwise, and for a NULL @path with @session 0). A live session of that
+ * id is replaced by the snapshot (a rollback); after a restart it comes
+ * back. Either way @c becomes its owner connection. @info and @n_past (may
+ * be NULL) as in sinkd_client_session_attach. Errors of the daemon:
+ * SINKD_ERR_NOT_FOUND (no snapshot, or another uid's), SINKD_ERR_BUSY,
+ * SINKD_ERR_INVALID_ARGUMENT (a path session.save did not write; a refused
+ * snapshot, with the reason), SINKD_ERR_QUOTA_EXCEEDED,
+ * SINKD_ERR_NO_MEMORY (KV pool). */
+int sinkd_client_session_restore(sinkd_client *c, uint64_t session, const char *path,
+                                 int timeout_ms, sinkd_client_session_info *info,
+                                 uint64_t *n_past);
+
+/* Delete the snapshot session.save wrote of @session (session.forget): it
+ * no longer counts against [quota] snapshots_per_uid. A live session of that
+ * id is untouched, and so is what a shutdown saved of a persistent one.
+ * Errors of the daemon: SINKD_ERR_NOT_FOUND (no snapshot, or another uid's:
+ * the same answer), SINKD_ERR_UNSUPPORTED (no state directory),
+ * SINKD_ERR_INTERNAL (I/O). */
+int sinkd_client_session_forget(sinkd_client *c, uint64_t session, int timeout_ms);
 
 /* --- raw sessions -------------------------------------------------------- */
 

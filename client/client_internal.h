@@ -81,6 +81,15 @@ int client__decode_list(const msgpack_object *reply, const char *key, size_t siz
                         int (*one)(const msgpack_object *m, void *dst),
                         void **out, size_t *n);
 
+/* A request whose only field is {session: @session}; @reply as in
+ * client__call. */
+int client__session_call(sinkd_client *c, const char *op, uint64_t session, int timeout_ms,
+                         sinkd_client_reply *reply);
+
+/* Decode the fields session.open, session.attach and session.restore
+ * answer into @info. 0, or -EPROTO when one is missing or mistyped. */
+int client__session_info(const msgpack_object *reply, sinkd_client_session_info *info);
+
 /* Size of the fallback fields of the result structs. */
 #define CLIENT_FALLBACK_MAX 128
 _Static_assert(sizeof(((sinkd_client_gen_result *)0)->fallback) == CLIENT_FALLBACK_MAX &&

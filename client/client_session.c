@@ -1,6 +1,7 @@
 /*
  * libsinkd: session control (session.open/close/list/append/cancel/stats/
- * policy/logits). Generation lives in client_gen.c.
+ * policy/logits). Generation lives in client_gen.c, attach/save/restore/
+ * forget in client_persist.c.
  */
 #include "client_internal.h"
 
@@ -9,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A request whose only field is {session}. */
-static int session__call(sinkd_client *c, const char *op, uint64_t session, int timeout_ms,
+int client__session_call(sinkd_client *c, const char *op, uint64_t session, int timeout_ms,
                          sinkd_client_reply *rep)
 {
     client__args a;
@@ -41,6 +41,20 @@ static void session__geometry(msgpack_packer *pk, const sinkd_client_geometry *g
         sinkd_pack_kv_str(pk, "rope_mode", g->rope_mode);
 }
 
+int client__session_info(const msgpack_object *reply, sinkd_client_session_info *info)
+{
+    if (sinkd_map_u64(reply, "session", &info->session) != 0 ||
+        client__copy_str(reply, "secret", info->secret, sizeof(info->secret)) != 0 ||
+        client__copy_str(reply, "model", info->model, sizeof(info->model)) != 0 ||
+        client__copy_str(reply, "policy", info->policy, sizeof(info->policy)) != 0 ||
+        client__u32(reply, "n_layers", &info->n_layers) != 0 ||
+        client__u32(reply, "n_kv_heads", &info->n_kv_heads) != 0 ||
+        client__u32(reply, "head_dim", &info->head_dim) != 0 ||
+        client__u32(reply, "n_vocab", &info->n_vocab) != 0)
+        return -EPROTO;
+    return 0;
+}
+
 int sinkd_client_session_open(sinkd_client *c, const sinkd_client_session_opts *opts,
                               int timeout_ms, sinkd_client_session_info *info)
 {
@@ -69,16 +83,8 @@ int sinkd_client_session_open(sinkd_client *c, const sinkd_client_session_opts *
     req.timeout_ms = timeout_ms;
     sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
     int rc = client__call(c, "session.open", &a, &req, &rep, false);
-    if (rc == 0 &&
-        (sinkd_map_u64(rep.map, "session", &info->session) != 0 ||
-         client__copy_str(rep.map, "secret", info->secret, sizeof(info->secret)) != 0 ||
-         client__copy_str(rep.map, "model", info->model, sizeof(info->model)) != 0 ||
-         client__copy_str(rep.map, "policy", info->policy, sizeof(info->policy)) != 0 ||
-         client__u32(rep.map, "n_layers", &info->n_layers) != 0 ||
-         client__u32(rep.map, "n_kv_heads", &info->n_kv_heads) != 0 ||
-         client__u32(rep.map, "head_dim", &info->head_dim) != 0 ||
-         client__u32(rep.map, "n_vocab", &info->n_vocab) != 0))
-        rc = -EPROTO;
+    if (rc == 0)
+        rc = client__session_info(rep.map, info);
     sinkd_client_reply_free(&rep);
     client__args_free(&a);
     return rc;
@@ -88,14 +94,14 @@ int sinkd_client_session_close(sinkd_client *c, uint64_t session, int timeout_ms
 {
     if (c == NULL)
         return -EINVAL;
-    return session__call(c, "session.close", session, timeout_ms, NULL);
+    return client__session_call(c, "session.close", session, timeout_ms, NULL);
 }
 
 int sinkd_client_session_cancel(sinkd_client *c, uint64_t session, int timeout_ms)
 {
     if (c == NULL)
         return -EINVAL;
-    return session__call(c, "session.cancel", session, timeout_ms, NULL);
+    return client__session_call(c, "session.cancel", session, timeout_ms, NULL);
 }
 
 static int session__entry(const msgpack_object *m, void *dst)
@@ -272,7 +278,7 @@ int sinkd_client_session_stats_get(sinkd_client *c, uint64_t session, int timeou
     if (c == NULL || st == NULL || st->layers != NULL)
         return -EINVAL;
     sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
-    int rc = session__call(c, "session.stats", session, timeout_ms, &rep);
+    int rc = client__session_call(c, "session.stats", session, timeout_ms, &rep);
     if (rc == 0)
         rc = sinkd_client_session_stats_decode(rep.map, st);
     sinkd_client_reply_free(&rep);

@@ -8,6 +8,7 @@
  * second Ctrl-C before the first took effect kills sinkctl as usual.
  */
 #include "sinkctl.h"
+#include "sinkctl_resume.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -125,6 +126,7 @@ typedef struct gen_opts {
     const char *stop[GEN_STOP_MAX];
     bool verbose;
     char *params;                    /* owned: joined key=value operands */
+    sinkctl_resume resume;           /* chat's --persist, --attach, --secret-file */
 } gen_opts;
 
 enum {
@@ -132,19 +134,23 @@ enum {
     OPT_REPEAT_PENALTY, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS,
 };
 
-static const struct option gen_longopts[] = {
-    { "model", required_argument, NULL, OPT_MODEL },
-    { "policy", required_argument, NULL, OPT_POLICY },
-    { "budget", required_argument, NULL, OPT_BUDGET },
-    { "temp", required_argument, NULL, OPT_TEMP },
-    { "top-k", required_argument, NULL, OPT_TOP_K },
-    { "top-p", required_argument, NULL, OPT_TOP_P },
-    { "min-p", required_argument, NULL, OPT_MIN_P },
-    { "repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY },
-    { "seed", required_argument, NULL, OPT_SEED },
-    { "stop", required_argument, NULL, OPT_STOP },
-    { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
-    { NULL, 0, NULL, 0 },
+#define GEN_LONGOPTS \
+    { "model", required_argument, NULL, OPT_MODEL }, \
+    { "policy", required_argument, NULL, OPT_POLICY }, \
+    { "budget", required_argument, NULL, OPT_BUDGET }, \
+    { "temp", required_argument, NULL, OPT_TEMP }, \
+    { "top-k", required_argument, NULL, OPT_TOP_K }, \
+    { "top-p", required_argument, NULL, OPT_TOP_P }, \
+    { "min-p", required_argument, NULL, OPT_MIN_P }, \
+    { "repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY }, \
+    { "seed", required_argument, NULL, OPT_SEED }, \
+    { "stop", required_argument, NULL, OPT_STOP }, \
+    { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS }
+
+static const struct option run_longopts[] = { GEN_LONGOPTS, { NULL, 0, NULL, 0 } };
+/* Only chat resumes a session: run's session ends with it. */
+static const struct option chat_longopts[] = {
+    GEN_LONGOPTS, SINKCTL_RESUME_LONGOPTS, { NULL, 0, NULL, 0 },
 };
 
 #define GEN_OPTIONS_HELP \
@@ -222,22 +228,23 @@ static int gen_apply(const sinkctl_ctx *ctx, gen_opts *o, int opt, const char *a
     case 'v':
         o->verbose = true;
         return SINKCTL_EXIT_OK;
-    default:
-        return SINKCTL_EXIT_USAGE;   /* not reached: getopt knows only these */
+    default:   /* getopt knows only these and chat's */
+        return sinkctl_resume_option(ctx, &o->resume, opt, arg);
     }
 }
 
-/* Parse the options; the operands from optind to @argc - @n_tail are the
- * policy's key=value parameters. Returns true to go on (the caller then
- * frees o->params), false to exit with *@code (help printed, or an error). */
-static bool gen_parse(sinkctl_ctx *ctx, int argc, char **argv, int n_tail, gen_opts *o,
-                      int *code)
+/* Parse the options of @longopts; the operands from optind to @argc -
+ * @n_tail are the policy's key=value parameters. Returns true to go on (the
+ * caller then frees o->params), false to exit with *@code (help printed, or
+ * an error). */
+static bool gen_parse(sinkctl_ctx *ctx, int argc, char **argv, const struct option *longopts,
+                      int n_tail, gen_opts *o, int *code)
 {
     *o = (gen_opts){ .open = SINKD_CLIENT_SESSION_OPTS_INIT,
                      .gen = SINKD_CLIENT_GEN_PARAMS_INIT };
     o->gen.stop = o->stop;
     int opt;
-    while ((opt = sinkctl_getopt(ctx, argc, argv, "n:v", gen_longopts, code)) != -1) {
+    while ((opt = sinkctl_getopt(ctx, argc, argv, "n:v", longopts, code)) != -1) {
         if (opt == SINKCTL_OPT_EXIT)
             return false;
         *code = gen_apply(ctx, o, opt, optarg);
@@ -253,6 +260,9 @@ static bool gen_parse(sinkctl_ctx *ctx, int argc, char **argv, int n_tail, gen_o
         *code = sinkctl_usage_error(ctx, "policy parameters need --policy");
         return false;
     }
+    *code = sinkctl_resume_check(ctx, &o->resume, &o->open);
+    if (*code != SINKCTL_EXIT_OK)
+        return false;
     int rc = sinkctl_join_params(argv + optind, n_params, &o->params);
     if (rc == -EINVAL)
         *code = sinkctl_usage_error(ctx, n_tail > 0
@@ -350,21 +360,18 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
     return gen_interrupted ? GEN_EXIT_INTERRUPTED : SINKCTL_EXIT_OK;
 }
 
-/* Connect, start the Ctrl-C watcher and open the session. Returns an exit
+/* Connect, start the Ctrl-C watcher and open (or attach) the session;
+ * *@n_past gets the tokens already in its conversation. Returns an exit
  * code; on success the caller owns *@c and @k. */
 static int gen_begin(const sinkctl_ctx *ctx, const gen_opts *o, sinkd_client **c,
-                     canceller *k, sinkd_client_session_info *info)
+                     canceller *k, sinkd_client_session_info *info, uint64_t *n_past)
 {
     int code = sinkctl_connect(ctx, c);
     if (code != SINKCTL_EXIT_OK)
         return code;
     code = canceller_start(k, ctx);
-    int rc = 0;
-    if (code == SINKCTL_EXIT_OK) {
-        rc = sinkd_client_session_open(*c, &o->open, ctx->timeout_ms, info);
-        if (rc != 0)
-            code = sinkctl_fail(ctx, *c, rc, NULL);
-    }
+    if (code == SINKCTL_EXIT_OK)
+        code = sinkctl_resume_open(ctx, *c, &o->resume, &o->open, info, n_past);
     if (code != SINKCTL_EXIT_OK) {
         canceller_stop(k);
         sinkd_client_close(*c);
@@ -403,7 +410,7 @@ static int run_run(sinkctl_ctx *ctx, int argc, char **argv)
 {
     gen_opts o;
     int code = SINKCTL_EXIT_OK;
-    if (!gen_parse(ctx, argc, argv, 1, &o, &code))
+    if (!gen_parse(ctx, argc, argv, run_longopts, 1, &o, &code))
         return code;
     const char *prompt = argv[argc - 1];
     char *input = NULL;
@@ -420,7 +427,8 @@ static int run_run(sinkctl_ctx *ctx, int argc, char **argv)
     sinkd_client *c = NULL;
     canceller k;
     sinkd_client_session_info info;
-    code = gen_begin(ctx, &o, &c, &k, &info);
+    uint64_t n_past;
+    code = gen_begin(ctx, &o, &c, &k, &info, &n_past);
     if (code == SINKCTL_EXIT_OK) {
         gen_out out = { .ctx = ctx, .last_newline = true };
         code = gen_reply(ctx, c, &k, info.session, &o, prompt, len,
@@ -462,12 +470,13 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
 {
     gen_opts o;
     int code = SINKCTL_EXIT_OK;
-    if (!gen_parse(ctx, argc, argv, 0, &o, &code))
+    if (!gen_parse(ctx, argc, argv, chat_longopts, 0, &o, &code))
         return code;
     sinkd_client *c = NULL;
     canceller k;
     sinkd_client_session_info info;
-    code = gen_begin(ctx, &o, &c, &k, &info);
+    uint64_t n_past;
+    code = gen_begin(ctx, &o, &c, &k, &info, &n_past);
     if (code != SINKCTL_EXIT_OK) {
         free(o.params);
         return code;
@@ -478,7 +487,8 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
                 (unsigned long long)info.session, info.model, info.policy);
     char *line = NULL;
     size_t cap = 0;
-    int bos = SINKD_CLIENT_BOS_DEFAULT;
+    /* a resumed conversation goes on: its start had the BOS it needed */
+    int bos = n_past > 0 ? 0 : SINKD_CLIENT_BOS_DEFAULT;
     for (;;) {
         if (tty) {
             fputs("> ", stderr);
@@ -520,7 +530,8 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
 const sinkctl_cmd sinkctl_cmd_chat = {
     .name = "chat",
     .summary = "Talk to a model: one session, one reply per line of input",
-    .usage = "[OPTIONS] [key=value ...]",
+    .usage = "[OPTIONS] [--persist [--secret-file PATH]] [key=value ...]\n"
+             "       sinkctl [GLOBAL OPTIONS] chat [OPTIONS] --attach ID [--secret-file PATH]",
     .help = "Opens one session and reads stdin line by line. Each line (without\n"
             "its newline) is appended to the session's text and the model's\n"
             "continuation streams to stdout, followed by one newline; the next\n"
@@ -531,8 +542,19 @@ const sinkctl_cmd sinkctl_cmd_chat = {
             "\n"
             "Options:\n"
             GEN_OPTIONS_HELP
+            SINKCTL_RESUME_HELP
+            "\n"
+            "A session opened with --persist stays in the daemon when the chat\n"
+            "ends and is saved when sinkd stops; `chat --attach ID` takes it back\n"
+            "(stderr then says how many tokens it holds: n_past) and the next\n"
+            "line continues the conversation. `sinkctl session close ID` ends it.\n"
+            "Exit 2 also when the secret is missing or --secret-file cannot be\n"
+            "used (an existing file is never overwritten).\n"
             "\n"
             "With --json, prints token events and one result object per reply,\n"
-            "as `sinkctl run --json` does.\n",
+            "as `sinkctl run --json` does.\n"
+            "\n"
+            "Example: sinkctl chat --persist --secret-file ~/.chat.secret\n"
+            "         sinkctl chat --attach 7 --secret-file ~/.chat.secret\n",
     .run = run_chat,
 };

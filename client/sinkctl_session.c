@@ -1,8 +1,9 @@
 /*
- * sinkctl commands about sessions: sessions, session stats|close.
+ * sinkctl commands about sessions: sessions, session stats|close|save|forget.
  */
 #include "sinkctl.h"
 
+#include <errno.h>
 #include <string.h>
 
 static int print_sessions(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_object *reply)
@@ -69,11 +70,36 @@ static int print_stats(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_ob
     return SINKCTL_EXIT_OK;
 }
 
-static int print_closed(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_object *reply)
+/* The reply of close and forget is empty: success says it all. */
+static int print_nothing(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_object *reply)
 {
     (void)ctx, (void)c, (void)reply;
     return SINKCTL_EXIT_OK;
 }
+
+static int print_saved(const sinkctl_ctx *ctx, sinkd_client *c, const msgpack_object *reply)
+{
+    const char *path;
+    size_t len;
+    if (sinkd_map_str(reply, "path", &path, &len) != 0)
+        return sinkctl_fail(ctx, c, -EPROTO, NULL);
+    printf("%.*s\n", (int)len, path);
+    return SINKCTL_EXIT_OK;
+}
+
+/* The verbs of `session`, each one op on {session: ID}. */
+static const struct {
+    const char *verb;
+    const char *op;
+    sinkctl_human_fn human;
+} session_verbs[] = {
+    { "stats", "session.stats", print_stats },
+    { "close", "session.close", print_nothing },
+    { "save", "session.save", print_saved },
+    { "forget", "session.forget", print_nothing },
+};
+
+#define SESSION_VERBS_USAGE "expected stats, close, save or forget, then a session ID"
 
 static int run_session(sinkctl_ctx *ctx, int argc, char **argv)
 {
@@ -81,26 +107,31 @@ static int run_session(sinkctl_ctx *ctx, int argc, char **argv)
     if (sinkctl_getopt(ctx, argc, argv, "", NULL, &code) == SINKCTL_OPT_EXIT)
         return code;
     if (argc - optind != 2)
-        return sinkctl_usage_error(ctx, "expected stats ID or close ID");
+        return sinkctl_usage_error(ctx, SESSION_VERBS_USAGE);
     const char *verb = argv[optind];
     sinkctl_field f = { .key = "session" };
     if (sinkctl_parse_u64(argv[optind + 1], UINT64_MAX, &f.u64) != 0)
         return sinkctl_usage_error(ctx, "a session ID is an unsigned integer");
-    if (strcmp(verb, "stats") == 0)
-        return sinkctl_query(ctx, "session.stats", &f, print_stats);
-    if (strcmp(verb, "close") == 0)
-        return sinkctl_query(ctx, "session.close", &f, print_closed);
-    return sinkctl_usage_error(ctx, "expected stats ID or close ID");
+    for (size_t i = 0; i < sizeof(session_verbs) / sizeof(session_verbs[0]); i++)
+        if (strcmp(verb, session_verbs[i].verb) == 0)
+            return sinkctl_query(ctx, session_verbs[i].op, &f, session_verbs[i].human);
+    return sinkctl_usage_error(ctx, SESSION_VERBS_USAGE);
 }
 
 const sinkctl_cmd sinkctl_cmd_session = {
     .name = "session",
-    .summary = "Show a session's KV statistics, or close it",
-    .usage = "stats ID | close ID",
+    .summary = "Show a session's KV statistics, close it, save or forget a snapshot",
+    .usage = "stats ID | close ID | save ID | forget ID",
     .help = "  stats ID   positions consumed, KV pages and bytes, evictions, and\n"
             "             per layer the lane lengths over its KV heads\n"
             "  close ID   close the session (also a persistent one)\n"
+            "  save ID    write a snapshot of the session now and print its path;\n"
+            "             it outlives the session and restarts of sinkd, and\n"
+            "             counts against [quota] snapshots_per_uid until forgotten\n"
+            "  forget ID  delete the snapshot `save` wrote (the session, if it is\n"
+            "             still open, stays)\n"
             "\n"
-            "With --json, prints the session.stats or session.close reply.\n",
+            "With --json, prints the daemon's reply (session.stats, .close, .save\n"
+            "or .forget).\n",
     .run = run_session,
 };

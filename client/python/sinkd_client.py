@@ -35,9 +35,11 @@ import msgpack
 SOCKET_DEFAULT = "/run/sinkd/sinkd.sock"
 SOCKET_XDG_NAME = "sinkd.sock"
 PROTO_VERSION = 1
-# The protocol's default max_frame: the payload limit both ways until the
-# daemon's hello reply says what it enforces.
+# Payload limits until the daemon's hello reply says what it enforces: the
+# protocol's default max_frame for what we send, and a generous bound on
+# what we accept (a daemon may be configured above the default).
 FRAME_DEFAULT = 16 * 1024 * 1024
+FRAME_ACCEPT = 256 * 1024 * 1024
 
 
 def default_socket():
@@ -83,10 +85,8 @@ class Client:
         self.sock.connect(self.path)
         self.next_id = 1
         self.buf = bytearray()
-        self.max_frame = FRAME_DEFAULT
+        self.max_frame = None  # the daemon's, once hello() has run
         self.info = self.hello() if hello else None
-        if self.info is not None:
-            self.max_frame = int(self.info.get("max_frame", FRAME_DEFAULT))
 
     def close(self):
         if self.sock is not None:
@@ -107,11 +107,12 @@ class Client:
         msg = {"op": op, "id": rid}
         msg.update({k: v for k, v in fields.items() if v is not None})
         payload = msgpack.packb(msg, use_bin_type=True)
-        if len(payload) > self.max_frame:
+        limit = self.max_frame or FRAME_DEFAULT
+        if len(payload) > limit:
             # the daemon would answer frame_too_large and close the
             # connection: refuse it here and keep the connection
             raise SinkdError("frame_too_large", f"a request of {len(payload)} bytes is over "
-                             f"the daemon's max_frame ({self.max_frame}); nothing was sent")
+                             f"the daemon's max_frame ({limit}); nothing was sent")
         self.sock.sendall(struct.pack(">I", len(payload)) + payload)
         return rid
 
@@ -119,9 +120,10 @@ class Client:
         while True:
             if len(self.buf) >= 4:
                 n = struct.unpack(">I", self.buf[:4])[0]
-                if n > self.max_frame:
-                    raise ConnectionError(f"a frame of {n} bytes from the daemon, over its "
-                                          f"max_frame ({self.max_frame})")
+                limit = self.max_frame or FRAME_ACCEPT
+                if n > limit:
+                    raise ConnectionError(f"a frame of {n} bytes from the daemon, over "
+                                          f"{limit} bytes")
                 if len(self.buf) >= 4 + n:
                     payload = bytes(self.buf[4:4 + n])
                     del self.buf[:4 + n]
@@ -167,8 +169,12 @@ class Client:
     # --- ops ---------------------------------------------------------------
 
     def hello(self):
-        return self.request("hello", proto_min=PROTO_VERSION, proto_max=PROTO_VERSION,
+        info = self.request("hello", proto_min=PROTO_VERSION, proto_max=PROTO_VERSION,
                             client="sinkd_client.py")
+        mf = info.get("max_frame")
+        if isinstance(mf, int) and mf > 0:
+            self.max_frame = mf
+        return info
 
     def models(self):
         return self.request("model.list")["models"]
@@ -179,10 +185,13 @@ class Client:
     def detokenize(self, ids, model=None):
         return self.request("detokenize", ids=list(ids), model=model)["text"]
 
-    def session_open(self, model=None, policy=None, params=None, budget=None):
-        """Open a session; returns its id (the reply is in .last_open)."""
+    def session_open(self, model=None, policy=None, params=None, budget=None, persist=None):
+        """Open a session; returns its id (the reply is in .last_open).
+        With persist=True it outlives this connection and restarts of the
+        daemon: keep .last_open["secret"] (a str, as the daemon sent it;
+        private) to session_attach it later."""
         self.last_open = self.request("session.open", model=model, policy=policy,
-                                      params=params, budget=budget)
+                                      params=params, budget=budget, persist=persist)
         return self.last_open["session"]
 
     def session_append(self, session, text=None, ids=None, bos=None):
@@ -233,6 +242,33 @@ class Client:
 
     def session_close(self, session):
         return self.request("session.close", session=session)
+
+    # --- persistent sessions and snapshots (PROTOCOL.md, "Persistent sessions")
+
+    def session_attach(self, session, secret):
+        """Become the owner connection of @session again (after a restart,
+        or from another connection of the same uid). Returns the reply:
+        session.open's fields plus n_past, the tokens in the conversation.
+        A wrong secret, another uid's and a missing session all raise
+        SinkdError "not_found"."""
+        return self.request("session.attach", session=session, secret=secret)
+
+    def session_save(self, session):
+        """Write a snapshot of @session now; returns its path (a str)."""
+        return self.request("session.save", session=session)["path"]
+
+    def session_restore(self, session=None, path=None):
+        """Reopen the snapshot of @session, or the one at @path (a path
+        session_save returned): exactly one of them. A live session of that
+        id rolls back to it. Returns the reply, as session_attach's."""
+        if (session is None) == (path is None):
+            raise ValueError("session_restore: give exactly one of session and path")
+        return self.request("session.restore", session=session, path=path)
+
+    def session_forget(self, session):
+        """Delete the snapshot session_save wrote of @session (the live
+        session, if any, stays)."""
+        return self.request("session.forget", session=session)
 
 
 class _StdoutGone(Exception):

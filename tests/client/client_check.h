@@ -33,12 +33,31 @@
  * process; each suite's .init starts a fresh one). */
 static sinkd_testd check_daemon = SINKD_TESTD_INIT;
 
-static inline void check_daemon_start(void)
+/* Start the daemon with @server_conf (may be "") as its [server] section. */
+static inline void check_daemon_start_with(const char *server_conf)
 {
     static const char *const args[] = { "--model", "tiny=" CHECK_MODEL, "--backend", "cpu",
                                          NULL };
-    int rc = sinkd_testd_start(&check_daemon, "[engine]\nkv_pool_bytes = 64M\n", args);
+    char conf[512];
+    snprintf(conf, sizeof(conf), "[server]\n%s[engine]\nkv_pool_bytes = 64M\n", server_conf);
+    int rc = sinkd_testd_start(&check_daemon, conf, args);
     cr_assert_eq(rc, 0, "sinkd did not start (%d)", rc);
+}
+
+static inline void check_daemon_start(void)
+{
+    check_daemon_start_with("");
+}
+
+/* Start it with [server] state_dir = @state_dir: the daemon's own directory
+ * is new at every start, this one keeps persistent sessions and snapshots
+ * across a restart. */
+static inline void check_daemon_start_state(const char *state_dir)
+{
+    char line[256];
+    cr_assert_lt((size_t)snprintf(line, sizeof(line), "state_dir = %s\n", state_dir),
+                 sizeof(line));
+    check_daemon_start_with(line);
 }
 
 static inline void check_daemon_stop(void)

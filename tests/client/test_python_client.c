@@ -1,8 +1,9 @@
 /*
  * client/python/sinkd_client.py against the real daemon: its streamed greedy
  * generation equals `sinkctl run` and the golden tokens; a generation left
- * early is cancelled; a daemon's bad frames are clear errors. Skipped when
- * no python3 with the msgpack module is installed.
+ * early is cancelled; a daemon's bad frames are clear errors; a persistent
+ * session attached, saved, restored and forgotten. Skipped when no python3
+ * with the msgpack module is installed.
  */
 #include "client_check.h"
 
@@ -156,5 +157,56 @@ Test(python, oversized_requests_are_refused_before_sending)
                              "    print(c.tokenize('hi') == c.tokenize('hi'))\n");
     cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
     cr_expect_str_eq(r.out, "16777216\nframe_too_large\nTrue\n", "%s", r.err);
+    check_run_free(&r);
+}
+
+/* A persistent session through the client's calls: it outlives the
+ * connection that opened it, attaches from another with its secret (a
+ * wrong one is not_found) and n_past counts its tokens; a snapshot saved,
+ * restored (a rollback, by path and by id) and forgotten. The expected
+ * counts come from the golden file, the prompt being its case 0. */
+Test(python, persistent_session_attach_save_restore_forget)
+{
+    check_golden_load(golden);
+    cr_assert_str_eq(golden[0].prompt, "Once upon a time");
+    check_run r = run_script(PY_PRELUDE
+                             "import os\n"
+                             "with Client(sys.argv[1]) as c:\n"
+                             "    s = c.session_open(persist=True)\n"
+                             "    secret = c.last_open['secret']\n"
+                             "    c.session_append(s, text='Once upon a time')\n"
+                             "    for ev in c.session_generate(s, max_tokens=5, ignore_eos=True):\n"
+                             "        pass\n"
+                             "with Client(sys.argv[1]) as c:\n"
+                             "    try:\n"
+                             "        c.session_attach(s, '0' * 32)\n"
+                             "    except SinkdError as e:\n"
+                             "        print('wrong secret', e.code)\n"
+                             "    a = c.session_attach(s, secret)\n"
+                             "    print('attach', a['session'] == s, a['secret'] == secret, "
+                             "a['n_past'])\n"
+                             "    path = c.session_save(s)\n"
+                             "    print('save', os.path.basename(path) == '%d.snap' % s, "
+                             "os.path.exists(path))\n"
+                             "    for ev in c.session_generate(s, max_tokens=3, ignore_eos=True):\n"
+                             "        pass\n"
+                             "    print('restore', c.session_restore(path=path)['n_past'])\n"
+                             "    for ev in c.session_generate(s, max_tokens=3, ignore_eos=True):\n"
+                             "        pass\n"
+                             "    print('restore', c.session_restore(session=s)['n_past'])\n"
+                             "    c.session_forget(s)\n"
+                             "    print('forget', os.path.exists(path))\n"
+                             "    try:\n"
+                             "        c.session_forget(s)\n"
+                             "    except SinkdError as e:\n"
+                             "        print('forget again', e.code)\n"
+                             "    c.session_close(s)\n");
+    cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    char want[256];
+    size_t n_past = golden[0].n_prompt + 5;
+    snprintf(want, sizeof(want),
+             "wrong secret not_found\nattach True True %zu\nsave True True\nrestore %zu\n"
+             "restore %zu\nforget False\nforget again not_found\n", n_past, n_past, n_past);
+    cr_expect_str_eq(r.out, want, "%s", r.err);
     check_run_free(&r);
 }

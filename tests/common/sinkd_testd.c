@@ -302,6 +302,11 @@ static int testd__remove(const char *path, const struct stat *st, int type, stru
     return remove(path) == 0 || errno == ENOENT ? 0 : -1;
 }
 
+int sinkd_testd_rmtree(const char *path)
+{
+    return nftw(path, testd__remove, 8, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}
+
 void sinkd_testd_free(sinkd_testd *d)
 {
     if (d == NULL)
@@ -312,7 +317,7 @@ void sinkd_testd_free(sinkd_testd *d)
     }
     if (d->dir[0] != '\0') {
         /* The state directory holds whatever the daemon wrote there. */
-        if (nftw(d->dir, testd__remove, 8, FTW_DEPTH | FTW_PHYS) != 0)
+        if (sinkd_testd_rmtree(d->dir) != 0)
             fprintf(stderr, "sinkd_testd: could not remove %s\n", d->dir);
     }
     *d = (sinkd_testd)SINKD_TESTD_INIT;

@@ -76,4 +76,10 @@ int sinkd_testd_connect_raw(const sinkd_testd *d);
  * put @d back in its init state. Safe on an init or already freed @d. */
 void sinkd_testd_free(sinkd_testd *d);
 
+/* Remove @path and everything below it, links as links (never followed):
+ * for a test's own directories, such as a state directory shared by the
+ * daemons it starts one after another. Returns 0, or -1 when something
+ * could not be removed (the rest is gone). */
+int sinkd_testd_rmtree(const char *path);
+
 #endif /* SINKD_TESTD_H */
