@@ -9,7 +9,8 @@ static int read_list(FILE *fp, const char *key, int is_float, void **out, size_t
 {
     char k[64];
     size_t cnt;
-    if (fscanf(fp, "%63s %zu", k, &cnt) != 2 || strcmp(k, key) || cnt > 1000000)
+    /* room for step logits of a real vocabulary (50 x 128K), not for nonsense */
+    if (fscanf(fp, "%63s %zu", k, &cnt) != 2 || strcmp(k, key) || cnt > (size_t)1 << 23)
         return -1;
     void *v = malloc((cnt ? cnt : 1) * 4);
     if (!v)

@@ -16,7 +16,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -39,12 +38,6 @@
 static char state[64];
 static char model_copy[128];
 
-static int rm(const char *p, const struct stat *st, int type, struct FTW *ftw)
-{
-    (void)st, (void)type, (void)ftw;
-    return remove(p);
-}
-
 static void setup(void)
 {
     snprintf(state, sizeof state, "/tmp/sinkd-persist-XXXXXX");
@@ -54,7 +47,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    nftw(state, rm, 8, FTW_DEPTH | FTW_PHYS);
+    sinkd_testd_rmtree(state);
     if (model_copy[0])
         remove(model_copy);
 }
