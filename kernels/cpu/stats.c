@@ -7,7 +7,8 @@
  *              QUANTILE selects one rank of the lane's probabilities
  *              (quickselect on order-preserving integer keys: O(len), and
  *              the same threshold bit for bit as the CUDA radix select);
- *              GUMBEL takes a log and two exps per token, in double.
+ *              GUMBEL takes a log and a power per token, in double
+ *              (stat_gumbel says why no more).
  *              With row_len the two rules run on each lane's first
  *              row_len[l] tokens, p from prev and the statistic from score.
  * topk_tokens  selects the k-th largest score the same way, then walks the
@@ -98,29 +99,29 @@ static void stat_quantile(const sinkd_stat_args *a, int32_t l, int32_t n, const 
     }
 }
 
+/* The softmax of z = (log p + g) / T with g = -log E, E = -log u (an
+ * exponential variate): exp(z) = (p / E)^(1/T), so each token needs E's
+ * log and a power, taken of its ratio r = p / E to the lane's largest so
+ * that it cannot overflow (at T = 1 a division). @r: the lane's ratios (0
+ * for tokens without p > 0). */
 static void stat_gumbel(const sinkd_stat_args *a, int32_t l, int32_t n, const float *p,
-                        const float *old, float *z)
+                        const float *old, float *r)
 {
     const sinkd_kv_pool *pool = a->pool;
-    double mx = -INFINITY, sum = 0;
+    const double inv_t = 1.0 / a->temperature;
+    double mx = 0, sum = 0;
 
     for (int32_t t = 0; t < n; t++) {
         float pk = p[cpu__slot(pool, &a->lanes, l, t)];
-        if (pk > 0) {
-            double g = -log(-log(sinkd_stat_uniform(a->seed, l, t)));
-            z[t] = (float)((log((double)pk) + g) / a->temperature);
-            mx = z[t] > mx ? z[t] : mx;
-        } else {
-            z[t] = -INFINITY;
-        }
+        r[t] = pk > 0 ? (float)((double)pk / -log(sinkd_stat_uniform(a->seed, l, t))) : 0.0f;
+        mx = r[t] > mx ? r[t] : mx;
     }
-    for (int32_t t = 0; t < n; t++)
-        if (z[t] > -INFINITY)
-            sum += exp((double)z[t] - mx);
+    for (int32_t t = 0; mx > 0 && t < n; t++)
+        sum += pow(r[t] / mx, inv_t);
+    /* a lane without p > 0 adds nothing (sum 0) */
     for (int32_t t = 0; t < n; t++) {
         int64_t slot = cpu__slot(pool, &a->lanes, l, t);
-        double w = z[t] > -INFINITY ? exp((double)z[t] - mx) / sum : 0.0;
-        pool->score[slot] = (float)(old[slot] + w);
+        pool->score[slot] = (float)(old[slot] + (sum > 0 ? pow(r[t] / mx, inv_t) / sum : 0.0));
     }
 }
 

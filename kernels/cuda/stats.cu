@@ -15,9 +15,9 @@
  *                             bytes), and the passes of the rule run there:
  *       QUANTILE     4 radix passes of 8 bits for the exact threshold (the
  *                    CPU's quickselect picks the same element), one update
- *       GUMBEL       z = (log p + g) / temperature once (f32 logs within
- *                    about 1e-7 of the CPU's double), then max, the sum of
- *                    exp(z - max), kept, and the write
+ *       GUMBEL       r = p / E once (exp((log p + g) / T) = r^(1/T) for the
+ *                    noise g = -log E), then the max, the sum of
+ *                    (r / max)^(1/T), kept, and the write
  *       topk_tokens  4 radix passes for the k-th largest, then one ordered
  *                    pass in chunks of the block writing ascending pages
  *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
@@ -384,35 +384,31 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
     });
 }
 
-/* z of a key, NaN for a key without p > 0 (z itself is never NaN there);
- * @inv_t: 1 / temperature. Its logs in f32, on arguments whose logs are
- * small, so that each is within about 1e-7 of the CPU's double: log p as
- * e ln 2 + log m of p = m 2^e, -log u through log1p above u = 1/2 (where u
- * itself would round to 1); the sum and the scaling in double. Five double
- * logs and exps a key were most of this rule's time (H100, 16 x 32K lanes:
- * 137 us a layer). u = (2k + 1) / 2^25 for the hash's top 24 bits k
+/* r = p / E of a key, E = -log u the noise's exponential variate, so that
+ * the weight exp((log p + g) / T) of the noise g = -log E is r^(1/T):
+ * one log a key where z itself took four transcendentals and double
+ * arithmetic (the rule was 77 us a layer on the 1B geometry). 0 for a key
+ * without p > 0. u = (2k + 1) / 2^25 for the hash's top 24 bits k
  * (sinkd_stat_uniform), so u below 1/2 and u - 1 above it are exact in f32
- * straight from the integer: no double conversions. */
-static __device__ __forceinline__ float gumbel_z(float p, const sinkd_stat_args &a, double inv_t,
-                                                 int32_t l, int32_t t)
+ * straight from the integer, and E comes through log1p where u nears 1:
+ * within about 1e-7 of the CPU's double. */
+static __device__ __forceinline__ float gumbel_r(float p, const sinkd_stat_args &a, int32_t l,
+                                                 int32_t t)
 {
     if (!(p > 0))
-        return NAN;
+        return 0.0f;
     const uint32_t k2 = 2u * (uint32_t)(sinkd_stat_hash(a.seed, l, t) >> 40) + 1u; /* 2k + 1 < 2^25 */
     const float sc = 0x1p-25f;
     float e = k2 > (1u << 24) ? -log1pf(-(float)((1u << 25) - k2) * sc) : -logf((float)k2 * sc);
-    int ex;
-    float m = frexpf(p, &ex);
-    double lp = (double)ex * 0.6931471805599453 + (double)logf(m);
-    return (float)((lp - (double)logf(e)) * inv_t);
+    return p / e;
 }
 
-/* A key's weight exp(z - max), 0 for a NaN z: z - max in double (both
- * f32), its exp in f32, so the weight's relative error stays near 1e-7
- * where weights matter. */
-static __device__ __forceinline__ double gumbel_w(float z, double mx)
+/* A key's weight (r / max r)^(1/T) before the sum, from @x = r / max r:
+ * the ratio itself at T = 1 (keyformer's default), else through f32 log2
+ * and exp2, whose error 1/T scales only where the weight is tiny. */
+static __device__ __forceinline__ float gumbel_w(float x, float inv_t, bool t1)
 {
-    return isnan(z) ? 0 : (double)expf((float)((double)z - mx));
+    return t1 ? x : x > 0 ? exp2f(log2f(x) * inv_t) : 0.0f;
 }
 
 template <bool CACHED>
@@ -420,39 +416,39 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
                                    const lane_ref &lr, int32_t len, const float *src, const float *old,
                                    float *cache, double *sh)
 {
-    const double inv_t = 1.0 / (double)a.temperature;
-    double mx = -INFINITY, sum = 0;
+    const float inv_t = (float)(1.0 / (double)a.temperature);
+    const bool t1 = a.temperature == 1.0f;
+    double mx = 0, sum = 0;
 
-    /* cached: z replaces p as the lane is read, its math in the shadow of
+    /* cached: r replaces p as the lane is read, its log in the shadow of
      * the loads still in flight */
     if (CACHED) {
         lane_load<4>(cache, src, lr, len, [&](int32_t t, float p) {
-            float z = gumbel_z(p, a, inv_t, l, t);
-            if (!isnan(z))
-                mx = fmax(mx, (double)z);
-            return z;
+            float r = gumbel_r(p, a, l, t);
+            mx = fmax(mx, (double)r);
+            return r;
         });
     } else {
-        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-            float z = gumbel_z(src[lr.slot(t)], a, inv_t, l, t);
-            if (!isnan(z))
-                mx = fmax(mx, (double)z);
-        }
+        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
+            mx = fmax(mx, (double)gumbel_r(src[lr.slot(t)], a, l, t));
     }
     mx = block_reduce(mx, sh, true);
+    if (mx == 0) /* no key with p > 0: the lane adds nothing */
+        return lane_update<4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
+    const float inv_mx = (float)(1.0 / mx);
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
-        float z = CACHED ? cache[t] : gumbel_z(src[lr.slot(t)], a, inv_t, l, t);
-        double x = gumbel_w(z, mx);
+        float r = CACHED ? cache[t] : gumbel_r(src[lr.slot(t)], a, l, t);
+        float w = gumbel_w(r * inv_mx, inv_t, t1);
         if (CACHED)
-            cache[t] = (float)x; /* the entries it reads: the write divides them */
-        sum += x;
+            cache[t] = w; /* the entries it reads: the write divides them */
+        sum += w;
     }
     sum = block_reduce(sum, sh, false);
-    /* a lane without p > 0 has sum 0 and adds nothing (every x is 0) */
-    const double inv_sum = sum > 0 ? 1.0 / sum : 0.0;
+    const double inv_sum = 1.0 / sum; /* > 0: the largest r weighs 1 */
     lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
-        double x = CACHED ? (double)cache[t] : gumbel_w(gumbel_z(src[slot], a, inv_t, l, t), mx);
-        return (float)(o + x * inv_sum);
+        double w = CACHED ? (double)cache[t]
+                          : (double)gumbel_w(gumbel_r(src[slot], a, l, t) * inv_mx, inv_t, t1);
+        return (float)(o + w * inv_sum);
     });
 }
 
