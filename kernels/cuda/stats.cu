@@ -31,6 +31,7 @@
  */
 #include "common.cuh"
 
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -413,7 +414,8 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
  * without p > 0. u = (2k + 1) / 2^25 for the hash's top 24 bits k
  * (sinkd_stat_uniform), so u below 1/2 and u - 1 above it are exact in f32
  * straight from the integer, and E comes through log1p where u nears 1:
- * within about 1e-7 of the CPU's double. */
+ * within about 1e-7 of the CPU's double. An r below f32's range (p / E <
+ * 2^-149) weighs 0, as on the CPU, which keeps r in f32 too. */
 static __device__ __forceinline__ float gumbel_r(float p, const sinkd_stat_args &a, int32_t l,
                                                  int32_t t)
 {
@@ -438,7 +440,9 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
                                    const lane_ref &lr, int32_t len, const float *src, const float *old,
                                    float *cache, double *sh)
 {
-    const float inv_t = (float)(1.0 / (double)a.temperature);
+    /* FLT_MAX for a temperature whose inverse overflows: then only the
+     * largest r weighs (x = 1 gives 0 * FLT_MAX = 0, exp2 1) */
+    const float inv_t = (float)fmin(1.0 / (double)a.temperature, (double)FLT_MAX);
     const bool t1 = a.temperature == 1.0f;
     double mx = 0, sum = 0;
 
@@ -457,19 +461,22 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     mx = block_reduce(mx, sh, true);
     if (mx == 0) /* no key with p > 0: the lane adds nothing */
         return lane_update<4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
-    const float inv_mx = (float)(1.0 / mx);
+    /* r / max by a division, not a reciprocal's product: the largest r
+     * then weighs exactly 1 (so the sum is >= 1 at any temperature) and a
+     * lane of tiny r cannot overflow the reciprocal */
+    const float mxf = (float)mx; /* exact: the max of floats */
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         float r = CACHED ? cache[t] : gumbel_r(src[lr.slot(t)], a, l, t);
-        float w = gumbel_w(r * inv_mx, inv_t, t1);
+        float w = gumbel_w(r / mxf, inv_t, t1);
         if (CACHED)
             cache[t] = w; /* the entries it reads: the write divides them */
         sum += w;
     }
     sum = block_reduce(sum, sh, false);
-    const double inv_sum = 1.0 / sum; /* > 0: the largest r weighs 1 */
+    const double inv_sum = 1.0 / sum; /* sum >= 1: the largest r weighs 1 */
     lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         double w = CACHED ? (double)cache[t]
-                          : (double)gumbel_w(gumbel_r(src[slot], a, l, t) * inv_mx, inv_t, t1);
+                          : (double)gumbel_w(gumbel_r(src[slot], a, l, t) / mxf, inv_t, t1);
         return (float)(o + w * inv_sum);
     });
 }

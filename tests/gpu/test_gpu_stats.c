@@ -337,9 +337,11 @@ Test(gpu_stats, quantile)
 Test(gpu_stats, gumbel)
 {
     TWIN_OR_SKIP(t);
-    static const float temps[] = {0.5f, 1.0f, 3.0f};
-    for (int rep = 0; rep < 12; rep++) {
-        float temp = rep < 9 ? temps[rep % 3] : twin_uniform(&t, 0.05f, 20.0f);
+    /* keyformer's range is [1e-3, 100]; 1e-30 leaves only each lane's
+     * largest key weighing (its inverse is past f32's range) */
+    static const float temps[] = {0.5f, 1.0f, 3.0f, 1e-3f, 100.0f, 1e-30f};
+    for (int rep = 0; rep < 16; rep++) {
+        float temp = rep < 12 ? temps[rep % 6] : twin_uniform(&t, 0.05f, 20.0f);
         uint64_t seed = (uint64_t)twin_u32(&t) << 32 | twin_u32(&t);
         char what[32];
         snprintf(what, sizeof what, "gumbel T=%g", temp);

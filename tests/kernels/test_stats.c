@@ -180,8 +180,10 @@ Test(stats, quantile)
 
 Test(stats, gumbel)
 {
-    static const float ts[] = {0.5f, 1.0f, 3.0f};
-    for (int i = 0; i < 3; i++)
+    /* keyformer's range is [1e-3, 100]; at 1e-30 only each lane's largest
+     * key weighs */
+    static const float ts[] = {0.5f, 1.0f, 3.0f, 1e-3f, 100.0f, 1e-30f};
+    for (int i = 0; i < 6; i++)
         for (int32_t pt = 1; pt <= 16; pt *= 4)
             check_op(SINKD_STAT_OP_GUMBEL, pt, 16, SINKD_F32, 0.5f, 1.0f, ts[i], 0);
 }
