@@ -313,9 +313,10 @@ typedef struct sinkd_client_session_opts {
     const char *policy;                      /* NULL: "full" */
     const char *params;                      /* policy parameters "k=v k=v" */
     uint64_t budget;                         /* max tokens per lane, 0 = none */
-    bool persist;                            /* outlive this connection and
+    bool persist;                            /* outlive this connection and,
+                                                with a state directory,
                                                 restarts of the daemon: see
-                                                sinkd_client_session_attach */
+                                                sinkd_client_session_open */
 } sinkd_client_session_opts;
 
 #define SINKD_CLIENT_SESSION_OPTS_INIT { NULL, NULL, NULL, NULL, 0, false }
@@ -338,7 +339,12 @@ typedef struct sinkd_client_session_info {
  * @info. Model and geometry together are -EINVAL. A session that is not
  * persistent closes with @c's connection; a persistent one lives on until
  * sinkd_client_session_close, across restarts of the daemon, and another
- * connection of the same uid takes it back with its id and @info->secret. */
+ * connection of the same uid takes it back with its id and @info->secret.
+ * Surviving a restart needs the daemon's state directory: a daemon without
+ * a usable one opens a persistent session all the same, but it outlives
+ * only the connection and is lost when the daemon stops. To know before
+ * relying on it, attach to the new session on @c with @info->secret: that
+ * daemon answers SINKD_ERR_UNSUPPORTED. */
 int sinkd_client_session_open(sinkd_client *c, const sinkd_client_session_opts *opts,
                               int timeout_ms, sinkd_client_session_info *info);
 
@@ -525,7 +531,8 @@ int sinkd_client_session_policy(sinkd_client *c, uint64_t session, const char *p
  * persistent then closes with @c. A wrong secret, another uid's session and
  * a missing one are all SINKD_ERR_NOT_FOUND; -EINVAL for a NULL or empty
  * @secret; SINKD_ERR_UNSUPPORTED when the daemon has no usable state
- * directory. */
+ * directory (nothing of it survives a restart), also for the connection
+ * that already owns @session. */
 int sinkd_client_session_attach(sinkd_client *c, uint64_t session, const char *secret,
                                 int timeout_ms, sinkd_client_session_info *info,
                                 uint64_t *n_past);
@@ -552,7 +559,8 @@ int sinkd_client_session_save(sinkd_client *c, uint64_t session, int timeout_ms,
  * SINKD_ERR_NOT_FOUND (no snapshot, or another uid's), SINKD_ERR_BUSY,
  * SINKD_ERR_INVALID_ARGUMENT (a path session.save did not write; a refused
  * snapshot, with the reason), SINKD_ERR_QUOTA_EXCEEDED,
- * SINKD_ERR_NO_MEMORY (KV pool). */
+ * SINKD_ERR_NO_MEMORY (KV pool), SINKD_ERR_UNSUPPORTED (no state
+ * directory). */
 int sinkd_client_session_restore(sinkd_client *c, uint64_t session, const char *path,
                                  int timeout_ms, sinkd_client_session_info *info,
                                  uint64_t *n_past);

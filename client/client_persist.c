@@ -26,6 +26,9 @@ static int persist__reopened(sinkd_client *c, const char *op, client__args *a, i
         *info = got;
     if (rc == 0 && n_past != NULL)
         *n_past = past;
+    /* got.secret resumes the session: no copy of it outlives this call
+     * but the caller's */
+    explicit_bzero(&got, sizeof(got));
     sinkd_client_reply_free(&rep);
     return rc;
 }

@@ -478,6 +478,7 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
     uint64_t n_past;
     code = gen_begin(ctx, &o, &c, &k, &info, &n_past);
     if (code != SINKCTL_EXIT_OK) {
+        explicit_bzero(&info, sizeof(info));   /* a failed --persist had a secret */
         free(o.params);
         return code;
     }
@@ -523,6 +524,8 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
     free(line);
     canceller_stop(&k);
     sinkd_client_close(c);
+    /* info.secret resumes a persistent session: no copy outlives the chat */
+    explicit_bzero(&info, sizeof(info));
     free(o.params);
     return code;
 }
@@ -548,8 +551,14 @@ const sinkctl_cmd sinkctl_cmd_chat = {
             "ends and is saved when sinkd stops; `chat --attach ID` takes it back\n"
             "(stderr then says how many tokens it holds: n_past) and the next\n"
             "line continues the conversation. `sinkctl session close ID` ends it.\n"
-            "Exit 2 also when the secret is missing or --secret-file cannot be\n"
-            "used (an existing file is never overwritten).\n"
+            "Exit 2 also when the secret is missing or on the command line, when\n"
+            "--persist has no --secret-file and stderr is not a terminal, and when\n"
+            "--secret-file cannot be used: for --persist a path that exists (a\n"
+            "file or a link: never overwritten) or leads nowhere; for --attach\n"
+            "anything but a regular file of yours that others cannot read. Exit 1\n"
+            "when sinkd keeps no state directory (a --persist session could not\n"
+            "survive a restart: it is closed again). Exit 3 also for an I/O error\n"
+            "reading or writing the secret file once it is open.\n"
             "\n"
             "With --json, prints token events and one result object per reply,\n"
             "as `sinkctl run --json` does.\n"

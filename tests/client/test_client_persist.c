@@ -3,7 +3,10 @@
  * the tiny reference model and restarted (SIGTERM, which saves persistent
  * sessions) over one state directory: libsinkd's attach, save, restore and
  * forget; sinkctl's `chat --persist` and `chat --attach` as a user runs them
- * across a restart, and `session save|forget`. Expected token counts come
+ * across a restart, and `session save|forget`; what sinkctl refuses (a
+ * secret in argv or in a file others may read, --persist with the secret
+ * bound for a non-terminal stderr, a daemon without a state directory)
+ * and what it leaves after a failure. Expected token counts come
  * from the golden file and the model's documented byte vocabulary, never
  * from the call under test. The Python client's calls are in
  * test_python_client.c.
@@ -12,6 +15,7 @@
 
 #include <ctype.h>
 #include <limits.h>
+#include <sys/resource.h>
 
 #define T CHECK_TIMEOUT_MS
 #define SECRET_LEN 32 /* hex digits: PROTOCOL.md's 128 random bits */
@@ -177,7 +181,8 @@ Test(client_persist, libsinkd_attach_after_a_restart_save_restore_forget)
 
 /* CHECK_SINKCTL_RUN, after checking that no argument holds @secret (may be
  * NULL): every secret below travels by file or environment, never argv,
- * which every user can read in /proc. */
+ * which every user can read in /proc. A guard of this file's own calls;
+ * that sinkctl refuses a secret in argv is tested below. */
 #define SINKCTL(secret, input, ...) \
     sinkctl_run((secret), (input), (const char *const[]){ __VA_ARGS__, NULL })
 
@@ -209,6 +214,51 @@ static size_t sessions_open(void)
     return n;
 }
 
+/* The id the daemon gives the next session, learnt by opening (and
+ * closing) one. Ids count up from 1 and are never reused, so two calls
+ * differ by exactly one across a command that opened no session, and by
+ * more when it opened one, even one it closed again. */
+static uint64_t probe_session_id(void)
+{
+    sinkd_client *c = check_connect();
+    sinkd_client_session_info info;
+    ASSERT_OK(c, sinkd_client_session_open(c, NULL, T, &info), "session.open");
+    ASSERT_OK(c, sinkd_client_session_close(c, info.session, T), "session.close");
+    sinkd_client_close(c);
+    return info.session;
+}
+
+/* Run sinkctl with @args (as SINKCTL, no stdin), expect exit @status with
+ * @says on stderr and nothing on stdout, and that no session opened
+ * meanwhile. */
+#define REFUSED(secret, status, says, ...) \
+    refused((secret), (status), (says), (const char *const[]){ __VA_ARGS__, NULL })
+
+static void refused(const char *secret, int status, const char *says, const char *const *args)
+{
+    const uint64_t before = probe_session_id();
+    check_run r = sinkctl_run(secret, NULL, args);
+    cr_expect_eq(r.status, status, "%s %s: exit %d: %s", args[0], args[1], r.status, r.err);
+    cr_expect_not_null(strstr(r.err, says), "no '%s' in: %s", says, r.err);
+    cr_expect_str_eq(r.out, "");
+    check_run_free(&r);
+    cr_expect_eq(probe_session_id(), before + 1, "%s %s opened a session", args[0], args[1]);
+}
+
+/* How many times the daemon's log says that session @id was attached. */
+static size_t attaches_logged(uint64_t id)
+{
+    char line[64];
+    snprintf(line, sizeof(line), "session %llu attached by", (unsigned long long)id);
+    char *log = sinkd_testd_log(&check_daemon);
+    cr_assert_not_null(log);
+    size_t n = 0;
+    for (const char *p = log; (p = strstr(p, line)) != NULL; p += strlen(line))
+        n++;
+    free(log);
+    return n;
+}
+
 static char *slurp(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -218,17 +268,31 @@ static char *slurp(const char *path)
     return s;
 }
 
+/* A new file @path of mode @mode holding @text. */
+static void plant(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    cr_assert_eq(fchmod(fd, mode), 0);
+    close(fd);
+}
+
 Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continues)
 {
     enum { N = 8 };
     check_golden_load(golden);
+    /* a name that needs quoting in the hint, given relative to the
+     * directory sinkctl runs in: the hint names it absolute */
+    static const char name[] = "chat's.secret";
     char secret_file[128], input[256], n[8];
-    snprintf(secret_file, sizeof(secret_file), "%s/chat.secret", dir);
+    snprintf(secret_file, sizeof(secret_file), "%s/%s", dir, name);
     snprintf(input, sizeof(input), "%s\n", golden[0].prompt);
     snprintf(n, sizeof(n), "%d", N);
+    cr_assert_eq(chdir(dir), 0, "%s", strerror(errno));
 
     /* turn one, in a new persistent session whose secret goes to a file */
-    check_run r = SINKCTL(NULL, input, "chat", "--persist", "--secret-file", secret_file,
+    check_run r = SINKCTL(NULL, input, "chat", "--persist", "--secret-file", name,
                           "-n", n, "--ignore-eos");
     cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
     char reply1[N + 1];
@@ -238,10 +302,11 @@ Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continue
     cr_expect_str_eq(r.out, want);
     const uint64_t id = number_after(r.err, "session ");
     cr_expect_not_null(strstr(r.err, " is persistent"), "%s", r.err);
-    char hint[256];
-    snprintf(hint, sizeof(hint), "chat --attach %llu --secret-file %s", (unsigned long long)id,
-             secret_file);
-    cr_expect_not_null(strstr(r.err, hint), "%s", r.err);
+    char real[PATH_MAX], hint[PATH_MAX + 64];
+    cr_assert_not_null(realpath(dir, real));
+    snprintf(hint, sizeof(hint), "chat --attach %llu --secret-file '%s/chat'\\''s.secret'\n",
+             (unsigned long long)id, real);
+    cr_expect_not_null(strstr(r.err, hint), "no \"%s\" in: %s", hint, r.err);
     check_run_free(&r);
 
     struct stat st;
@@ -256,13 +321,9 @@ Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continue
     cr_assert(is_secret(secret), "%s", secret);
 
     /* an existing --secret-file is refused, untouched, before any session
-     * opens (the first chat's persistent session is the only one) */
+     * opens */
     cr_assert_eq(sessions_open(), 1);
-    r = SINKCTL(secret, "x\n", "chat", "--persist", "--secret-file", secret_file);
-    cr_expect_eq(r.status, 2, "%s", r.err);
-    cr_expect_not_null(strstr(r.err, "exists"), "%s", r.err);
-    cr_expect_str_eq(r.out, "");
-    check_run_free(&r);
+    REFUSED(secret, 2, "exists", "chat", "--persist", "--secret-file", secret_file);
     char *again = slurp(secret_file);
     cr_expect_str_eq(again, line, "the secret file was overwritten");
     free(again);
@@ -271,7 +332,8 @@ Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continue
 
     restart();
 
-    /* no secret, a wrong one: refused */
+    /* no secret, a wrong one: refused; the wrong one's message says that
+     * the secret may be what is wrong, and still shows the daemon's code */
     cr_assert_eq(unsetenv("SINKD_SECRET"), 0);
     char id_arg[24];
     snprintf(id_arg, sizeof(id_arg), "%llu", (unsigned long long)id);
@@ -282,7 +344,9 @@ Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continue
     cr_assert_eq(setenv("SINKD_SECRET", "00000000000000000000000000000000", 1), 0);
     r = SINKCTL(secret, "And then\n", "chat", "--attach", id_arg);
     cr_expect_eq(r.status, 1, "%s", r.err);
-    cr_expect_not_null(strstr(r.err, "not_found"), "%s", r.err);
+    snprintf(want, sizeof(want), "not_found: no session %s (no such session of yours, or a "
+             "wrong secret)\n", id_arg);
+    cr_expect_not_null(strstr(r.err, want), "%s", r.err);
     check_run_free(&r);
 
     /* turn two after the restart, the secret in the environment: n_past is
@@ -330,29 +394,204 @@ Test(client_persist, sinkctl_chat_persist_survives_a_restart_and_attach_continue
     check_run_free(&r);
 }
 
-/* Without --secret-file the secret is printed on stderr, once, with the
- * advice to keep it private, and it is the session's: it attaches. */
-Test(client_persist, sinkctl_chat_persist_prints_the_secret_without_a_file)
+/* Without --secret-file the secret would go to stderr, here a file (as
+ * under nohup or a service manager): refused before any session opens. */
+Test(client_persist, sinkctl_chat_persist_without_a_file_needs_a_terminal)
 {
-    check_run r = SINKCTL(NULL, NULL, "chat", "--persist");
-    cr_assert_eq(r.status, 0, "exit %d: %s", r.status, r.err);
-    const uint64_t id = number_after(r.err, "session ");
+    REFUSED(NULL, 2, "name a --secret-file", "chat", "--persist");
+    cr_expect_eq(sessions_open(), 0);
+}
+
+/* Run sinkctl with @args, its stderr a terminal (a pseudo-terminal's
+ * slave side), stdin and stdout /dev/null. Returns what reached the
+ * terminal (caller frees; the terminal writes "\r\n" for "\n") and the
+ * exit status in *@status. */
+static char *sinkctl_on_tty(const char *const *args, int *status)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0)
+        cr_skip_test("no pseudo-terminal: %s", strerror(errno));
+    cr_assert(grantpt(m) == 0 && unlockpt(m) == 0, "%s", strerror(errno));
+    int s = open(ptsname(m), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    cr_assert_geq(s, 0, "%s", strerror(errno));
+    const char *argv[16] = { CHECK_SINKCTL, "--socket", check_daemon.socket_path };
+    for (size_t i = 0; args[i] != NULL; i++) {
+        cr_assert_lt(i + 4, sizeof(argv) / sizeof(argv[0]));
+        argv[i + 3] = args[i];
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(s, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int ws;
+    cr_assert_eq(waitpid(pid, &ws, 0), pid);
+    *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    /* Our slave fd is still open, so what the child wrote waits in the
+     * terminal: read it without blocking, up to what is there. */
+    cr_assert_eq(fcntl(m, F_SETFL, O_NONBLOCK), 0);
+    char *out = calloc(1, 8192);
+    cr_assert_not_null(out);
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < 8192 && (got = read(m, out + n, 8192 - 1 - n)) > 0)
+        n += (size_t)got;
+    close(s);
+    close(m);
+    return out;
+}
+
+/* On a terminal the secret is printed, once, with the advice to keep it
+ * private, and it is the session's: it attaches. */
+Test(client_persist, sinkctl_chat_persist_prints_the_secret_on_a_terminal)
+{
+    int status;
+    char *tty = sinkctl_on_tty((const char *const[]){ "chat", "--persist", NULL }, &status);
+    cr_assert_eq(status, 0, "exit %d: %s", status, tty);
+    const uint64_t id = number_after(tty, "session ");
     const char *key = "(keep it private): ";
-    const char *p = strstr(r.err, key);
-    cr_assert_not_null(p, "%s", r.err);
-    cr_expect_null(strstr(p + 1, key), "printed twice: %s", r.err);
+    const char *p = strstr(tty, key);
+    cr_assert_not_null(p, "%s", tty);
+    cr_expect_null(strstr(p + 1, key), "printed twice: %s", tty);
     char secret[SECRET_LEN + 1];
     p += strlen(key);
-    cr_assert_eq(strcspn(p, "\n"), SECRET_LEN, "%s", r.err);
+    cr_assert_eq(strcspn(p, "\r\n"), SECRET_LEN, "%s", tty);
     memcpy(secret, p, SECRET_LEN);
     secret[SECRET_LEN] = '\0';
     cr_assert(is_secret(secret), "%s", secret);
-    cr_expect_str_eq(r.out, "");
-    check_run_free(&r);
+    free(tty);
 
     sinkd_client *c = check_connect();
     uint64_t n_past = 1;
     ASSERT_OK(c, sinkd_client_session_attach(c, id, secret, T, NULL, &n_past), "attach");
     cr_expect_eq(n_past, 0);
     sinkd_client_close(c);
+}
+
+/* --attach takes the secret from neither the command line nor a file
+ * that is not the user's alone: refused though the secret is the right
+ * one, and the daemon sees no attach. The same file made private then
+ * attaches, which the daemon's log shows: the count can move. */
+Test(client_persist, sinkctl_attach_takes_no_secret_from_argv_or_an_unsafe_file)
+{
+    sinkd_client *c = check_connect();
+    sinkd_client_session_opts opts = SINKD_CLIENT_SESSION_OPTS_INIT;
+    opts.persist = true;
+    sinkd_client_session_info info;
+    ASSERT_OK(c, sinkd_client_session_open(c, &opts, T, &info), "session.open");
+    sinkd_client_close(c);
+    const char *secret = info.secret;
+    char id_arg[24], eq[96];
+    snprintf(id_arg, sizeof(id_arg), "%llu", (unsigned long long)info.session);
+    snprintf(eq, sizeof(eq), "--secret=%s", secret);
+    cr_assert_eq(unsetenv("SINKD_SECRET"), 0);
+
+    /* named --secret, not an abbreviation of --secret-file */
+    REFUSED(NULL, 2, "never goes on the command line", "chat", "--attach", id_arg, "--secret",
+            secret);
+    REFUSED(NULL, 2, "never goes on the command line", "chat", "--attach", id_arg, eq);
+
+    cr_assert(is_secret(secret), "%s", secret);
+    char path[128], line[sizeof(info.secret) + 1];
+    snprintf(path, sizeof(path), "%s/open.secret", dir);
+    snprintf(line, sizeof(line), "%s\n", secret);
+    plant(path, line, 0644);
+    REFUSED(secret, 2, "mode 0644", "chat", "--attach", id_arg, "--secret-file", path);
+    cr_assert_eq(chmod(path, 0640), 0);
+    REFUSED(secret, 2, "mode 0640", "chat", "--attach", id_arg, "--secret-file", path);
+
+    /* not regular files: a FIFO is refused at once, not waited on */
+    char fifo[128];
+    snprintf(fifo, sizeof(fifo), "%s/fifo.secret", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "%s", strerror(errno));
+    REFUSED(secret, 2, "not a regular file", "chat", "--attach", id_arg, "--secret-file", fifo);
+    REFUSED(secret, 2, "not a regular file", "chat", "--attach", id_arg, "--secret-file", dir);
+
+    /* another user's file: only root can make one to test with */
+    cr_assert_eq(chmod(path, 0600), 0);
+    if (geteuid() == 0) {
+        cr_assert_eq(chown(path, 65534, 65534), 0, "%s", strerror(errno));
+        REFUSED(secret, 2, "owned by uid 65534", "chat", "--attach", id_arg, "--secret-file",
+                path);
+        cr_assert_eq(chown(path, 0, 0), 0, "%s", strerror(errno));
+    }
+    cr_expect_eq(attaches_logged(info.session), 0, "an attach went through");
+
+    check_run r = SINKCTL(secret, NULL, "chat", "--attach", id_arg, "--secret-file", path);
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    cr_expect_eq(number_after(r.err, "attached: n_past "), 0, "%s", r.err);
+    check_run_free(&r);
+    cr_expect_eq(attaches_logged(info.session), 1);
+}
+
+/* --persist failures once the secret file exists (an error reply, an I/O
+ * error writing it) take it away again and leave no session; a link where
+ * the file goes is refused and its target never created. */
+Test(client_persist, sinkctl_chat_persist_failures_leave_no_file_and_no_session)
+{
+    char file[128], link[128], target[128];
+    snprintf(file, sizeof(file), "%s/new.secret", dir);
+    check_run r = SINKCTL(NULL, NULL, "chat", "--persist", "--secret-file", file, "--policy",
+                          "nosuch");
+    cr_expect_eq(r.status, 1, "exit %d: %s", r.status, r.err);
+    cr_expect_not_null(strstr(r.err, "nosuch"), "%s", r.err);
+    check_run_free(&r);
+    cr_expect_neq(access(file, F_OK), 0, "%s was left behind", file);
+    cr_expect_eq(sessions_open(), 0);
+
+    /* an I/O error writing the file once the session is open (a file size
+     * limit of one byte: the write comes up short): exit 3, not 2, and
+     * the file and the session go again. The limit cuts sinkctl's stderr
+     * too, so only the exit status speaks. */
+    struct rlimit was, one = { 1, 1 };
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &was), 0);
+    one.rlim_max = was.rlim_max;
+    signal(SIGXFSZ, SIG_IGN);   /* inherited: the write fails with EFBIG */
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &one), 0, "%s", strerror(errno));
+    r = SINKCTL(NULL, NULL, "chat", "--persist", "--secret-file", file);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &was), 0, "%s", strerror(errno));
+    signal(SIGXFSZ, SIG_DFL);
+    cr_expect_eq(r.status, 3, "exit %d", r.status);
+    check_run_free(&r);
+    cr_expect_neq(access(file, F_OK), 0, "%s was left behind", file);
+    cr_expect_eq(sessions_open(), 0);
+
+    snprintf(link, sizeof(link), "%s/link.secret", dir);
+    snprintf(target, sizeof(target), "%s/target", dir);
+    cr_assert_eq(symlink(target, link), 0, "%s", strerror(errno));
+    REFUSED(NULL, 2, "exists", "chat", "--persist", "--secret-file", link);
+    struct stat st;
+    cr_expect(lstat(link, &st) == 0 && S_ISLNK(st.st_mode), "the link was replaced");
+    cr_expect_neq(access(target, F_OK), 0, "the link's target was created");
+    cr_expect_eq(sessions_open(), 0);
+}
+
+/* A daemon whose state directory is unusable (a plain file where it goes)
+ * opens a persistent session that could not survive a restart: sinkctl
+ * says so, exits 1 and leaves neither the session nor the secret file. */
+Test(client_persist, sinkctl_chat_persist_needs_a_state_dir)
+{
+    check_daemon_stop();
+    char nostate[128], file[128];
+    snprintf(nostate, sizeof(nostate), "%s/nostate", dir);
+    plant(nostate, "a file where the state directory goes", 0600);
+    check_daemon_start_state(nostate);
+
+    snprintf(file, sizeof(file), "%s/chat.secret", dir);
+    check_run r = SINKCTL(NULL, "Hello\n", "chat", "--persist", "--secret-file", file);
+    cr_expect_eq(r.status, 1, "exit %d: %s", r.status, r.err);
+    cr_expect_not_null(strstr(r.err, "sinkd keeps no state directory, so session "), "%s",
+                       r.err);
+    cr_expect_not_null(strstr(r.err, "could not survive a restart"), "%s", r.err);
+    cr_expect_null(strstr(r.err, "is persistent"), "%s", r.err);
+    cr_expect_str_eq(r.out, "", "the chat went on");
+    check_run_free(&r);
+    cr_expect_neq(access(file, F_OK), 0, "%s was left behind", file);
+    cr_expect_eq(sessions_open(), 0);
 }
