@@ -81,6 +81,15 @@ static check_run run_script(const char *script)
     return check_exec(argv, NULL);
 }
 
+/* run_script(@script): it exits 0 having printed exactly @want. */
+static void expect_script(const char *script, const char *want)
+{
+    check_run r = run_script(script);
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    cr_expect_str_eq(r.out, want, "%s", r.err);
+    check_run_free(&r);
+}
+
 /* The script's first lines: the client's directory on sys.path. */
 #define PY_PRELUDE \
     "import sys\n" \
@@ -92,19 +101,17 @@ static check_run run_script(const char *script)
  * runs on (a million tokens: it would still be running). */
 Test(python, leaving_the_loop_cancels_the_generation)
 {
-    check_run r = run_script(PY_PRELUDE
-                             "with Client(sys.argv[1]) as c:\n"
-                             "    s = c.session_open()\n"
-                             "    c.session_append(s, text='Once upon a time')\n"
-                             "    for ev in c.session_generate(s, max_tokens=1000000):\n"
-                             "        break\n"
-                             "    c.session_append(s, text=' and')\n"
-                             "    for ev in c.session_generate(s, max_tokens=3):\n"
-                             "        if ev['ev'] == 'done':\n"
-                             "            print(ev['reason'], ev['n_tokens'])\n");
-    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
-    cr_expect_str_eq(r.out, "length 3\n", "%s", r.err);
-    check_run_free(&r);
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as c:\n"
+                  "    s = c.session_open()\n"
+                  "    c.session_append(s, text='Once upon a time')\n"
+                  "    for ev in c.session_generate(s, max_tokens=1000000):\n"
+                  "        break\n"
+                  "    c.session_append(s, text=' and')\n"
+                  "    for ev in c.session_generate(s, max_tokens=3):\n"
+                  "        if ev['ev'] == 'done':\n"
+                  "            print(ev['reason'], ev['n_tokens'])\n",
+                  "length 3\n");
 }
 
 /* A daemon that answers with bytes that are not msgpack, or with an error
@@ -147,17 +154,15 @@ Test(python, bad_frames_are_clear_errors)
  * connection, and the same connection answers the next request. */
 Test(python, oversized_requests_are_refused_before_sending)
 {
-    check_run r = run_script(PY_PRELUDE
-                             "with Client(sys.argv[1]) as c:\n"
-                             "    print(c.max_frame)\n"
-                             "    try:\n"
-                             "        c.tokenize('x' * (c.max_frame + 1))\n"
-                             "    except SinkdError as e:\n"
-                             "        print(e.code)\n"
-                             "    print(c.tokenize('hi') == c.tokenize('hi'))\n");
-    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
-    cr_expect_str_eq(r.out, "16777216\nframe_too_large\nTrue\n", "%s", r.err);
-    check_run_free(&r);
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as c:\n"
+                  "    print(c.max_frame)\n"
+                  "    try:\n"
+                  "        c.tokenize('x' * (c.max_frame + 1))\n"
+                  "    except SinkdError as e:\n"
+                  "        print(e.code)\n"
+                  "    print(c.tokenize('hi') == c.tokenize('hi'))\n",
+                  "16777216\nframe_too_large\nTrue\n");
 }
 
 /* A persistent session through the client's calls: it outlives the

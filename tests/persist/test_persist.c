@@ -288,6 +288,12 @@ static bool exists(const char *fmt, ...)
     return access(p, F_OK) == 0;
 }
 
+/* Whether session.save's file of session @id is there. */
+static bool snapshot_exists(uint64_t id)
+{
+    return exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)id);
+}
+
 /* ---- tests -------------------------------------------------------------------- */
 
 #define N1 12
@@ -707,7 +713,7 @@ Test(persist, unfinished_saves_are_removed_at_start, .timeout = 200)
     free(stop(&d));
     cr_expect(!exists("%s/state/snapshots/.tmp.7.snap", state));
     cr_expect(!exists("%s/state/sessions/.tmp.7.snap", state));
-    cr_expect(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+    cr_expect(snapshot_exists(s.id));
 }
 
 /* ---- snapshots per uid, session.forget ---------------------------------------- */
@@ -732,7 +738,7 @@ static void quota_refused(sinkd_client *c, uint64_t id)
                  (unsigned long long)id);
     cr_assert(strstr(sinkd_client_errmsg(c), "[quota] snapshots_per_uid (2)"), "message: %s",
               sinkd_client_errmsg(c));
-    cr_assert(!exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)id));
+    cr_assert(!snapshot_exists(id));
 }
 
 static bool forget_not_found(sinkd_client *o, const void *arg)
@@ -847,16 +853,16 @@ Test(persist, forget_deletes_only_the_owners_snapshot, .timeout = 200)
     cr_assert_eq(SAVE(c, u.id), 0, "%s", sinkd_client_errmsg(c));
     as_other_uid(&d, forget_not_found, &s.id);
     as_other_uid(&d, forget_not_found, &missing);
-    cr_assert(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+    cr_assert(snapshot_exists(s.id));
     as_other_uid(&d, owner_forgets_own, NULL);
     cr_assert_eq(snapshot_files(), 2, "the owner's file is gone, root's two stay");
 
     cr_assert_eq(FORGET(c, s.id), 0, "%s", sinkd_client_errmsg(c));
-    cr_assert(!exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)s.id));
+    cr_assert(!snapshot_exists(s.id));
     cr_assert_eq(restore(c, "session", s.id, NULL, NULL), SINKD_ERR_NOT_FOUND);
     cr_assert_eq(FORGET(c, s.id), SINKD_ERR_NOT_FOUND, "forgotten twice");
     cr_assert_eq(FORGET(c, missing), SINKD_ERR_NOT_FOUND);
-    cr_assert(exists("%s/state/snapshots/%llu.snap", state, (unsigned long long)u.id));
+    cr_assert(snapshot_exists(u.id));
     cr_assert_eq(generate(c, s.id, 2, &t), 0, "the live session: %s", sinkd_client_errmsg(c));
     sinkd_client_close(c);
     free(stop(&d));
