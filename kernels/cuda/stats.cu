@@ -207,24 +207,6 @@ static __device__ __forceinline__ float lane_get(const float *cache, const float
     return CACHED ? cache[t] : src[lr.slot(t)];
 }
 
-/* dst[k] = g(k, component k of @v) for k < @n: one 16-byte store when all
- * four are the lane's (@n >= 4), else the first @n one at a time (a
- * page's slots past the lane are not its to write). */
-template <typename G>
-static __device__ __forceinline__ void store4(float *dst, float4 v, int32_t n, G g)
-{
-    if (n >= 4) {
-        *(float4 *)dst = make_float4(g(0, v.x), g(1, v.y), g(2, v.z), g(3, v.w));
-        return;
-    }
-    if (n > 0)
-        dst[0] = g(0, v.x);
-    if (n > 1)
-        dst[1] = g(1, v.y);
-    if (n > 2)
-        dst[2] = g(2, v.z);
-}
-
 /* cache[t] = f(t, v) for the lane's first @len values v of @src, with
  * LANE_LOAD_ILP independent loads in flight a thread. Pages of a multiple
  * of 4 tokens are read 16 bytes at a time (4 tokens of a page are 4
@@ -247,8 +229,16 @@ static __device__ void lane_load(float *cache, const float *src, const lane_ref 
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
                 int32_t t = 4 * (c0 + i * LANE_THREADS);
-                /* past len: the page ids' place */
-                store4(cache + t, v[i], len - t, [&](int k, float x) { return f(t + k, x); });
+                if (t + 3 < len) {
+                    *(float4 *)(cache + t) = make_float4(f(t, v[i].x), f(t + 1, v[i].y), f(t + 2, v[i].z),
+                                                         f(t + 3, v[i].w));
+                } else if (t < len) { /* past len: the page ids' place */
+                    cache[t] = f(t, v[i].x);
+                    if (t + 1 < len)
+                        cache[t + 1] = f(t + 1, v[i].y);
+                    if (t + 2 < len)
+                        cache[t + 2] = f(t + 2, v[i].z);
+                }
             }
         }
     } else {
@@ -362,8 +352,16 @@ static __device__ void lane_update(const lane_ref &lr, int32_t len, const float 
             for (int i = 0; i < ILP; i++) {
                 int32_t t = 4 * (c0 + i * LANE_THREADS);
                 int64_t q = sl[i];
-                store4(score + q, ov[i], len - t,
-                       [&](int k, float x) { return f(t + k, q + k, x); });
+                if (t + 3 < len) {
+                    *(float4 *)(score + q) = make_float4(f(t, q, ov[i].x), f(t + 1, q + 1, ov[i].y),
+                                                         f(t + 2, q + 2, ov[i].z), f(t + 3, q + 3, ov[i].w));
+                } else if (t < len) {
+                    score[q] = f(t, q, ov[i].x);
+                    if (t + 1 < len)
+                        score[q + 1] = f(t + 1, q + 1, ov[i].y);
+                    if (t + 2 < len)
+                        score[q + 2] = f(t + 2, q + 2, ov[i].z);
+                }
             }
         }
         return;
