@@ -227,6 +227,13 @@ int sinkd_server_listen(sinkd_server *s, char *err, size_t errlen)
     uint64_t half_ms;
     int rc;
 
+    /* Before the socket exists: once a client can connect, a SIGTERM must
+     * stop the daemon in order (sessions saved, replies flushed), not kill
+     * it. A signal that comes before uv_run waits in libuv's queue. */
+    uv_signal_start(&s->sig_term, server__on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, server__on_signal, SIGINT);
+    uv_signal_start(&s->sig_hup, server__on_signal, SIGHUP);
+
     rc = sinkd_listen_activated(&s->listener, err, errlen);
     if (rc == 0) {
         rc = sinkd_listen_bind(&s->listener, s->cfg.socket, s->cfg.socket_mode,
@@ -249,9 +256,6 @@ int sinkd_server_listen(sinkd_server *s, char *err, size_t errlen)
     s->listening = true;
     uv_poll_start(&s->listen_poll, UV_READABLE, server__on_listen);
 
-    uv_signal_start(&s->sig_term, server__on_signal, SIGTERM);
-    uv_signal_start(&s->sig_int, server__on_signal, SIGINT);
-    uv_signal_start(&s->sig_hup, server__on_signal, SIGHUP);
     if (s->notify.watchdog_usec) {
         half_ms = s->notify.watchdog_usec / 2000;
         uv_timer_start(&s->watchdog, server__on_watchdog, half_ms ? half_ms : 1,
