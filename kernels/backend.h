@@ -387,6 +387,11 @@ typedef struct sinkd_stat_args {
      * softmax over them), later tokens and lanes with row_len 0 keep their
      * score. The same arithmetic as without, on the same values. */
     const int32_t *row_len;
+    /* A host hint: no lane of the call is longer than max_len tokens (0:
+     * unknown). It sizes scratch only; a longer lane still gets the exact
+     * result, by a slower path. */
+    int32_t max_len;
+    int32_t _pad;
 } sinkd_stat_args;
 
 /* The scalar checks every backend's stat op makes (op known, prev given
@@ -409,6 +414,27 @@ static inline bool sinkd_stat_args_ok(const sinkd_stat_args *a)
     /* temperature <= FLT_MAX: finite without <math.h> */
     return a->op != SINKD_STAT_OP_GUMBEL ||
            (a->temperature > 0.0f && a->temperature <= 3.402823466e38f);
+}
+
+/* The scalar checks of ops->stat_rules: n >= 1 calls, each one
+ * sinkd_stat_args_ok takes, all QUANTILE or all GUMBEL, sharing pool, prev
+ * and the op's parameters. Slots are the caller's to keep apart. */
+static inline bool sinkd_stat_rules_ok(const sinkd_stat_args *a, int32_t n)
+{
+    if (!a || n < 1 || (a[0].op != SINKD_STAT_OP_QUANTILE && a[0].op != SINKD_STAT_OP_GUMBEL))
+        return false;
+    for (int32_t i = 0; i < n; i++) {
+        const sinkd_stat_args *b = &a[i];
+        if (!sinkd_stat_args_ok(b) || b->op != a[0].op || b->pool != a[0].pool ||
+            b->prev != a[0].prev)
+            return false;
+        if (b->op == SINKD_STAT_OP_QUANTILE &&
+            (b->quantile != a[0].quantile || b->decay != a[0].decay))
+            return false;
+        if (b->op == SINKD_STAT_OP_GUMBEL && b->temperature != a[0].temperature)
+            return false;
+    }
+    return true;
 }
 
 #if defined(__CUDACC__)
@@ -585,6 +611,19 @@ typedef struct sinkd_ops {
      * -ENOTSUP for a shape sinkd_defer_takes refuses (nothing can be
      * pending there). */
     int (*score_flush)(sinkd_backend *be, const sinkd_score_flush_args *a);
+
+    /* Several rule calls at once (appended; OPTIONAL like the graph ops:
+     * where NULL, the caller issues ops->stat call by call): the same
+     * results as ops->stat on a[0], ..., a[n - 1], for n >= 1 calls of one
+     * op, QUANTILE or
+     * GUMBEL, that share pool, quantile, decay, temperature and prev and
+     * whose lanes share no slot (so they may run in any order or at once;
+     * e.g. the rules of every layer of a decode step). A rule is one block
+     * per lane, latency-bound; one launch for every layer's lanes lets the
+     * GPU overlap them instead of paying each layer's chain in turn.
+     * -EINVAL when a call is one ops->stat refuses or the calls differ in
+     * what they must share (checked before anything runs). */
+    int (*stat_rules)(sinkd_backend *be, const sinkd_stat_args *a, int32_t n);
 } sinkd_ops;
 
 struct sinkd_backend {

@@ -609,6 +609,7 @@ void sinkd_engine_close(sinkd_engine *e)
             e->be->ops->free(e->be, e->dbuf[i]);
     for (int i = 0; i < ENG_DBUF; i++)
         free(e->hbuf[i]);
+    free(e->rules);
     free(e->sc.pos);
     free(e->sc.score);
     free(e->sc.keep);

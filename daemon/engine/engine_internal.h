@@ -154,6 +154,8 @@ struct sinkd_engine {
     size_t dcap[ENG_DBUF];
     float *hbuf[ENG_DBUF];             /* host staging, same slots as dbuf */
     size_t hcap[ENG_DBUF];
+    sinkd_stat_args *rules;       /* exec.c: a step's rules, run at its end */
+    int32_t rules_cap;
 
     eng_scratch sc;
     char *state_dir;              /* persist.c; NULL: sessions do not persist */
@@ -273,7 +275,8 @@ enum {
     ENG_SLOT_SEL_PAGES = 5,
     ENG_SLOT_PREV = 6,
     ENG_SLOT_PSCORE = 7,
-    ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is due */
+    ENG_SLOT_POST_LANES = 8, /* the lane arrays of the layer whose post step is
+                              * due ([layers] of them with batch_rules) */
     ENG_SLOT_PICKED = 9,     /* the argmax's ids of a greedy step */
     ENG_SLOT_DEFER = 10,     /* a deferring step's block pointers, [n] */
     ENG_SLOT_ROW_LEN = 11,   /* deferred rows' lengths: [layers][lanes] in a
@@ -329,6 +332,13 @@ typedef struct eng_fwd_ctx {
     int32_t width;                /* entries per lane of a selection row */
     int32_t pending;              /* layer whose post-attention work is due, -1 none */
     sinkd_lanes post_lanes;       /* its lane arrays, kept in ENG_SLOT_POST_LANES */
+    int32_t post_max_len;         /* their longest lane */
+    /* QUANTILE and GUMBEL of a decode step run at its end, every layer's
+     * lanes in one ops->stat_rules (e->rules[0 .. n_rules)); each layer's
+     * lane arrays stay at lanes_stride ints apart in ENG_SLOT_POST_LANES */
+    bool batch_rules;
+    int32_t n_rules;
+    size_t lanes_stride;
     bool fell_back;               /* a select callback failed: dense from here */
     const sinkd_job *req;         /* told of a fallback: the generation or the append */
     uint64_t seed;                /* Gumbel noise of this forward's own rows

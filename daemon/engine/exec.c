@@ -72,15 +72,22 @@ static uint64_t exec__seed(const eng_session *s, int64_t back)
     return exec__mix((uint64_t)s->id ^ exec__mix((uint64_t)(s->tokens - back)));
 }
 
-static int exec__stat_on(sinkd_engine *e, const eng_exec *x, const sinkd_lanes *ln, int32_t op,
-                         int32_t layer, int32_t head_dim, uint64_t seed, const int32_t *row_len)
+static sinkd_stat_args exec__stat_args(const sinkd_engine *e, const eng_exec *x, const sinkd_lanes *ln,
+                                       int32_t op, int32_t layer, int32_t head_dim, uint64_t seed,
+                                       const int32_t *row_len)
 {
-    sinkd_stat_args a = {
+    return (sinkd_stat_args){
         .pool = sinkd_kv_pool_get(e->kv), .lanes = *ln, .op = op, .head_dim = head_dim,
         .quantile = x->quantile, .decay = op == SINKD_STAT_OP_QUANTILE ? x->keep : x->decay,
         .temperature = x->temperature, .seed = seed ^ exec__mix((uint64_t)layer),
         .prev = e->dbuf[ENG_SLOT_PREV], .row_len = row_len,
     };
+}
+
+static int exec__stat_on(sinkd_engine *e, const eng_exec *x, const sinkd_lanes *ln, int32_t op,
+                         int32_t layer, int32_t head_dim, uint64_t seed, const int32_t *row_len)
+{
+    sinkd_stat_args a = exec__stat_args(e, x, ln, op, layer, head_dim, seed, row_len);
     return e->be->ops->stat(e->be, &a);
 }
 
@@ -186,26 +193,47 @@ static bool exec__keeps_scores(const eng_exec *x)
     return x->stat != SINKD_STAT_NONE && x->stat != SINKD_STAT_KEY_NORM;
 }
 
+/* Pages of @layer's lanes over the forward's sessions, and the longest
+ * lane in *@max_len. */
+static int exec__layer_pages(const eng_fwd_ctx *c, int32_t layer, int64_t *pages, int32_t *max_len)
+{
+    *pages = 0;
+    *max_len = 0;
+    for (int32_t i = 0; i < c->n; i++) {
+        sinkd_kv_lane_stats st;
+        int rc = sinkd_kv_lane_stats_get(c->ss[i]->seq, layer, &st);
+        if (rc < 0)
+            return rc;
+        *pages += st.pages;
+        *max_len = st.len_max > *max_len ? st.len_max : *max_len;
+    }
+    return 0;
+}
+
 /* Copy @ln (the lanes of the layer whose post step becomes due) into
- * ENG_SLOT_POST_LANES, device to device, and describe the copy in
- * c->post_lanes. */
+ * ENG_SLOT_POST_LANES (at the layer's place with batch_rules), device to
+ * device, and describe the copy in c->post_lanes. */
 static int exec__keep_lanes(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln)
 {
     sinkd_engine *e = c->e;
-    int64_t pages = 0;
+    int64_t pages;
     int rc;
 
-    for (int32_t i = 0; i < c->n; i++) {
-        sinkd_kv_lane_stats st;
-        if ((rc = sinkd_kv_lane_stats_get(c->ss[i]->seq, layer, &st)) < 0)
-            return rc;
-        pages += st.pages;
-    }
+    if ((rc = exec__layer_pages(c, layer, &pages, &c->post_max_len)) < 0)
+        return rc;
     size_t nl = (size_t)ln->n_lanes;
     size_t ints = 2 * nl + 1 + (size_t)pages;
-    if ((rc = eng_dev_reserve(e, ENG_SLOT_POST_LANES, ints * sizeof(int32_t))) < 0)
-        return rc;
-    int32_t *d = e->dbuf[ENG_SLOT_POST_LANES];
+    int32_t *d;
+    if (c->batch_rules) {
+        /* sized by eng_decode_begin for a page more a lane than it saw */
+        if (ints > c->lanes_stride)
+            return -EOVERFLOW;
+        d = (int32_t *)e->dbuf[ENG_SLOT_POST_LANES] + (size_t)layer * c->lanes_stride;
+    } else {
+        if ((rc = eng_dev_reserve(e, ENG_SLOT_POST_LANES, ints * sizeof(int32_t))) < 0)
+            return rc;
+        d = e->dbuf[ENG_SLOT_POST_LANES];
+    }
     if ((rc = e->be->ops->d2d(e->be, d, ln->len, nl * sizeof *d)) < 0 ||
         (rc = e->be->ops->d2d(e->be, d + nl, ln->page_off, (nl + 1) * sizeof *d)) < 0 ||
         (pages > 0 &&
@@ -240,6 +268,17 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
     switch (c->x.stat) {
     case SINKD_STAT_QUANTILE:
     case SINKD_STAT_GUMBEL:
+        if (c->batch_rules) {
+            /* the same call, issued at the step's end with the others */
+            sinkd_stat_args *a = &e->rules[c->n_rules++];
+            *a = c->defer ? exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer,
+                                            c->ss[0]->geom.head_dim, exec__seed(c->ss[0], 1),
+                                            exec__row_len(c, layer))
+                          : exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer,
+                                            c->ss[0]->geom.head_dim, c->seed, NULL);
+            a->max_len = c->post_max_len;
+            return 0;
+        }
         /* deferred: the row the attention op just applied */
         return c->defer ? exec__row_rule(e, &c->x, c->ss[0], layer, &ln, exec__row_len(c, layer))
                         : exec__stat(c, &ln, exec__rule_op(&c->x), layer);
@@ -384,6 +423,40 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
     return c->x.post ? eng_exec_prev(e) : 0;
 }
 
+/* Batch the step's rules (QUANTILE, GUMBEL) where the backend can: room
+ * for every layer's lane arrays, a page more a lane than the lanes hold now
+ * (the step appends one token), and for every layer's call. */
+static int exec__batch_begin(eng_fwd_ctx *c)
+{
+    sinkd_engine *e = c->e;
+    int32_t layers = c->ss[0]->geom.layers, max_len;
+    size_t stride = 0;
+    int64_t pages;
+    int rc;
+
+    if (!c->x.post || !e->be->ops->stat_rules || layers < 1)
+        return 0;
+    for (int32_t l = 0; l < layers; l++) {
+        if ((rc = exec__layer_pages(c, l, &pages, &max_len)) < 0)
+            return rc;
+        size_t ints = 3 * (size_t)c->n_lanes + 1 + (size_t)pages;
+        stride = ints > stride ? ints : stride;
+    }
+    stride = (stride + 3) & ~(size_t)3; /* 16-byte aligned arrays */
+    if ((rc = eng_dev_reserve(e, ENG_SLOT_POST_LANES, (size_t)layers * stride * sizeof(int32_t))) < 0)
+        return rc;
+    if (e->rules_cap < layers) {
+        sinkd_stat_args *r = realloc(e->rules, (size_t)layers * sizeof *r);
+        if (!r)
+            return -ENOMEM;
+        e->rules = r;
+        e->rules_cap = layers;
+    }
+    c->lanes_stride = stride;
+    c->batch_rules = true;
+    return 0;
+}
+
 /* Entries per lane of a selection row: 0 when the selection covers every
  * lane of the group (dense), the longest lane's pages for a callback. */
 static int32_t exec__width(const eng_fwd_ctx *c)
@@ -443,17 +516,27 @@ int eng_decode_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_s
     if ((c->x.post || (c->x.select == SINKD_SELECT_TOKENS && c->width > 0)) &&
         (rc = eng_exec_prev(e)) < 0)
         return rc;
+    if ((rc = exec__batch_begin(c)) < 0)
+        return rc;
     return eng_defer_begin(c);
 }
 
 int eng_fwd_end(eng_fwd_ctx *c, int rc)
 {
+    sinkd_engine *e = c->e;
     int32_t due = c->pending;
-    int prc;
+    int prc = 0;
 
-    if (due < 0)
-        return rc;
-    c->pending = -1;
-    prc = exec__post(c, due);
+    if (due >= 0) {
+        c->pending = -1;
+        prc = exec__post(c, due);
+    }
+    /* also after a failed forward: the layers that ran stashed their
+     * statistic or applied a row, and only the rule puts it back */
+    if (c->n_rules > 0) {
+        int brc = e->be->ops->stat_rules(e->be, e->rules, c->n_rules);
+        c->n_rules = 0;
+        prc = prc ? prc : brc;
+    }
     return rc ? rc : prc;
 }

@@ -133,6 +133,7 @@ static const sinkd_ops cpu_ops = {
     .argmax = cpu__argmax,
     .stat = cpu__stat,
     .topk_tokens = cpu__topk_tokens,
+    .stat_rules = cpu__stat_rules,
     /* no graph ops: callers run their ops one by one */
 };
 

@@ -166,6 +166,7 @@ int cpu__embed(sinkd_backend *be, float *out, const sinkd_weight *table,
                const int32_t *ids, int32_t m);
 int cpu__argmax(sinkd_backend *be, int32_t *ids, const float *x, int32_t m, int32_t n);
 int cpu__stat(sinkd_backend *be, const sinkd_stat_args *a);
+int cpu__stat_rules(sinkd_backend *be, const sinkd_stat_args *a, int32_t n);
 int cpu__topk_tokens(sinkd_backend *be, const sinkd_topk_tokens_args *a);
 
 /* Weight row @r of @w converted to f32 in dst[w->cols] (matmul.c). */

@@ -194,6 +194,25 @@ int cpu__stat(sinkd_backend *be, const sinkd_stat_args *a)
     return 0;
 }
 
+/* One call after another: on the CPU the lanes of a call already fill the
+ * worker pool, so nothing is gained by interleaving them. */
+int cpu__stat_rules(sinkd_backend *be, const sinkd_stat_args *a, int32_t n)
+{
+    int32_t max_len;
+
+    if (!be || !sinkd_stat_rules_ok(a, n))
+        return -EINVAL;
+    for (int32_t i = 0; i < n; i++)
+        if (cpu__lanes_check(a[i].pool, &a[i].lanes, a[i].head_dim, &max_len))
+            return -EINVAL;
+    for (int32_t i = 0; i < n; i++) {
+        int rc = cpu__stat(be, &a[i]);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- token selection --------------------------------------------------------- */
 
 typedef struct topk_ctx {

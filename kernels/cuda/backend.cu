@@ -273,6 +273,12 @@ static int cu_score_flush(sinkd_backend *be, const sinkd_score_flush_args *a)
     return sinkd_cuda_score_flush(cu(be), a);
 }
 
+extern "C" int sinkd_cuda_stat_rules(sinkd_cuda *c, const sinkd_stat_args *a, int32_t n);
+static int cu_stat_rules(sinkd_backend *be, const sinkd_stat_args *a, int32_t n)
+{
+    return sinkd_cuda_stat_rules(cu(be), a, n);
+}
+
 static const sinkd_ops cuda_ops = {
     cu_alloc,       cu_free,         cu_memset0,    cu_h2d,   cu_d2h,
     cu_d2d,         cu_sync,         cu_info,       cu_kv_append,
@@ -280,7 +286,7 @@ static const sinkd_ops cuda_ops = {
     cu_matmul,      cu_rmsnorm,      cu_rope,       cu_swiglu, cu_add,
     cu_embed,       cu_argmax,      cu_stat,       cu_topk_tokens,
     cu_graph_begin, cu_graph_end,    cu_graph_launch, cu_graph_free,
-    cu_matvec,      cu_matmul_fused, cu_score_flush,
+    cu_matvec,      cu_matmul_fused, cu_score_flush, cu_stat_rules,
 };
 
 /* cuBLAS's workspace: 32 MiB is what its documentation asks for on Hopper.

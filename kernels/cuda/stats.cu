@@ -22,6 +22,10 @@
  *       topk_tokens  4 radix passes for the k-th largest (the first as the
  *                    lane is read), then one ordered
  *                    pass in chunks of the block writing ascending pages
+ *   stat_rules runs the calls' kernels one after another, or with
+ *   SINKD_STAT_RULES=grid the lanes of all of them (a step's layers) in one
+ *   grid of smaller blocks, each asking only for the shared memory its
+ *   calls' longest lane needs, so that an SM overlaps several lanes' chains.
  *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
  *   in every pass instead: the same results, more traffic. On a deferred
  *   row (row_len) the rules read p from prev and update the score in
@@ -120,6 +124,7 @@ __global__ void __launch_bounds__(EW_THREADS) stat_ew_kernel(sinkd_kv_pool pool,
 /* ---- block-wide helpers (LANE_THREADS threads) ------------------------------- */
 
 /* Sum (or max) over the block; every thread gets it. @sh: LANE_WARPS doubles. */
+template <int NT>
 static __device__ double block_reduce(double v, double *sh, bool max)
 {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -130,7 +135,7 @@ static __device__ double block_reduce(double v, double *sh, bool max)
     if (lane == 0)
         sh[w] = v;
     __syncthreads();
-    v = sh[lane];
+    v = lane < NT / 32 ? sh[lane] : max ? -INFINITY : 0.0;
     for (int o = 16; o > 0; o >>= 1) {
         double x = __shfl_xor_sync(FULL_MASK, v, o);
         v = max ? fmax(v, x) : v + x;
@@ -173,6 +178,7 @@ static __device__ int block_scan(int v, int *sh, bool max)
 /* Lane @l's page table in place, or (@spids non-NULL) copied into @spids for
  * its first @len tokens: a cached lane's slots then cost no dependent global
  * read each (ncu: a third of the rules' warp time waited on those reads). */
+template <int NT>
 static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
                                          int32_t len, int32_t *spids, bool vec)
 {
@@ -180,7 +186,7 @@ static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_
     vec = vec && pt % 4 == 0;
     if (!spids)
         return {g, pt, vec};
-    for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += LANE_THREADS)
+    for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += NT)
         spids[i] = g[i];
     __syncthreads();
     return {spids, pt, vec};
@@ -214,21 +220,21 @@ static __device__ __forceinline__ float lane_get(const float *cache, const float
  * latency-bound (one block an SM). A page's slots past the lane are the
  * pool's (allocated), read and dropped. */
 #define LANE_LOAD_ILP 8
-template <int ILP = LANE_LOAD_ILP, typename F>
+template <int NT, int ILP = LANE_LOAD_ILP, typename F>
 static __device__ void lane_load(float *cache, const float *src, const lane_ref &lr, int32_t len, F f)
 {
     if (lr.vec) {
         const int32_t nc = (len + 3) / 4;
-        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * NT) {
             float4 v[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t c = c0 + i * LANE_THREADS;
+                int32_t c = c0 + i * NT;
                 v[i] = c < nc ? *(const float4 *)(src + lr.slot(4 * c)) : make_float4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = 4 * (c0 + i * LANE_THREADS);
+                int32_t t = 4 * (c0 + i * NT);
                 if (t + 3 < len) {
                     *(float4 *)(cache + t) = make_float4(f(t, v[i].x), f(t + 1, v[i].y), f(t + 2, v[i].z),
                                                          f(t + 3, v[i].w));
@@ -242,17 +248,17 @@ static __device__ void lane_load(float *cache, const float *src, const lane_ref 
             }
         }
     } else {
-        for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
+        for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * NT) {
             float v[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = t0 + i * LANE_THREADS;
+                int32_t t = t0 + i * NT;
                 v[i] = t < len ? src[lr.slot(t)] : 0.0f;
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++)
-                if (t0 + i * LANE_THREADS < len)
-                    cache[t0 + i * LANE_THREADS] = f(t0 + i * LANE_THREADS, v[i]);
+                if (t0 + i * NT < len)
+                    cache[t0 + i * NT] = f(t0 + i * NT, v[i]);
         }
     }
     __syncthreads();
@@ -261,7 +267,7 @@ static __device__ void lane_load(float *cache, const float *src, const lane_ref 
 /* The key of rank @r (0 = smallest) of the lane's values: 4 passes of an
  * 8-bit radix select. Every thread gets it. @hist: 256 ints; @counted: it
  * holds the first pass's counts already (lane_load_counted). */
-template <bool CACHED>
+template <int NT, bool CACHED>
 static __device__ uint32_t lane_select(const float *cache, const float *src, const lane_ref &lr,
                                        int32_t len, int32_t r, int *hist, bool counted = false)
 {
@@ -271,6 +277,7 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
         s_prefix = 0;
         s_rank = r;
     }
+    static_assert(NT >= 256, "a thread a histogram bin");
     for (int shift = 24; shift >= 0; shift -= 8) {
         const bool have = counted && shift == 24;
         if (!have && threadIdx.x < 256)
@@ -278,7 +285,7 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
         __syncthreads();
         uint32_t prefix = s_prefix;
         uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
-        for (int32_t t = threadIdx.x; !have && t < len; t += LANE_THREADS) {
+        for (int32_t t = threadIdx.x; !have && t < len; t += NT) {
             uint32_t k = stat_key(lane_get<CACHED>(cache, src, lr, t));
             if ((k & hi_mask) == (prefix & hi_mask))
                 atomicAdd(&hist[(k >> shift) & 255], 1);
@@ -314,13 +321,14 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
  * pass on the way (lane_select with counted): that pass's atomics run in
  * the shadow of the loads still in flight instead of in a pass of their
  * own over the cache. */
+template <int NT>
 static __device__ void lane_load_counted(float *cache, const float *src, const lane_ref &lr,
                                          int32_t len, int *hist)
 {
     if (threadIdx.x < 256)
         hist[threadIdx.x] = 0;
     __syncthreads();
-    lane_load(cache, src, lr, len, [&](int32_t, float v) {
+    lane_load<NT>(cache, src, lr, len, [&](int32_t, float v) {
         atomicAdd(&hist[stat_key(v) >> 24], 1);
         return v;
     });
@@ -334,23 +342,23 @@ static __device__ void lane_load_counted(float *cache, const float *src, const l
  * it); 16 bytes at a time on pages of a multiple of 4 tokens, like
  * lane_load, storing only the lane's own tokens. */
 #define UPDATE_ILP 8
-template <int ILP = UPDATE_ILP, typename F>
+template <int NT, int ILP = UPDATE_ILP, typename F>
 static __device__ void lane_update(const lane_ref &lr, int32_t len, const float *old, float *score, F f)
 {
     if (lr.vec) {
         const int32_t nc = (len + 3) / 4;
-        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * NT) {
             int64_t sl[ILP];
             float4 ov[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t c = c0 + i * LANE_THREADS;
+                int32_t c = c0 + i * NT;
                 sl[i] = c < nc ? lr.slot(4 * c) : 0;
                 ov[i] = c < nc ? *(const float4 *)(old + sl[i]) : make_float4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = 4 * (c0 + i * LANE_THREADS);
+                int32_t t = 4 * (c0 + i * NT);
                 int64_t q = sl[i];
                 if (t + 3 < len) {
                     *(float4 *)(score + q) = make_float4(f(t, q, ov[i].x), f(t + 1, q + 1, ov[i].y),
@@ -366,18 +374,18 @@ static __device__ void lane_update(const lane_ref &lr, int32_t len, const float 
         }
         return;
     }
-    for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * NT) {
         int64_t sl[ILP];
         float ov[ILP];
 #pragma unroll
         for (int i = 0; i < ILP; i++) {
-            int32_t t = t0 + i * LANE_THREADS;
+            int32_t t = t0 + i * NT;
             sl[i] = t < len ? lr.slot(t) : 0;
             ov[i] = t < len ? old[sl[i]] : 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < ILP; i++) {
-            int32_t t = t0 + i * LANE_THREADS;
+            int32_t t = t0 + i * NT;
             if (t < len)
                 score[sl[i]] = f(t, sl[i], ov[i]);
         }
@@ -387,7 +395,7 @@ static __device__ void lane_update(const lane_ref &lr, int32_t len, const float 
 /* @src: where p is (by slot), @old: the statistic before the step; the
  * result goes to the pool's score. Without a row: the pool's score and
  * prev; on a deferred row (row_len): prev and the pool's score. */
-template <bool CACHED>
+template <int NT, bool CACHED>
 static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, const lane_ref &lr,
                                      int32_t len, const float *src, const float *old, float *cache,
                                      int *hist)
@@ -396,12 +404,12 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
     uint32_t thr;
 
     if (CACHED)
-        lane_load_counted(cache, src, lr, len, hist);
-    thr = lane_select<CACHED>(cache, src, lr, len, r, hist, CACHED);
+        lane_load_counted<NT>(cache, src, lr, len, hist);
+    thr = lane_select<NT, CACHED>(cache, src, lr, len, r, hist, CACHED);
     const float decay = a.decay;
     /* 4 loads in flight, not UPDATE_ILP's 8: with 8 the kernel spilled 56
      * bytes and measured 6% slower on the H100 */
-    lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+    lane_update<NT, 4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         float p = CACHED ? cache[t] : src[slot];
         return decay * o + (stat_key(p) > thr ? 1.0f : 0.0f);
     });
@@ -435,7 +443,7 @@ static __device__ __forceinline__ float gumbel_w(float x, float inv_t, bool t1)
     return t1 ? x : x > 0 ? exp2f(log2f(x) * inv_t) : 0.0f;
 }
 
-template <bool CACHED>
+template <int NT, bool CACHED>
 static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
                                    const lane_ref &lr, int32_t len, const float *src, const float *old,
                                    float *cache, double *sh)
@@ -449,48 +457,45 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     /* cached: r replaces p as the lane is read, its log in the shadow of
      * the loads still in flight */
     if (CACHED) {
-        lane_load<4>(cache, src, lr, len, [&](int32_t t, float p) {
+        lane_load<NT, 4>(cache, src, lr, len, [&](int32_t t, float p) {
             float r = gumbel_r(p, a, l, t);
             mx = fmax(mx, (double)r);
             return r;
         });
     } else {
-        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
+        for (int32_t t = threadIdx.x; t < len; t += NT)
             mx = fmax(mx, (double)gumbel_r(src[lr.slot(t)], a, l, t));
     }
-    mx = block_reduce(mx, sh, true);
+    mx = block_reduce<NT>(mx, sh, true);
     if (mx == 0) /* no key with p > 0: the lane adds nothing */
-        return lane_update<4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
+        return lane_update<NT, 4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
     /* r / max by a division, not a reciprocal's product: the largest r
      * then weighs exactly 1 (so the sum is >= 1 at any temperature) and a
      * lane of tiny r cannot overflow the reciprocal */
     const float mxf = (float)mx; /* exact: the max of floats */
-    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
+    for (int32_t t = threadIdx.x; t < len; t += NT) {
         float r = CACHED ? cache[t] : gumbel_r(src[lr.slot(t)], a, l, t);
         float w = gumbel_w(r / mxf, inv_t, t1);
         if (CACHED)
             cache[t] = w; /* the entries it reads: the write divides them */
         sum += w;
     }
-    sum = block_reduce(sum, sh, false);
+    sum = block_reduce<NT>(sum, sh, false);
     const double inv_sum = 1.0 / sum; /* sum >= 1: the largest r weighs 1 */
-    lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+    lane_update<NT, 4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         double w = CACHED ? (double)cache[t]
                           : (double)gumbel_w(gumbel_r(src[slot], a, l, t) / mxf, inv_t, t1);
         return (float)(o + w * inv_sum);
     });
 }
 
-/* One block per lane; @cache_cap: floats of the dynamic shared memory. One
- * kernel a rule: each gets the registers of its own math. */
-template <int OP>
-__global__ void __launch_bounds__(LANE_THREADS)
-    stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
+/* Lane @l of call @a, by a block of NT threads; @cache_cap: floats of the
+ * dynamic shared memory. */
+template <int NT, int OP>
+static __device__ void stat_lane_rule(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
+                                      int32_t cache_cap, float *cache, double *sh, int *hist)
 {
-    extern __shared__ __align__(16) float cache[]; /* float4 stores */
-    __shared__ double sh[LANE_WARPS];
-    __shared__ int hist[256];
-    int32_t l = blockIdx.x, len = a.lanes.len[l];
+    int32_t len = a.lanes.len[l];
     const float *src = pool.score, *old = a.prev;
 
     if (a.row_len) { /* a deferred row: its first tokens, p in prev */
@@ -503,17 +508,63 @@ __global__ void __launch_bounds__(LANE_THREADS)
     const bool cached = lane_cache_need(len, pool.page_tokens) <= cache_cap;
     const bool vec = aligned16(src) && aligned16(old) && aligned16(pool.score);
     const lane_ref lr =
-        lane_ref_make(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL, vec);
+        lane_ref_make<NT>(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL, vec);
     if (OP == SINKD_STAT_OP_QUANTILE) {
         if (cached)
-            stat_quantile<true>(pool, a, lr, len, src, old, cache, hist);
+            stat_quantile<NT, true>(pool, a, lr, len, src, old, cache, hist);
         else
-            stat_quantile<false>(pool, a, lr, len, src, old, cache, hist);
+            stat_quantile<NT, false>(pool, a, lr, len, src, old, cache, hist);
     } else if (cached) {
-        stat_gumbel<true>(pool, a, l, lr, len, src, old, cache, sh);
+        stat_gumbel<NT, true>(pool, a, l, lr, len, src, old, cache, sh);
     } else {
-        stat_gumbel<false>(pool, a, l, lr, len, src, old, cache, sh);
+        stat_gumbel<NT, false>(pool, a, l, lr, len, src, old, cache, sh);
     }
+}
+
+/* One block per lane. One kernel a rule: each gets the registers of its own
+ * math. */
+template <int OP>
+__global__ void __launch_bounds__(LANE_THREADS)
+    stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
+{
+    extern __shared__ __align__(16) float cache[]; /* float4 stores */
+    __shared__ double sh[LANE_WARPS];
+    __shared__ int hist[256];
+
+    stat_lane_rule<LANE_THREADS, OP>(pool, a, blockIdx.x, cache_cap, cache, sh, hist);
+}
+
+/* ops->stat_rules: the lanes of up to RULE_SETS calls in one grid, block b
+ * taking lane b - first[i] of the call i with first[i] <= b < first[i + 1].
+ * RULE_THREADS a block, not LANE_THREADS: a lane of a few thousand tokens
+ * is a chain of barriers that more threads do not shorten, and small blocks
+ * let an SM run several lanes' chains at once. */
+#define RULE_SETS 32
+#define RULE_THREADS 256
+struct stat_rule_sets {
+    sinkd_lanes lanes[RULE_SETS];
+    const int32_t *row_len[RULE_SETS];
+    uint64_t seed[RULE_SETS];
+    int32_t first[RULE_SETS + 1];
+    int32_t n;
+};
+
+template <int OP>
+__global__ void __launch_bounds__(RULE_THREADS)
+    stat_rules_kernel(sinkd_kv_pool pool, sinkd_stat_args a, const __grid_constant__ stat_rule_sets sets,
+                      int32_t cache_cap)
+{
+    extern __shared__ __align__(16) float cache[]; /* float4 stores */
+    __shared__ double sh[RULE_THREADS / 32];
+    __shared__ int hist[256];
+    int32_t i = 0, b = blockIdx.x;
+
+    while (i + 1 < sets.n && b >= sets.first[i + 1])
+        i++;
+    a.lanes = sets.lanes[i];
+    a.row_len = sets.row_len[i];
+    a.seed = sets.seed[i];
+    stat_lane_rule<RULE_THREADS, OP>(pool, a, b - sets.first[i], cache_cap, cache, sh, hist);
 }
 
 /* Floats of shared memory a whole-lane kernel caches a lane in: the device's
@@ -577,6 +628,70 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
     return 0;
 }
 
+/* Floats of dynamic shared memory for lanes of up to @max_len tokens (0:
+ * unknown) within @cap: a block that asks for less than the whole cache
+ * leaves room on its SM for others. */
+static int32_t lane_cache_fit(int32_t cap, int32_t max_len, int32_t pt)
+{
+    if (max_len <= 0)
+        return cap;
+    int64_t need = (int64_t)max_len + (max_len + pt - 1) / pt;
+    need = (need + 3) & ~(int64_t)3; /* float4 stores */
+    return need < cap ? (int32_t)need : cap;
+}
+
+/* SINKD_STAT_RULES=grid: stat_rules in one grid (stat_rules_kernel), not
+ * yet measured on a GPU; by default the calls' own launches, one after
+ * another (what ops->stat does). Read at every call, i.e. once a step. */
+static bool stat_rules_grid(void)
+{
+    const char *env = getenv("SINKD_STAT_RULES");
+    return env && strcmp(env, "grid") == 0;
+}
+
+extern "C" int sinkd_cuda_stat_rules(sinkd_cuda *c, const sinkd_stat_args *a, int32_t n)
+{
+    int32_t cap;
+    int rc;
+
+    if (!sinkd_stat_rules_ok(a, n))
+        return -EINVAL;
+    for (int32_t i = 0; i < n; i++)
+        if (sinkd_cuda_check_pool(a[i].pool, a[i].head_dim) || a[i].lanes.n_lanes < 0)
+            return -EINVAL;
+    if (!stat_rules_grid()) {
+        for (int32_t i = 0; i < n; i++)
+            if ((rc = sinkd_cuda_stat(c, &a[i])) < 0)
+                return rc;
+        return 0;
+    }
+    const bool q = a[0].op == SINKD_STAT_OP_QUANTILE;
+    auto kernel = q ? stat_rules_kernel<SINKD_STAT_OP_QUANTILE> : stat_rules_kernel<SINKD_STAT_OP_GUMBEL>;
+    if ((rc = lane_cache_floats(c, kernel, q ? 3 : 4, &cap)) < 0)
+        return rc;
+    for (int32_t i0 = 0; i0 < n; i0 += RULE_SETS) {
+        stat_rule_sets sets;
+        int32_t blocks = 0, max_len = 0;
+        sets.n = n - i0 < RULE_SETS ? n - i0 : RULE_SETS;
+        for (int32_t j = 0; j < sets.n; j++) {
+            const sinkd_stat_args *b = &a[i0 + j];
+            sets.lanes[j] = b->lanes;
+            sets.row_len[j] = b->row_len;
+            sets.seed[j] = b->seed;
+            sets.first[j] = blocks;
+            blocks += b->lanes.n_lanes;
+            max_len = max_len < 0 || b->max_len <= 0 ? -1 : b->max_len > max_len ? b->max_len : max_len;
+        }
+        sets.first[sets.n] = blocks;
+        if (blocks == 0)
+            continue;
+        int32_t fit = lane_cache_fit(cap, max_len, a[0].pool->page_tokens);
+        kernel<<<blocks, RULE_THREADS, (size_t)fit * 4, c->stream>>>(*a[0].pool, a[0], sets, fit);
+        SINKD_CUDA_CHECK_LAUNCH();
+    }
+    return 0;
+}
+
 /* ---- token selection --------------------------------------------------------- */
 
 template <bool CACHED>
@@ -588,12 +703,12 @@ static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const lane_re
     __shared__ int s_tot[2];
 
     if (CACHED)
-        lane_load_counted(cache, pool.score, lr, len, hist);
-    uint32_t thr = lane_select<CACHED>(cache, pool.score, lr, len, len - k, hist, CACHED);
+        lane_load_counted<LANE_THREADS>(cache, pool.score, lr, len, hist);
+    uint32_t thr = lane_select<LANE_THREADS, CACHED>(cache, pool.score, lr, len, len - k, hist, CACHED);
     double above = 0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
         above += stat_key(lane_get<CACHED>(cache, pool.score, lr, t)) > thr;
-    int32_t ties_left = k - (int32_t)block_reduce(above, sh, false);
+    int32_t ties_left = k - (int32_t)block_reduce<LANE_THREADS>(above, sh, false);
     int32_t last_page = -1; /* of the last token taken, block-uniform */
     for (int32_t c0 = 0; c0 < len; c0 += LANE_THREADS) {
         int32_t t = c0 + threadIdx.x;
@@ -649,7 +764,8 @@ __global__ void __launch_bounds__(LANE_THREADS)
     }
     const bool cached = lane_cache_need(len, pt) <= cache_cap;
     const lane_ref lr =
-        lane_ref_make(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL, aligned16(pool.score));
+        lane_ref_make<LANE_THREADS>(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL,
+                                    aligned16(pool.score));
     if (cached)
         topk_tokens_lane<true>(pool, lr, len, k, out, cache, hist, sh, scan, wsh);
     else

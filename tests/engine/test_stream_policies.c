@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "eng_harness.h"
+#include "engine_internal.h" /* the backend's ops, to take stat_rules away */
 #include "snapshot.h"
 
 #define TEXT_PATH SINKD_TEST_DATA "/pydocs-excerpt.txt"
@@ -55,12 +56,12 @@ static void load_text(void)
     cr_assert(n_text >= 600, "%zu tokens of text", n_text);
 }
 
+static const char *const plugin_dirs[] = {SINKD_PLUGIN_BUILD_DIR};
+
 static void setup(void)
 {
-    const char *dirs[] = {SINKD_PLUGIN_BUILD_DIR};
-
     cr_assert(mkdtemp(state));
-    eng = eng_h_open_state(dirs, 1, state);
+    eng = eng_h_open_state(plugin_dirs, 1, state);
     nv = (size_t)sinkd_engine_model_at(eng, 0)->hp->n_vocab;
     load_text();
 }
@@ -159,6 +160,67 @@ static double max_diff(const float *a, const float *b)
     for (size_t i = 0; i < nv; i++)
         d = fmax(d, fabs((double)a[i] - b[i]));
     return d;
+}
+
+/* ---- a step's rules at its end == after each layer ------------------------ */
+
+/* The first session of the engine: the prompt, then generate @n tokens,
+ * into @got; its lanes into @out. */
+static void first_session(const char *policy, const char *params, int32_t n, int32_t *got,
+                          lanes *out)
+{
+    char reason[16];
+
+    uint64_t s = eng_h_open_session(policy, params);
+    eng_h_append(s, text, PROMPT);
+    cr_assert_eq(eng_h_tokens(eng_h_generate(s, n), got, (size_t)n, reason, NULL, 0), (size_t)n);
+    lanes_read(s, out);
+    close_session(s);
+}
+
+/* QUANTILE and GUMBEL run at the end of a decode step, every layer's lanes
+ * in one ops->stat_rules. A backend without it gets one ops->stat per
+ * layer, right after the layer's attention, as before the batching: two
+ * fresh engines (so the session ids, hence the Gumbel noise, agree) must
+ * generate the same tokens and leave the same lanes bit for bit. */
+static void rules_batched_as_per_layer(const char *policy, const char *params)
+{
+    enum { N = 120 };
+    int32_t got_a[N], got_b[N];
+    lanes a, b;
+    static sinkd_ops no_batch;
+
+    eng_h_close(eng);
+    eng = eng_h_open_state(plugin_dirs, 1, state);
+    cr_assert_not_null(eng->be->ops->stat_rules, "the CPU backend batches rules");
+    first_session(policy, params, N, got_a, &a);
+    eng_h_close(eng);
+    eng = eng_h_open_state(plugin_dirs, 1, state);
+    /* before the engine's first job: nothing reads the ops table yet */
+    no_batch = *eng->be->ops;
+    no_batch.stat_rules = NULL;
+    eng->be->ops = &no_batch;
+    first_session(policy, params, N, got_b, &b);
+
+    cr_assert_arr_eq(got_a, got_b, sizeof got_a, "%s: other tokens without stat_rules", policy);
+    cr_assert_gt(a.m.evicted_tokens, 0, "%s evicted nothing: no rule was tested", policy);
+    cr_assert_eq(a.m.evicted_tokens, b.m.evicted_tokens);
+    for (int32_t l = 0; l < LAYERS; l++) {
+        const sinkd_snap_layer *x = &a.l[l], *y = &b.l[l];
+        cr_assert_eq(x->total, y->total, "%s layer %d", policy, l);
+        cr_assert_arr_eq(x->pos, y->pos, (size_t)x->total * sizeof *x->pos,
+                         "%s layer %d: other positions kept", policy, l);
+        cr_assert_arr_eq(x->score, y->score, (size_t)x->total * sizeof *x->score,
+                         "%s layer %d: other scores", policy, l);
+    }
+    lanes_free(&a);
+    lanes_free(&b);
+}
+
+Test(stream, rules_at_step_end_as_per_layer)
+{
+    rules_batched_as_per_layer("scissorhands", "budget=32 recent=8 history=16 quantile=0.9");
+    rules_batched_as_per_layer("keyformer", "budget=32 temperature=1.5");
 }
 
 /* ---- one-token appends == generate ---------------------------------------- */

@@ -1,5 +1,6 @@
 /*
- * The CUDA policy-statistics ops (ops->stat in every mode, ops->topk_tokens)
+ * The CUDA policy-statistics ops (ops->stat in every mode, ops->stat_rules,
+ * ops->topk_tokens)
  * against their CPU twin (kernels/cpu/stats.c) on random data from a fresh
  * seed (logged): ragged lanes (empty, one token, a few tokens, several
  * chunks of the kernels' blocks, and with SC_LONG lanes longer than the
@@ -354,6 +355,20 @@ Test(gpu_stats, gumbel)
 
 /* ---- QUANTILE and GUMBEL on a deferred row (row_len) ---------------------------- */
 
+/* The drawn scores become the row (prev) and prev the statistic (score),
+ * as a decode in rows mode leaves them. */
+static void spool_row_mode(spool *p)
+{
+    tbuf tb = p->score;
+    p->score = p->prev;
+    p->prev = tb;
+    float *th = p->h_score;
+    p->h_score = p->h_prev;
+    p->h_prev = th;
+    p->pc.score = p->score.c;
+    p->pg.score = p->score.g;
+}
+
 /* @a with row_len on a fresh pool whose drawn scores went to prev (the row
  * a decode in rows mode writes) and whose prev went to score (the statistic
  * the rule updates in place). row_len per lane: 0, 1, the lane's length,
@@ -368,14 +383,7 @@ static void row_case(twin *t, uint8_t dt, int d, int flags, sinkd_stat_args a, d
     sinkd_backend *be[2] = {t->cpu, t->gpu};
 
     spool_init(t, &p, dt, d, rand_pt(t), flags);
-    tbuf tb = p.score;
-    p.score = p.prev;
-    p.prev = tb;
-    float *th = p.h_score;
-    p.h_score = p.h_prev;
-    p.h_prev = th;
-    p.pc.score = p.score.c;
-    p.pg.score = p.score.g;
+    spool_row_mode(&p);
 
     int32_t *rl = malloc(p.n_lanes * sizeof *rl);
     cr_assert(rl);
@@ -471,6 +479,107 @@ Test(gpu_stats, quantile_real_lanes)
             row_case(&t, SINKD_F16, 64, flags, a, decay == 0 ? 0 : TOL32, what);
         else
             rule_case(&t, SINKD_F16, 64, flags, a, decay == 0 ? 0 : TOL32, what);
+    }
+    twin_close(&t);
+}
+
+/* ---- several calls at once (stat_rules) ------------------------------------------ */
+
+/* The lanes of one pool cut into consecutive calls (some of them empty,
+ * more than the 32 a launch takes when @many), each with its own noise and,
+ * with @rows, row lengths: the GPU's stat_rules (its one-grid kernel with
+ * @grid) against the CPU's ops->stat call by call. The max_len hint is exact, unknown (0) or too short (a
+ * longer lane still gets the exact result). */
+static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool many, bool grid,
+                       double tol, const char *what)
+{
+    enum { MAX_CALLS = 48 };
+    spool p;
+    char msg[224];
+    sinkd_backend *be[2] = {t->cpu, t->gpu};
+    sinkd_stat_args calls[2][MAX_CALLS];
+    int32_t first[MAX_CALLS + 1];
+
+    spool_init(t, &p, SINKD_F16, 64, rand_pt(t), flags);
+    if (rows)
+        spool_row_mode(&p);
+    int32_t *rl = malloc(p.n_lanes * sizeof *rl);
+    cr_assert(rl);
+    int32_t longest = 0;
+    for (int l = 0; l < p.n_lanes; l++) {
+        rl[l] = twin_range(t, 0, 3) == 0 ? twin_range(t, 0, p.h_len[l]) : p.h_len[l];
+        longest = p.h_len[l] > longest ? p.h_len[l] : longest;
+    }
+    tbuf rlb = tbuf_new(t, rl, p.n_lanes * sizeof *rl);
+    int n = many ? MAX_CALLS : twin_range(t, 1, p.n_lanes < 6 ? p.n_lanes : 6);
+    /* call i takes lanes first[i] .. first[i + 1]: sorted random cuts */
+    first[0] = 0;
+    first[n] = p.n_lanes;
+    for (int i = 1; i < n; i++)
+        first[i] = twin_range(t, 0, p.n_lanes);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 1 && first[j - 1] > first[j]; j--) {
+            int32_t x = first[j];
+            first[j] = first[j - 1];
+            first[j - 1] = x;
+        }
+    int hint = twin_range(t, 0, 2);
+    int32_t max_len = hint == 0 ? longest : hint == 1 ? 0 : (longest + 1) / 2;
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < n; i++) {
+            sinkd_stat_args *c = &calls[b][i];
+            int32_t l0 = first[i];
+            const sinkd_lanes *ln = b ? &p.lg : &p.lc;
+            *c = a;
+            c->head_dim = p.d;
+            c->pool = b ? &p.pg : &p.pc;
+            c->prev = b ? p.prev.g : p.prev.c;
+            c->seed = a.seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+            c->max_len = max_len;
+            c->lanes = (sinkd_lanes){.n_lanes = first[i + 1] - l0, .len = ln->len + l0,
+                                     .page_off = ln->page_off + l0, .page_ids = ln->page_ids};
+            c->row_len = rows ? (b ? (const int32_t *)rlb.g : (const int32_t *)rlb.c) + l0 : NULL;
+        }
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(be[0]->ops->stat(be[0], &calls[0][i]), 0, "cpu call %d", i);
+    if (grid)
+        setenv("SINKD_STAT_RULES", "grid", 1);
+    int rc = be[1]->ops->stat_rules(be[1], calls[1], n);
+    unsetenv("SINKD_STAT_RULES");
+    cr_assert_eq(rc, 0, "cuda stat_rules%s", grid ? " (grid)" : "");
+    describe(msg, sizeof msg, what, &p);
+    snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " calls=%d max_len=%d%s%s", n, max_len,
+             rows ? " rows" : "", grid ? " grid" : "");
+    check_slots(t, &p, &p.score, p.h_score, tol, msg);
+    check_slots(t, &p, &p.prev, p.h_prev, 0, msg);
+    free(rl);
+    tbuf_free(t, &rlb);
+    spool_free(t, &p);
+}
+
+Test(gpu_stats, rules_at_once)
+{
+    TWIN_OR_SKIP(t);
+    for (int rep = 0; rep < 32; rep++) {
+        int flags = SC_TIES | (rep & 1 ? SC_NAN : 0) | (rep % 6 == 5 ? SC_LONG : 0) |
+                    (rep % 6 == 2 ? SC_REAL : 0);
+        bool rows = rep & 2, many = rep % 4 == 3;
+        char what[80];
+        if (rep % 3 != 2) {
+            float q = rep < 6 ? 0.9f : twin_uniform(&t, 0.001f, 0.999f);
+            float decay = rep & 4 ? 0.0f : 1.0f - 1.0f / (float)twin_range(&t, 2, 512);
+            snprintf(what, sizeof what, "quantile at once q=%g decay=%g", q, decay);
+            rules_case(&t, flags,
+                       (sinkd_stat_args){.op = SINKD_STAT_OP_QUANTILE, .quantile = q, .decay = decay},
+                       rows, many, rep & 8, decay == 0 ? 0 : TOL32, what);
+        } else {
+            float temp = rep < 12 ? 1.0f : twin_uniform(&t, 0.05f, 20.0f);
+            snprintf(what, sizeof what, "gumbel at once T=%g", temp);
+            rules_case(&t, flags,
+                       (sinkd_stat_args){.op = SINKD_STAT_OP_GUMBEL, .temperature = temp,
+                                         .seed = (uint64_t)twin_u32(&t) << 32 | twin_u32(&t)},
+                       rows, many, rep & 8, TOL32, what);
+        }
     }
     twin_close(&t);
 }
@@ -603,6 +712,19 @@ Test(gpu_stats, rejects_bad_arguments)
         k.k = 4;
         k.out_pages = NULL;
         cr_expect_eq(be[b]->ops->topk_tokens(be[b], &k), -EINVAL, "%s: no output", name);
+        sinkd_stat_args r[2] = {a, a};
+        r[0].op = r[1].op = SINKD_STAT_OP_QUANTILE;
+        r[0].row_len = r[1].row_len = NULL;
+        r[0].quantile = r[1].quantile = 0.5f;
+        r[1].quantile = 0.25f;
+        cr_expect_eq(be[b]->ops->stat_rules(be[b], r, 2), -EINVAL, "%s: two quantiles", name);
+        r[1].quantile = 0.5f;
+        r[1].op = SINKD_STAT_OP_GUMBEL;
+        cr_expect_eq(be[b]->ops->stat_rules(be[b], r, 2), -EINVAL, "%s: mixed rules", name);
+        r[1].op = SINKD_STAT_OP_QUANTILE;
+        r[1].head_dim = 72;
+        cr_expect_eq(be[b]->ops->stat_rules(be[b], r, 2), -EINVAL, "%s: a bad second call", name);
+        cr_expect_eq(be[b]->ops->stat_rules(be[b], r, 0), -EINVAL, "%s: no call", name);
     }
     /* nothing ran: the scores are as uploaded */
     check_slots(&t, &p, &p.score, p.h_score, 0, "after refused calls");

@@ -350,6 +350,98 @@ Test(stats, row_len_other_ops)
     t_pool_free(&tp);
 }
 
+/* ---- several calls at once (stat_rules) ----------------------------------------- */
+
+/* The NL lanes of one pool as three calls (lanes 0-1, 2, 3-4), each with
+ * its own noise and, with @rows, its own slice of row lengths: stat_rules
+ * must give every slot the bits ops->stat gives it call by call. */
+static void check_rules(int32_t op, int32_t pt, bool rows)
+{
+    static const int32_t first[] = {0, 2, 3, NL};
+    t_pool tp;
+    size_t slots;
+    float *prev = make(&tp, pt, 16, SINKD_F32, &slots);
+    int32_t row_len[NL];
+    for (int32_t l = 0; l < NL; l++)
+        row_len[l] = t_int(0, tp.len[l] + 2);
+    float *score0 = dup_f(tp.pool.score, slots), *prev0 = dup_f(prev, slots);
+    sinkd_stat_args a[3];
+    for (int i = 0; i < 3; i++) {
+        int32_t l0 = first[i];
+        a[i] = (sinkd_stat_args){
+            .pool = &tp.pool, .op = op, .head_dim = 16, .quantile = 0.9f,
+            .decay = 1.0f - 1.0f / 256, .temperature = 1.0f, .seed = t_next(), .prev = prev,
+            .row_len = rows ? row_len + l0 : NULL, .max_len = i == 1 ? 0 : 200,
+            .lanes = {.n_lanes = first[i + 1] - l0, .len = tp.len + l0,
+                      .page_off = tp.page_off + l0, .page_ids = tp.page_ids},
+        };
+    }
+    cr_assert_eq(be->ops->stat_rules(be, a, 3), 0, "op %d", op);
+    float *score1 = dup_f(tp.pool.score, slots), *prev1 = dup_f(prev, slots);
+
+    memcpy(tp.pool.score, score0, slots * 4);
+    memcpy(prev, prev0, slots * 4);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(be->ops->stat(be, &a[i]), 0);
+    cr_assert(!memcmp(score1, tp.pool.score, slots * 4), "op %d pt %d rows %d: scores differ "
+              "from the calls one by one", op, pt, rows);
+    cr_assert(!memcmp(prev1, prev, slots * 4), "op %d: prev differs", op);
+    /* and the rule did something: some lane had a token to rule */
+    cr_assert(memcmp(score1, score0, slots * 4) || memcmp(prev1, prev0, slots * 4),
+              "op %d: nothing changed", op);
+    free(score0);
+    free(prev0);
+    free(score1);
+    free(prev1);
+    free(prev);
+    t_pool_free(&tp);
+}
+
+Test(stats, rules_at_once)
+{
+    for (int round = 0; round < 4; round++)
+        for (int32_t pt = 1; pt <= 16; pt *= 4) {
+            check_rules(SINKD_STAT_OP_QUANTILE, pt, round & 1);
+            check_rules(SINKD_STAT_OP_GUMBEL, pt, round & 1);
+        }
+}
+
+Test(stats, rules_at_once_bad_args)
+{
+    t_pool tp;
+    size_t slots;
+    float *prev = make(&tp, 4, 16, SINKD_F32, &slots);
+    float *other = dup_f(prev, slots), *score0 = dup_f(tp.pool.score, slots);
+    sinkd_stat_args ok = {.pool = &tp.pool, .lanes = t_lanes(&tp), .op = SINKD_STAT_OP_QUANTILE,
+                          .head_dim = 16, .quantile = 0.5f, .decay = 1, .temperature = 1,
+                          .prev = prev};
+    sinkd_stat_args a[2] = {ok, ok};
+    cr_assert_eq(be->ops->stat_rules(be, a, 0), -EINVAL, "no call");
+    a[1].op = SINKD_STAT_OP_GUMBEL;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "mixed ops");
+    a[0].op = a[1].op = SINKD_STAT_OP_DECAY;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "not a rule");
+    a[0] = a[1] = ok;
+    a[1].prev = other;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "two prevs");
+    a[1] = ok;
+    a[1].quantile = 0.75f;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "two quantiles");
+    a[1] = ok;
+    a[1].decay = 2;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "a bad call after a good one");
+    a[1] = ok;
+    int32_t bad_len[NL] = {1, 1, 1, 1, -1};
+    a[1].lanes.len = bad_len;
+    cr_assert_eq(be->ops->stat_rules(be, a, 2), -EINVAL, "a bad lane after a good call");
+    cr_assert(!memcmp(tp.pool.score, score0, slots * 4) && !memcmp(prev, other, slots * 4),
+              "a refused batch wrote");
+    free(other);
+    free(score0);
+    free(prev);
+    t_pool_free(&tp);
+}
+
 /* ---- token selection ------------------------------------------------------------ */
 
 typedef struct ranked {
