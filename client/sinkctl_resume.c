@@ -247,24 +247,6 @@ static void resume__abandon(const sinkctl_ctx *ctx, sinkd_client *c, uint64_t id
                 (unsigned long long)id, sinkd_client_strerror(rc), (unsigned long long)id);
 }
 
-/* Whether the daemon keeps the new persistent session @info across a
- * restart: an attach on the connection that owns it is a no-op, except
- * that a daemon without a state directory answers unsupported. Returns an
- * exit code. */
-static int resume__check_kept(const sinkctl_ctx *ctx, sinkd_client *c,
-                              const sinkd_client_session_info *info)
-{
-    int rc = sinkd_client_session_attach(c, info->session, info->secret, ctx->timeout_ms, NULL,
-                                         NULL);
-    if (rc == SINKD_ERR_UNSUPPORTED) {
-        fprintf(stderr, "sinkctl: %s: sinkd keeps no state directory, so session %llu could "
-                        "not survive a restart: closing it again (%s)\n", ctx->cmd->name,
-                (unsigned long long)info->session, sinkd_client_errmsg(c));
-        return SINKCTL_EXIT_REPLY;
-    }
-    return rc != 0 ? sinkctl_fail(ctx, c, rc, NULL) : SINKCTL_EXIT_OK;
-}
-
 static int resume__persist(const sinkctl_ctx *ctx, sinkd_client *c, const sinkctl_resume *r,
                            const sinkd_client_session_opts *opts,
                            sinkd_client_session_info *info)
@@ -285,7 +267,15 @@ static int resume__persist(const sinkctl_ctx *ctx, sinkd_client *c, const sinkct
     o.persist = true;
     int rc = sinkd_client_session_open(c, &o, ctx->timeout_ms, info);
     const bool opened = rc == 0;
-    int code = opened ? resume__check_kept(ctx, c, info) : sinkctl_fail(ctx, c, rc, NULL);
+    int code = SINKCTL_EXIT_OK;
+    if (rc == SINKD_ERR_UNSUPPORTED) {
+        fprintf(stderr, "sinkctl: %s: sinkd keeps no state directory, so a --persist session "
+                        "could not survive a restart (%s)\n", ctx->cmd->name,
+                sinkd_client_errmsg(c));
+        code = SINKCTL_EXIT_REPLY;
+    } else if (!opened) {
+        code = sinkctl_fail(ctx, c, rc, NULL);
+    }
     if (rc < 0)
         fprintf(stderr, "sinkctl: %s: the daemon may have opened the session before the reply "
                         "was lost: 'sinkctl sessions' lists it\n", ctx->cmd->name);

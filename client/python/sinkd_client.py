@@ -189,7 +189,8 @@ class Client:
         """Open a session; returns its id (the reply is in .last_open).
         With persist=True it outlives this connection and restarts of the
         daemon: keep .last_open["secret"] (a str, as the daemon sent it;
-        private) to session_attach it later."""
+        private) to session_attach it later. A daemon without a state
+        directory refuses persist=True (SinkdError "unsupported")."""
         self.last_open = self.request("session.open", model=model, policy=policy,
                                       params=params, budget=budget, persist=persist)
         return self.last_open["session"]

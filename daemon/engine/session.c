@@ -198,6 +198,12 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
                   e->session_tokens);
         return;
     }
+    if (j->persist && !e->state_dir) {
+        /* refused now, not found out at the restart that loses it */
+        eng_error(e, j, SINKD_ERR_UNSUPPORTED, "persist: no usable [server] state_dir, so the "
+                  "session could not survive a restart");
+        return;
+    }
     if (!j->budget)
         j->budget = e->session_tokens; /* 0 when unlimited */
     if (!j->has_geometry) {

@@ -586,8 +586,8 @@ Test(client_persist, sinkctl_chat_persist_needs_a_state_dir)
     snprintf(file, sizeof(file), "%s/chat.secret", dir);
     check_run r = SINKCTL(NULL, "Hello\n", "chat", "--persist", "--secret-file", file);
     cr_expect_eq(r.status, 1, "exit %d: %s", r.status, r.err);
-    cr_expect_not_null(strstr(r.err, "sinkd keeps no state directory, so session "), "%s",
-                       r.err);
+    cr_expect_not_null(strstr(r.err, "sinkd keeps no state directory, so a --persist session "),
+                       "%s", r.err);
     cr_expect_not_null(strstr(r.err, "could not survive a restart"), "%s", r.err);
     cr_expect_null(strstr(r.err, "is persistent"), "%s", r.err);
     cr_expect_str_eq(r.out, "", "the chat went on");

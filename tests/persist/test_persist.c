@@ -868,18 +868,33 @@ Test(persist, forget_deletes_only_the_owners_snapshot, .timeout = 200)
     free(stop(&d));
 }
 
-/* Without a usable state directory there is nothing to forget. */
-Test(persist, forget_without_a_state_dir_is_unsupported, .timeout = 200)
+/* Without a usable state directory there is nothing to forget, and a
+ * session asked to persist is refused when it opens (it could not survive
+ * a restart), opening nothing; a plain session still opens. */
+Test(persist, persistence_without_a_state_dir_is_unsupported, .timeout = 200)
 {
     char p[512];
     sinkd_testd d;
     sinkd_client *c;
+    sinkd_client_session_opts o = {.model = "tiny", .persist = true};
+    sinkd_client_session_info info;
+    sinkd_client_session_entry *list = NULL;
+    size_t n = 1;
 
     snprintf(p, sizeof p, "%s/state", state);
     plant(p, "a file where the state directory goes");
     start(&d, MODEL);
     c = conn(&d);
     cr_assert_eq(FORGET(c, 1), SINKD_ERR_UNSUPPORTED, "%s", sinkd_client_errmsg(c));
+    cr_assert_eq(sinkd_client_session_open(c, &o, 120000, &info), SINKD_ERR_UNSUPPORTED);
+    cr_assert_not_null(strstr(sinkd_client_errmsg(c), "[server] state_dir"), "%s",
+                       sinkd_client_errmsg(c));
+    cr_assert_eq(sinkd_client_session_list(c, 120000, &list, &n), 0);
+    cr_assert_eq(n, 0, "the refused session opened");
+    sinkd_client_free(list);
+    o.persist = false;
+    cr_assert_eq(sinkd_client_session_open(c, &o, 120000, &info), 0, "%s",
+                 sinkd_client_errmsg(c));
     sinkd_client_close(c);
     free(stop(&d));
 }
