@@ -234,10 +234,10 @@ static int exec__keep_lanes(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln
             return rc;
         d = e->dbuf[ENG_SLOT_POST_LANES];
     }
-    if ((rc = e->be->ops->d2d(e->be, d, ln->len, nl * sizeof *d)) < 0 ||
-        (rc = e->be->ops->d2d(e->be, d + nl, ln->page_off, (nl + 1) * sizeof *d)) < 0 ||
-        (pages > 0 &&
-         (rc = e->be->ops->d2d(e->be, d + 2 * nl + 1, ln->page_ids, (size_t)pages * sizeof *d)) < 0))
+    /* the store's arrays lie back to back (kv.h): one copy */
+    if (ln->page_off != ln->len + nl || ln->page_ids != ln->page_off + nl + 1)
+        return -EINVAL;
+    if ((rc = e->be->ops->d2d(e->be, d, ln->len, ints * sizeof *d)) < 0)
         return rc;
     c->post_lanes = (sinkd_lanes){
         .n_lanes = ln->n_lanes, .len = d, .page_off = d + nl, .page_ids = d + 2 * nl + 1,

@@ -212,7 +212,9 @@ int sinkd_kv_append_batch_lanes(sinkd_kv *kv, sinkd_kv_seq *const *seqs, int32_t
 
 /* Build the sinkd_lanes of @layer for a batch of sequences (lane
  * s * n_kv_heads + h, as attn_decode and topk_pages expect) in the store's
- * device scratch, with one h2d. *@out's arrays are owned by the store and
+ * device scratch, with one h2d: len, page_off and page_ids back to back in
+ * that order, one block of 2 * n_lanes + 1 + pages ints that a caller may
+ * copy whole. *@out's arrays are owned by the store and
  * stay valid until the next sinkd_kv_lanes_* or sinkd_kv_append* call on
  * this store (ops issued before that call are ordered before the rewrite on
  * the backend stream).

@@ -260,6 +260,10 @@ Test(kv, append_then_lanes_feed_attention)
     cr_assert_arr_eq(snap, lanes.len, 4 * sizeof(int32_t));
     cr_assert_arr_eq(snap + 4, lanes.page_off, 5 * sizeof(int32_t));
     cr_assert_arr_eq(snap + 9, lanes.page_ids, (size_t)n_ids * sizeof(int32_t));
+    /* one block, as kv.h promises (the engine copies it whole) */
+    cr_assert(lanes.page_off == lanes.len + 4 && lanes.page_ids == lanes.page_off + 5);
+    cr_assert(from_append.page_off == from_append.len + 4 &&
+              from_append.page_ids == from_append.page_off + 5);
     float q[2 * 4 * 64], out[2 * 4 * 64];
     t_fill(q, sizeof q / sizeof q[0]);
     sinkd_decode_args d = {
