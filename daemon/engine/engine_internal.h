@@ -212,6 +212,9 @@ eng_session *eng_session_lookup(const sinkd_engine *e, const sinkd_job *j);
 /* eng_session_lookup, with a not_found reply to @j when it finds none. */
 eng_session *eng_session_find(sinkd_engine *e, const sinkd_job *j);
 void eng_session_destroy(sinkd_engine *e, eng_session *s);
+/* Room in e->sess for one more session: 0, or -ENOMEM with the table as it
+ * was. */
+int eng_sess_room(sinkd_engine *e);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);

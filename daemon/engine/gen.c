@@ -80,7 +80,10 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
 /* Run @n > 1 tokens through the model in chunks of prefill_chunk, evicting
  * between chunks and at the end (an eviction point of every plan); the last
  * logits land in s->logits. On failure the lanes are cut back to where they
- * were. (One token runs as a decode step: gen__append_group.) */
+ * were and s->logits still holds the last position's before the append (the
+ * last chunk writes e->logits; copied on success). What an earlier chunk's
+ * eviction dropped stays dropped. (One token runs as a decode step:
+ * gen__append_group.) */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
                         const sinkd_job *j)
 {
@@ -103,7 +106,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
         if (rc == 0)
             rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done,
                                                       pos, k, &o,
-                                                      done + k == n ? s->logits : NULL));
+                                                      done + k == n ? e->logits : NULL));
         eng_beat(e, true);
         if (rc == 0) {
             s->tokens += k;
@@ -113,7 +116,6 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     }
     free(pos);
     if (rc < 0) {
-        s->has_logits = false;
         if (gen__truncate_from(e, s, p0) < 0)
             sinkd_log(SINKD_LOG_ERR, "session %llu: could not undo a failed prefill",
                       (unsigned long long)s->id);
@@ -122,6 +124,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     }
     for (int32_t i = 0; i < n; i++)
         gen__hist_push(s, ids[i]);
+    memcpy(s->logits, e->logits, (size_t)s->m->hp->n_vocab * sizeof *s->logits);
     s->has_logits = true;
     return 0;
 }
@@ -272,8 +275,7 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
             ss[i]->feed = -1;
             gen__truncate_from(e, ss[i], (int32_t)ss[i]->tokens);
         }
-        if (n == 1) {
-            ss[0]->has_logits = false;
+        if (n == 1) { /* s->logits untouched: the decode wrote e->logits */
             eng_error_errno(e, jobs[0], rc, "session.append");
             return;
         }
@@ -287,11 +289,9 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
         eng_session *s = ss[i];
         int32_t p0 = (int32_t)s->tokens, tok = s->feed;
         s->feed = -1;
-        memcpy(s->logits, e->logits + (size_t)i * nv, nv * sizeof *s->logits);
         s->tokens++;
         if ((rc = eng_evict(e, s, -1, true, jobs[i])) < 0) {
             /* as a failed append alone: the token is taken back out */
-            s->has_logits = false;
             if (gen__truncate_from(e, s, p0) < 0)
                 sinkd_log(SINKD_LOG_ERR, "session %llu: could not undo a failed append",
                           (unsigned long long)s->id);
@@ -300,6 +300,7 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
             continue;
         }
         gen__hist_push(s, tok);
+        memcpy(s->logits, e->logits + (size_t)i * nv, nv * sizeof *s->logits);
         s->has_logits = true;
         gen__append_done(e, s, jobs[i], 1, ms);
     }
@@ -674,12 +675,14 @@ static void gen__advance_picked(sinkd_engine *e, eng_session *s, int32_t tok, in
         s->has_logits = true;
 }
 
-/* A failed decode: undo what some layers appended, end the generation. */
+/* A failed decode: undo what some layers appended, end the generation.
+ * The token it fed was sent (by this generation or the last) and stays in
+ * the conversation: eng_gen_finish keeps it pending, as a failed append
+ * does. */
 static void gen__fail(sinkd_engine *e, eng_session *s, int rc)
 {
     gen__truncate_from(e, s, (int32_t)s->tokens);
     eng_error_errno(e, s->gen, rc, "session.generate");
-    s->feed = -1; /* sent but never run: dropped with the failed step */
     eng_gen_finish(e, s, "cancelled", true);
 }
 

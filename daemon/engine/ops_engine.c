@@ -42,8 +42,8 @@ int sinkd_engine_ops_post(void *ud, uint64_t conn_id, uint8_t *frame, size_t len
 /* ---- connections that go away --------------------------------------------- */
 
 /* A closed connection's regions are unmapped (jobs still running keep their
- * reference) and, if it opened sessions, the engine closes the
- * non-persistent ones. */
+ * reference) and, if it opened sessions or asked for generations, the
+ * engine ends its generations and closes its non-persistent sessions. */
 static void ops__conn_closed(void *ud, uint64_t conn_id)
 {
     (void)ud;
@@ -62,7 +62,7 @@ static void ops__conn_closed(void *ud, uint64_t conn_id)
     }
 }
 
-/* Remember that @conn_id may own sessions. */
+/* Remember that @conn_id may own sessions or generations. */
 static int ops__track(uint64_t conn_id)
 {
     for (size_t i = 0; i < ops_eng.n_conns; i++)
@@ -705,6 +705,11 @@ static int op_session_generate(sinkd_req *r)
     }
     g->sp = (sinkd_sample_params){ (float)temp, top_k, (float)top_p, (float)min_p, (float)rp,
                                    last_n, seed };
+    /* a generation ends with the connection that asked for it */
+    if (ops__track(r->conn_id) < 0) {
+        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
+        return ops__submit(j, -ENOMEM);
+    }
     return ops__submit(j, 0);
 }
 

@@ -359,14 +359,8 @@ static int persist__load(sinkd_engine *e, const char *path, uint32_t uid, bool a
 /* Put @s in the session table; ids handed out later stay above it. */
 static int persist__insert(sinkd_engine *e, eng_session *s)
 {
-    if (e->n_sess == e->cap_sess) {
-        size_t cap = e->cap_sess ? 2 * e->cap_sess : 16;
-        eng_session **p = reallocarray(e->sess, cap, sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        e->sess = p;
-        e->cap_sess = cap;
-    }
+    if (eng_sess_room(e) < 0)
+        return -ENOMEM;
     e->sess[e->n_sess++] = s;
     if (s->id >= e->next_sess)
         e->next_sess = s->id + 1;

@@ -179,6 +179,19 @@ void eng_pack_session(sinkd_fw *w, const eng_session *s)
     sinkd_pack_kv_u64(&w->pk, "n_vocab", s->m ? (uint64_t)s->m->hp->n_vocab : 0);
 }
 
+int eng_sess_room(sinkd_engine *e)
+{
+    if (e->n_sess < e->cap_sess)
+        return 0;
+    size_t cap = e->cap_sess ? 2 * e->cap_sess : 16;
+    eng_session **p = reallocarray(e->sess, cap, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    e->sess = p;
+    e->cap_sess = cap;
+    return 0;
+}
+
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
 {
     const sinkd_engine_model *m = NULL;
@@ -242,9 +255,7 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j)
         s->geom = j->geom;
     }
     s->next_pos = calloc((size_t)s->geom.layers, sizeof *s->next_pos);
-    if ((m && !s->logits) || !s->next_pos || (e->n_sess == e->cap_sess &&
-        !(e->sess = reallocarray(e->sess, e->cap_sess = e->cap_sess ? 2 * e->cap_sess : 16,
-                                 sizeof *e->sess)))) {
+    if ((m && !s->logits) || !s->next_pos || eng_sess_room(e) < 0) {
         eng_error(e, j, SINKD_ERR_NO_MEMORY, "out of memory");
         goto fail;
     }
@@ -305,6 +316,12 @@ void eng_job_conn_closed(sinkd_engine *e, sinkd_job *j)
 {
     for (size_t i = e->n_sess; i-- > 0;) {
         eng_session *s = e->sess[i];
+        if (s->gen && s->gen->conn_id == j->conn_id) {
+            /* nobody reads it any more: no reply, the tokens sent stay */
+            sinkd_log(SINKD_LOG_INFO, "session %llu: generation ended with its connection",
+                      (unsigned long long)s->id);
+            eng_gen_finish(e, s, "cancelled", true);
+        }
         if (s->conn_id != j->conn_id || s->persist)
             continue;
         sinkd_log(SINKD_LOG_INFO, "session %llu closed with its connection",
@@ -412,8 +429,10 @@ static void eng__policy_changed(sinkd_engine *e, sinkd_job *j, eng_session *s, u
     sinkd_log(SINKD_LOG_INFO, "session %llu: policy now %s%s", (unsigned long long)s->id,
               sinkd_policy_inst_name(s->inst), reconfigured ? " (reconfigured)" : "");
     rc = eng_policy_swapped(e, s, old_stat);
+    /* an eviction point of every plan, a prompt-time one included (SnapKV
+     * would otherwise keep the lanes whole until the next append ends) */
     if (rc == 0)
-        rc = eng_evict(e, s, -1, false, j);
+        rc = eng_evict(e, s, -1, true, j);
     if (rc < 0) {
         eng_error_errno(e, j, rc, "session.policy: eviction");
         return;

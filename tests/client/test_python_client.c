@@ -165,6 +165,51 @@ Test(python, oversized_requests_are_refused_before_sending)
                   "16777216\nframe_too_large\nTrue\n");
 }
 
+/* A generation ends with the connection that asked for it, whoever owns
+ * the session: a persistent session whose owner drops mid-generation, and
+ * sessions generating for another connection of the same uid, all go idle
+ * at once (a million tokens would still be running) and take a prompt. */
+Test(python, a_generation_ends_with_the_connection_that_asked)
+{
+    expect_script(PY_PRELUDE
+                  "import time\n"
+                  "def state(c, s):\n"
+                  "    for e in c.request('session.list')['sessions']:\n"
+                  "        if e['session'] == s:\n"
+                  "            return e['state']\n"
+                  "def drop_mid_generation(path, s):\n"
+                  "    b = Client(path)\n"
+                  "    b._send('session.generate', {'session': s, 'max_tokens': 1000000,\n"
+                  "                                 'ignore_eos': True})\n"
+                  "    b._recv()  # its first token: it generates\n"
+                  "    b.close()\n"
+                  "def wait_idle(c, s):\n"
+                  "    for i in range(400):\n"
+                  "        st = state(c, s)\n"
+                  "        if st != 'generating':\n"
+                  "            return st\n"
+                  "        time.sleep(0.025)\n"
+                  "    return st\n"
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    owner = Client(sys.argv[1])\n"
+                  "    p = owner.session_open(persist=True)\n"
+                  "    owner.session_append(p, text='Once upon a time')\n"
+                  "    owner._send('session.generate', {'session': p, 'max_tokens': 1000000,\n"
+                  "                                     'ignore_eos': True})\n"
+                  "    owner._recv()\n"
+                  "    owner.close()\n"
+                  "    print('owner gone:', wait_idle(a, p))\n"
+                  "    for persist in (True, False):\n"
+                  "        s = a.session_open(persist=persist)\n"
+                  "        a.session_append(s, text='Once upon a time')\n"
+                  "        drop_mid_generation(sys.argv[1], s)\n"
+                  "        print('asker gone:', wait_idle(a, s))\n"
+                  "        a.session_append(s, text=' and')\n"
+                  "        a.session_close(s)\n"
+                  "    a.session_close(p)\n",
+                  "owner gone: idle\nasker gone: idle\nasker gone: idle\n");
+}
+
 /* A persistent session through the client's calls: it outlives the
  * connection that opened it, attaches from another with its secret (a
  * wrong one is not_found) and n_past counts its tokens; a snapshot saved,

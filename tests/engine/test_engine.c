@@ -1,8 +1,9 @@
 /*
  * The engine in-process on the CPU backend with the tiny reference model:
  * greedy generation against the golden tokens of an independent float64
- * implementation, continuous batching against one-at-a-time, cancel, and
- * eviction under `window` and `streaming`.
+ * implementation, continuous batching against one-at-a-time, cancel,
+ * eviction under `window` and `streaming`, and failed appends and
+ * generations that leave the conversation as it was.
  */
 #include <criterion/criterion.h>
 
@@ -220,5 +221,108 @@ Test(engine, step_timings_cover_the_forward)
                   step->via.f64);
     cr_assert_leq(step->via.f64 * (N - 1), wall, "steps %.4f ms x %d, waited %.4f ms",
                   step->via.f64, N - 1, wall);
+    eng_h_frame_free(f);
+}
+
+/* ---- a failed request leaves the conversation as it was ------------------------- */
+
+/* An append or a generate of @s (ids @ids[0..n) / max_tokens @n) that must
+ * fail with quota_exceeded. */
+static void append_refused(uint64_t s, const int32_t *ids, size_t n)
+{
+    sinkd_job *j = eng_h_job(SINKD_JOB_SESSION_APPEND, s);
+    char code[32];
+
+    j->ids = malloc(n * sizeof *ids);
+    memcpy(j->ids, ids, n * sizeof *ids);
+    j->n_ids = n;
+    j->bos_set = true;
+    eng_h_reply_code(eng_h_submit(j), code);
+    cr_assert_str_eq(code, "quota_exceeded", "an append of %zu over the budget", n);
+}
+
+/* n_past of a successful append of @ids[0..n) to @s. */
+static uint64_t append_n_past(uint64_t s, const int32_t *ids, size_t n)
+{
+    sinkd_job *j = eng_h_job(SINKD_JOB_SESSION_APPEND, s);
+
+    j->ids = malloc(n * sizeof *ids);
+    memcpy(j->ids, ids, n * sizeof *ids);
+    j->n_ids = n;
+    j->bos_set = true;
+    eng_h_frame *f = eng_h_reply_ok(eng_h_submit(j));
+    uint64_t n_past = eng_h_u64(f, "n_past");
+    eng_h_frame_free(f);
+    return n_past;
+}
+
+/* A session whose lanes hold its whole budget (16 tokens, policy full):
+ * appends over it fail (one token and several), and the last logits are
+ * still there, bit for bit; a generation that samples from them sends a
+ * token, and the next one, whose first step must run that token and cannot,
+ * fails without dropping it: once window makes room, the conversation holds
+ * the 16 + 1 tokens plus what comes next. */
+Test(engine, failed_appends_and_generations_keep_the_conversation)
+{
+    static const int32_t ids[16] = {10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                                    24, 25};
+    const int32_t more[3] = {5, 6, 7};
+    size_t nv = (size_t)sinkd_engine_model_at(eng, 0)->hp->n_vocab;
+    float *before = malloc(nv * sizeof *before), *after = malloc(nv * sizeof *after);
+    char reason[16], code[32];
+    int32_t tok[4];
+
+    cr_assert(before && after);
+    sinkd_job *j = eng_h_job(SINKD_JOB_SESSION_OPEN, 0);
+    j->budget = 16;
+    eng_h_frame *f = eng_h_reply_ok(eng_h_submit(j));
+    uint64_t s = eng_h_u64(f, "session");
+    eng_h_frame_free(f);
+    cr_assert_eq(append_n_past(s, ids, 16), 16);
+    eng_h_logits(s, before, nv);
+
+    append_refused(s, more, 1); /* the one-token path: a decode step */
+    append_refused(s, more, 3); /* a prefill */
+    eng_h_logits(s, after, nv);
+    cr_assert_arr_eq(before, after, nv * sizeof *before, "a failed append changed the logits");
+
+    cr_assert_eq(collect_tokens(eng_h_generate(s, 1), tok, 4, reason), 1);
+    cr_assert_str_eq(reason, "length");
+    eng_h_reply_code(eng_h_generate(s, 4), code); /* its first step runs tok[0] */
+    cr_assert_str_eq(code, "quota_exceeded");
+
+    sinkd_job *w = eng_h_job(SINKD_JOB_SESSION_POLICY, s);
+    w->policy = strdup("window");
+    w->params = strdup("window=8 slack=0"); /* evicts at once */
+    eng_h_frame_free(eng_h_reply_ok(eng_h_submit(w)));
+    /* this generation runs tok[0] first (17), then sends one more: an
+     * append after it runs that one and its own token */
+    cr_assert_eq(collect_tokens(eng_h_generate(s, 1), tok + 1, 3, reason), 1);
+    cr_assert_eq(append_n_past(s, more, 1), 19, "the token sent before the failure was dropped");
+    free(before);
+    free(after);
+}
+
+/* Swapping to a policy that evicts at the end of a prompt (SnapKV) evicts
+ * at once, as every swap does: the lanes do not wait for the next append. */
+Test(engine, swap_to_a_prompt_time_policy_evicts_now)
+{
+    int32_t ids[200];
+    uint64_t mn, mx;
+
+    for (int i = 0; i < 200; i++)
+        ids[i] = 10 + i % 200;
+    uint64_t s = eng_h_open_session("full", NULL);
+    cr_assert_eq(append_n_past(s, ids, 200), 200);
+    sinkd_job *w = eng_h_job(SINKD_JOB_SESSION_POLICY, s);
+    w->policy = strdup("snapkv");
+    w->params = strdup("budget=48 window=8");
+    eng_h_frame_free(eng_h_reply_ok(eng_h_submit(w)));
+    eng_h_frame *f = eng_h_reply_ok(eng_h_submit(eng_h_job(SINKD_JOB_SESSION_STATS, s)));
+    for (uint32_t l = 0; l < 4; l++) {
+        eng_h_layer_lens(f, l, &mn, &mx);
+        cr_assert_leq(mx, 48, "layer %u keeps %llu tokens after the swap", l,
+                      (unsigned long long)mx);
+    }
     eng_h_frame_free(f);
 }
