@@ -38,19 +38,23 @@ static void conn__update_poll(sinkd_conn *c)
         uv_poll_stop(&c->poll);
 }
 
+static void conn__fd_drop(sinkd_conn *c, size_t i)
+{
+    memmove(&c->fds[i], &c->fds[i + 1], (c->n_fds - i - 1) * sizeof c->fds[0]);
+    memmove(&c->fd_lo[i], &c->fd_lo[i + 1], (c->n_fds - i - 1) * sizeof c->fd_lo[0]);
+    memmove(&c->fd_hi[i], &c->fd_hi[i + 1], (c->n_fds - i - 1) * sizeof c->fd_hi[0]);
+    c->n_fds--;
+}
+
+/* Close the fds that no frame starting at @off or later can take. */
 static void conn__close_fds_before(sinkd_conn *c, uint64_t off)
 {
-    size_t keep = 0;
-
-    for (size_t i = 0; i < c->n_fds; i++) {
-        if (c->fd_off[i] < off) {
+    for (size_t i = c->n_fds; i-- > 0;) {
+        if (c->fd_hi[i] <= off) {
             close(c->fds[i]);
-        } else {
-            c->fds[keep] = c->fds[i];
-            c->fd_off[keep++] = c->fd_off[i];
+            conn__fd_drop(c, i);
         }
     }
-    c->n_fds = keep;
 }
 
 static void conn__on_closed(uv_handle_t *h)
@@ -191,12 +195,10 @@ int sinkd_conn_take_fd(sinkd_conn *c)
     if (!c)
         return -EINVAL;
     for (size_t i = 0; i < c->n_fds; i++) {
-        if (c->fd_off[i] < c->frame_start || c->fd_off[i] >= c->frame_end)
+        if (c->frame_start < c->fd_lo[i] || c->frame_start >= c->fd_hi[i])
             continue;
         fd = c->fds[i];
-        memmove(&c->fds[i], &c->fds[i + 1], (c->n_fds - i - 1) * sizeof c->fds[0]);
-        memmove(&c->fd_off[i], &c->fd_off[i + 1], (c->n_fds - i - 1) * sizeof c->fd_off[0]);
-        c->n_fds--;
+        conn__fd_drop(c, i);
         return fd;
     }
     return -ENOENT;
@@ -212,7 +214,16 @@ void sinkd_conn_fail(sinkd_conn *c, sinkd_errcode code, const char *msg)
     sinkd_conn_finish(c);
 }
 
-static void conn__queue_fds(sinkd_conn *c, struct msghdr *mh, uint64_t off)
+/* The fds of one read, of stream bytes [lo, hi). The kernel hands them
+ * over with the first read that touches the data of the sendmsg that
+ * carried them, and it may glue data sent before (without fds) in front of
+ * it in that read: so they belong to a frame whose first byte was read
+ * here, not necessarily the first such frame. Which one: the first
+ * shm.register among them takes it (a client that follows PROTOCOL.md §9
+ * sends every other register's fd with its own first byte, and a read
+ * stops after the data that came with fds, so no earlier register can be
+ * in this read). */
+static void conn__queue_fds(sinkd_conn *c, struct msghdr *mh, uint64_t lo, uint64_t hi)
 {
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
         size_t n;
@@ -231,7 +242,8 @@ static void conn__queue_fds(sinkd_conn *c, struct msghdr *mh, uint64_t off)
                 continue;
             }
             c->fds[c->n_fds] = fd;
-            c->fd_off[c->n_fds++] = off;
+            c->fd_lo[c->n_fds] = lo;
+            c->fd_hi[c->n_fds++] = hi;
         }
     }
 }
@@ -294,7 +306,7 @@ static void conn__read(sinkd_conn *c)
             sinkd_conn_close(c);
             break;
         }
-        conn__queue_fds(c, &mh, c->rx_total);
+        conn__queue_fds(c, &mh, c->rx_total, c->rx_total + (uint64_t)(n > 0 ? n : 0));
         if (mh.msg_flags & MSG_CTRUNC)
             sinkd_log(SINKD_LOG_NOTICE, "conn %llu: too many fds in one message: extra ones "
                       "closed", (unsigned long long)c->id);

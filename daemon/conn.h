@@ -48,8 +48,10 @@ struct sinkd_conn {
     uint64_t rx_total;        /* bytes received so far */
     uint64_t frame_start;     /* stream offset of the next frame's first byte */
     uint64_t frame_end;       /* end of the frame being dispatched */
+    /* Received fds, each with the stream range [fd_lo, fd_hi) of the read
+     * that brought it: a frame whose first byte lies there may take it. */
     int fds[SINKD_CONN_FDS_MAX];
-    uint64_t fd_off[SINKD_CONN_FDS_MAX];
+    uint64_t fd_lo[SINKD_CONN_FDS_MAX], fd_hi[SINKD_CONN_FDS_MAX];
     size_t n_fds;
     sinkd_conn_out *out_head, *out_tail;
     size_t out_bytes;         /* unsent */
@@ -80,8 +82,9 @@ void sinkd_conn_finish(sinkd_conn *c);
 /* Close now, dropping unsent output. Safe to call twice. */
 void sinkd_conn_close(sinkd_conn *c);
 
-/* Take the oldest fd received with the frame now being dispatched. The
- * caller owns the returned fd. Returns it, or -ENOENT when there is none. */
+/* Take the oldest fd received by the read that brought the first byte of
+ * the frame now being dispatched. The caller owns the returned fd. Returns
+ * it, or -ENOENT when there is none. */
 int sinkd_conn_take_fd(sinkd_conn *c);
 
 #endif /* SINKD_CONN_H */

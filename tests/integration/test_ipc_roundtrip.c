@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -186,6 +187,84 @@ Test(roundtrip, shm_register_and_unregister)
     cr_expect_eq(sinkd_client_shm_free(c, &shm, TIMEOUT_MS), 0);
     cr_expect_eq(sinkd_client_ping(c, TIMEOUT_MS, NULL), 0);
     sinkd_client_close(c);
+}
+
+/* {"op":"shm.register","id":@id,"size":4096} framed, with @fd (or none)
+ * as SCM_RIGHTS on the one sendmsg that carries it all. */
+static void send_register(int c, uint32_t id, int fd)
+{
+    static const uint8_t tmpl[] = {0, 0, 0, 0, 0x83, 0xa2, 'o', 'p', 0xac, 's', 'h', 'm', '.',
+                                   'r', 'e', 'g', 'i', 's', 't', 'e', 'r', 0xa2, 'i', 'd', 0xce,
+                                   0, 0, 0, 0, 0xa4, 's', 'i', 'z', 'e', 0xcd, 0x10, 0x00};
+    uint8_t frame[sizeof tmpl];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {frame, sizeof frame};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    memcpy(frame, tmpl, sizeof tmpl);
+    frame[3] = (uint8_t)(sizeof tmpl - 4);
+    frame[25] = (uint8_t)(id >> 24), frame[26] = (uint8_t)(id >> 16);
+    frame[27] = (uint8_t)(id >> 8), frame[28] = (uint8_t)id;
+    if (fd >= 0) {
+        memset(&ctl, 0, sizeof ctl);
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof ctl.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    cr_assert_eq(sendmsg(c, &mh, MSG_NOSIGNAL), (ssize_t)sizeof frame);
+}
+
+/* The next frame on @c: the reply of @id, an error or not. */
+static bool reply_ok(int c, uint64_t id)
+{
+    sinkd_testwire_frame f = SINKD_TESTWIRE_FRAME_INIT;
+    sinkd_errcode code;
+    bool has_id;
+    uint64_t got = 0;
+
+    cr_assert_eq(sinkd_testwire_recv(c, TIMEOUT_MS, &f), 0);
+    sinkd_testwire_error(&f, &code, &has_id, &got, NULL);
+    if (code == SINKD_ERR_NONE)
+        cr_assert(sinkd_map_u64(&f.msg.root, "id", &got) == 0);
+    sinkd_testwire_frame_free(&f);
+    cr_assert_eq(got, id);
+    return code == SINKD_ERR_NONE;
+}
+
+/* A register whose fd rides with its own first byte (PROTOCOL.md §9), sent
+ * right behind frames without one: the kernel hands the fd over with the
+ * read that also brings those earlier frames, and it must still go to the
+ * register, not be taken for theirs and closed. */
+Test(roundtrip, shm_register_right_behind_other_frames)
+{
+    int c = sinkd_testd_connect_raw(&ipc_daemon);
+    cr_assert_geq(c, 0);
+    int fd = memfd_create("sinkd-test", MFD_CLOEXEC);
+    cr_assert(fd >= 0 && ftruncate(fd, 4096) == 0);
+    int lost = 0;
+    for (uint32_t i = 0; i < 60; i++) {
+        uint8_t ping[IPC_PING_FRAME];
+        ipc_ping_frame(ping, 1000 + i);
+        cr_assert_eq(sinkd_testwire_send(c, ping, sizeof ping), 0);
+        send_register(c, 2000 + i, fd);
+        cr_assert(reply_ok(c, 1000 + i));
+        lost += !reply_ok(c, 2000 + i);
+    }
+    cr_expect_eq(lost, 0, "%d of 60 registers lost their fd", lost);
+    /* a register without its fd is still refused */
+    send_register(c, 3000, -1);
+    cr_expect_not(reply_ok(c, 3000));
+    send_register(c, 3001, fd);
+    cr_expect(reply_ok(c, 3001));
+    close(fd);
+    close(c);
 }
 
 /* --- sinkctl --------------------------------------------------------------- */
