@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ void sinkd_server__conn_added(sinkd_server *s, sinkd_conn *c)
 }
 
 static void server__finish(sinkd_server *s);
+static void server__unstarve(sinkd_server *s);
 
 void sinkd_server__conn_removed(sinkd_server *s, sinkd_conn *c)
 {
@@ -44,6 +46,7 @@ void sinkd_server__conn_removed(sinkd_server *s, sinkd_conn *c)
         return;
     *pp = c->hnext;
     s->n_conns--;
+    server__unstarve(s);
     if (s->conn_closed)
         s->conn_closed(s->conn_closed_ud, c->id);
     if (s->stopping && s->n_conns == 0)
@@ -118,6 +121,7 @@ int sinkd_server_init(sinkd_server *s, uv_loop_t *loop, sinkd_config *cfg,
     s->overrides = ov;
     s->listener = (sinkd_listener)SINKD_LISTENER_INIT;
     s->notify = (sinkd_notify)SINKD_NOTIFY_INIT;
+    s->spare_fd = -1;
     s->start_ns = uv_hrtime();
     for (s->n_buckets = 16; s->n_buckets < s->cfg.max_connections; s->n_buckets <<= 1)
         ;
@@ -150,19 +154,55 @@ int sinkd_server_init(sinkd_server *s, uv_loop_t *loop, sinkd_config *cfg,
     return 0;
 }
 
-static void server__refuse(sinkd_server *s, int fd)
+/* Answer busy with @why on a connection just accepted, and close it. */
+static void server__refuse(int fd, const char *why)
 {
     size_t len;
-    uint8_t *f = sinkd_frame_error(0, false, SINKD_ERR_BUSY,
-                                   "too many connections (max_connections)", &len);
+    uint8_t *f = sinkd_frame_error(0, false, SINKD_ERR_BUSY, why, &len);
 
-    sinkd_log(SINKD_LOG_NOTICE, "refusing a connection: %zu open (max_connections)",
-              s->n_conns);
     /* A fresh socket buffer always takes one small frame: no queue needed. */
     if (f && send(fd, f, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
         sinkd_log(SINKD_LOG_DEBUG, "busy reply: %s", strerror(errno));
     free(f);
     close(fd);
+}
+
+static void server__on_listen(uv_poll_t *h, int status, int events);
+
+/* accept4 failed for want of a descriptor. A connection left in the backlog
+ * keeps the listening socket readable, and the loop would spin on it: give
+ * up the spare descriptor to accept it and refuse it, or, with no spare
+ * left, stop watching the socket until a connection closes. */
+static void server__starved(sinkd_server *s)
+{
+    if (!s->fd_starved)
+        sinkd_log(SINKD_LOG_WARNING, "out of file descriptors (%s): refusing new connections "
+                  "until some close (raise LimitNOFILE or lower max_connections)",
+                  strerror(errno));
+    s->fd_starved = true;
+    if (s->spare_fd >= 0) {
+        close(s->spare_fd);
+        int fd = accept4(s->listener.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            server__refuse(fd, "sinkd is out of file descriptors");
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (s->spare_fd < 0 && s->listening)
+        uv_poll_stop(&s->listen_poll);
+}
+
+/* A descriptor was given back: watch the listening socket again. */
+static void server__unstarve(sinkd_server *s)
+{
+    if (!s->fd_starved)
+        return;
+    if (s->spare_fd < 0)
+        s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (s->spare_fd < 0)
+        return;
+    s->fd_starved = false;
+    if (s->listening)
+        uv_poll_start(&s->listen_poll, UV_READABLE, server__on_listen);
 }
 
 static void server__on_listen(uv_poll_t *h, int status, int events)
@@ -179,12 +219,18 @@ static void server__on_listen(uv_poll_t *h, int status, int events)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                server__starved(s);
+                return;
+            }
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 sinkd_log(SINKD_LOG_WARNING, "accept: %s", strerror(errno));
             return;
         }
         if (s->n_conns >= s->cfg.max_connections) {
-            server__refuse(s, fd);
+            sinkd_log(SINKD_LOG_NOTICE, "refusing a connection: %zu open (max_connections)",
+                      s->n_conns);
+            server__refuse(fd, "too many connections (max_connections)");
             continue;
         }
         rc = sinkd_conn_accept(s, fd);
@@ -254,6 +300,7 @@ int sinkd_server_listen(sinkd_server *s, char *err, size_t errlen)
     }
     s->listen_poll.data = s;
     s->listening = true;
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     uv_poll_start(&s->listen_poll, UV_READABLE, server__on_listen);
 
     if (s->notify.watchdog_usec) {
@@ -387,9 +434,12 @@ void sinkd_server_free(sinkd_server *s)
     if (!s)
         return;
     sinkd_listen_close(&s->listener);
+    if (s->spare_fd >= 0)
+        close(s->spare_fd);
     sinkd_post_free(&s->post);
     sinkd_notify_free(&s->notify);
     free(s->buckets);
     sinkd_config_free(&s->cfg);
     memset(s, 0, sizeof *s);
+    s->spare_fd = -1;
 }

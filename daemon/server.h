@@ -53,6 +53,9 @@ typedef struct sinkd_server {
     size_t n_conns;
     uint64_t next_conn_id;
     uint64_t start_ns;                       /* uv_hrtime() at init */
+    int spare_fd;                            /* /dev/null, given up to refuse at EMFILE */
+    bool fd_starved;                         /* out of fds: said once, accepting paused
+                                              * when even the spare is gone */
     bool listening;
     bool stopping;
     bool finished;                           /* handles closed, loop ending */

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -451,10 +452,12 @@ static int count_test_memfds(pid_t pid)
     return n;
 }
 
-static void send_with_fds(int c, const void *buf, size_t len, const int *fds, int nfds)
+/* sendmsg of @buf with @fds as SCM_RIGHTS; its result. */
+static ssize_t sendmsg_fds(int c, const void *buf, size_t len, const int *fds, int nfds)
 {
+    cr_assert(nfds >= 1 && nfds <= 16);
     union {
-        char buf[CMSG_SPACE(sizeof(int) * 8)];
+        char buf[CMSG_SPACE(sizeof(int) * 16)];
         struct cmsghdr align;
     } ctl;
     struct iovec iov = { (void *)buf, len };
@@ -471,7 +474,12 @@ static void send_with_fds(int c, const void *buf, size_t len, const int *fds, in
     cm->cmsg_type = SCM_RIGHTS;
     cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
     memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
-    cr_assert_eq(sendmsg(c, &mh, MSG_NOSIGNAL), (ssize_t)len);
+    return sendmsg(c, &mh, MSG_NOSIGNAL);
+}
+
+static void send_with_fds(int c, const void *buf, size_t len, const int *fds, int nfds)
+{
+    cr_assert_eq(sendmsg_fds(c, buf, len, fds, nfds), (ssize_t)len);
 }
 
 Test(daemon, unconsumed_fds_are_closed)
@@ -503,6 +511,81 @@ Test(daemon, unconsumed_fds_are_closed)
     cr_assert_eq(count_test_memfds(d.pid), 0);
     for (int i = 0; i < 3; i++)
         close(fds[i]);
+    close(c);
+    cr_assert_eq(h_stop(&d), 0);
+}
+
+/* CPU seconds process @pid has used (user + system). */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* fields 14 and 15, counted after the command's closing parenthesis */
+    const char *p = strrchr(buf, ')');
+    cr_assert_not_null(p);
+    cr_assert_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st),
+                 2);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* A daemon out of descriptors (clients holding the most fds a connection
+ * may keep, behind a frame they never finish) refuses new connections with
+ * busy instead of spinning on the listening socket, and serves again once
+ * the hogs are gone. */
+Test(daemon, out_of_descriptors_refuses_without_spinning)
+{
+    enum { HOGS = 8 };
+    struct rlimit old, low;
+    h_daemon d;
+    int hogs[HOGS], fds[16];
+
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = 64;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    serve(&d, NULL, NULL, 0); /* inherits the soft limit of 64 */
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+    for (int i = 0; i < 16; i++)
+        cr_assert_geq(fds[i] = memfd_create("sinkd-test", MFD_CLOEXEC), 0);
+    int held = 0;
+    for (int i = 0; i < HOGS; i++) {
+        hogs[i] = h_connect(sock);
+        cr_assert_geq(hogs[i], 0);
+        /* a length's first byte; a hog the daemon had to refuse fails */
+        held += sendmsg_fds(hogs[i], "", 1, fds, 16) == 1;
+        usleep(20 * 1000);
+    }
+    cr_assert_gt(held, 2, "only %d connections took their fds", held);
+    usleep(300 * 1000);
+
+    int c = h_connect(sock);
+    cr_assert_geq(c, 0);
+    sinkd_testwire_frame f = SINKD_TESTWIRE_FRAME_INIT;
+    bool has_id;
+    uint64_t id;
+    cr_assert_eq(sinkd_testwire_recv(c, H_TIMEOUT_MS, &f), 0, "no answer when out of fds");
+    cr_expect_eq(error_of(&f, &has_id, &id), SINKD_ERR_BUSY);
+    sinkd_testwire_frame_free(&f);
+    close(c);
+    double t0 = cpu_seconds(d.pid);
+    usleep(1000 * 1000);
+    double used = cpu_seconds(d.pid) - t0;
+    cr_expect_lt(used, 0.25, "the daemon used %.2f s of CPU in 1 s while out of fds", used);
+
+    for (int i = 0; i < HOGS; i++)
+        close(hogs[i]);
+    for (int i = 0; i < 16; i++)
+        close(fds[i]);
+    usleep(200 * 1000);
+    c = h_connect(sock);
+    cr_assert(h_ping(c, 9), "no service after the hogs left");
     close(c);
     cr_assert_eq(h_stop(&d), 0);
 }
