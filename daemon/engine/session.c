@@ -630,8 +630,13 @@ void eng_job_policy(sinkd_engine *e, sinkd_job *j)
         eng_reply_empty(e, j);
         return;
     }
-    /* load answers the descriptor's name, reload the new generation. */
-    if (!eng__policy_find(e, j->policy, j->kind == SINKD_JOB_POLICY_LOAD, &info)) {
+    /* load answers the descriptor's name, reload the new generation. The
+     * registry keeps a loaded file by its resolved path. */
+    char *resolved = j->kind == SINKD_JOB_POLICY_LOAD ? realpath(j->policy, NULL) : NULL;
+    bool found = eng__policy_find(e, resolved ? resolved : j->policy,
+                                  j->kind == SINKD_JOB_POLICY_LOAD, &info);
+    free(resolved);
+    if (!found) {
         eng_error(e, j, SINKD_ERR_INTERNAL, "policy vanished from the registry");
         return;
     }

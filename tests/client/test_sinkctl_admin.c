@@ -269,6 +269,17 @@ Test(plugins, load_reload_unload)
     check_run_free(&r);
     cr_expect_geq(shown_generation("h2o"), 0, "back after load");
 
+    /* a path that resolves to the file is answered like its own name */
+    r = CHECK_SINKCTL_RUN(NULL, "policy", "unload", "h2o");
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    check_run_free(&r);
+    char odd[160];
+    snprintf(odd, sizeof(odd), "%s//./h2o.so", plugin_dir);
+    r = CHECK_SINKCTL_RUN(NULL, "--json", "policy", "load", odd);
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "\"ok\":true,\"name\":\"h2o\"}\n"), "%s", r.out);
+    check_run_free(&r);
+
     r = CHECK_SINKCTL_RUN(NULL, "policy", "load", PLUGIN_SRC);
     cr_expect_eq(r.status, 1, "outside the plugin directories: %s", r.err);
     check_run_free(&r);
