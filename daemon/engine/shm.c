@@ -28,8 +28,11 @@ int sinkd_shm_map(int fd, uint64_t size, sinkd_shm_region **out, char *err, size
         close(fd);
         return -EDOM;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "the descriptor is not a regular file (use memfd_create)");
+    /* Memory only (a memfd, or a tmpfs file: what takes seals): a file of
+     * a disk, or of a FUSE mount the client serves itself, could stall the
+     * engine thread inside a page fault for as long as it pleases. */
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || fcntl(fd, F_GET_SEALS) < 0) {
+        snprintf(err, errlen, "the descriptor is not a memfd (use memfd_create)");
         close(fd);
         return -EINVAL;
     }

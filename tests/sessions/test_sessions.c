@@ -11,7 +11,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -448,6 +450,20 @@ Test(sessions, bad_ranges_and_shrunk_memfd)
     cr_assert(sinkd_testd_alive(&d));
     /* the sealed region still works */
     cr_assert_eq(kv_append(c, s, 0, 1, shm.handle, 0, 1024), 0, "%s", sinkd_client_errmsg(c));
+    close(fd);
+
+    /* A file of a disk is refused: a page fault there (or on a FUSE mount
+     * the client serves) could stall the engine. */
+    char path[] = SINKD_BINARY_DIR "/sinkd-shm-XXXXXX";
+    struct statfs sf;
+    fd = mkstemp(path);
+    cr_assert(fd >= 0 && ftruncate(fd, 65536) == 0 && fstatfs(fd, &sf) == 0);
+    unlink(path);
+    if (sf.f_type != TMPFS_MAGIC) {
+        cr_assert_eq(sinkd_client_shm_register(c, fd, 65536, 5000, &h), SINKD_ERR_BAD_SHM);
+        cr_assert_not_null(strstr(sinkd_client_errmsg(c), "not a memfd"), "%s",
+                           sinkd_client_errmsg(c));
+    }
     close(fd);
     sinkd_client_shm_free(c, &shm, 5000);
     sinkd_client_close(c);
