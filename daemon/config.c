@@ -112,6 +112,9 @@ static const sinkd_cfg_key config__keys[] = {
       "generations running at once per user; 0: unlimited" },
     { "quota", "request_bytes", SINKD_CFG_SIZE, OFF(request_bytes), "256M", 0, 1024 * TiB, NULL, 0,
       "bytes of shared memory one request may reference; 0: unlimited" },
+    { "quota", "shm_bytes_per_uid", SINKD_CFG_SIZE, OFF(shm_bytes_per_uid), "64G", 0, 1024 * TiB, NULL,
+      0, "bytes of shared memory a user's connections may have registered at once (mapped "
+      "address space, not memory used); 0: unlimited" },
     { "quota", "snapshots_per_uid", SINKD_CFG_UINT, OFF(snapshots_per_uid), "16", 0, 1u << 20, NULL, 0,
       "session.save snapshots kept per user (session.forget deletes one); 0: unlimited" },
 };

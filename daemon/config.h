@@ -103,6 +103,7 @@ typedef struct sinkd_config {
     uint64_t session_tokens;
     uint64_t generations_per_uid;
     uint64_t request_bytes;
+    uint64_t shm_bytes_per_uid;
     uint64_t snapshots_per_uid;
 } sinkd_config;
 

@@ -407,12 +407,22 @@ static int op_shm_register(sinkd_req *r)
         return sinkd_req_error(r, SINKD_ERR_BAD_SHM, "more than one file descriptor came "
                                "with the request");
     }
+    /* address space is what a sparse memfd costs: capped per user */
+    uint64_t cap = ops_eng.srv ? ops_eng.srv->cfg.shm_bytes_per_uid : 0;
+    uint64_t held = sinkd_shm_table_uid_bytes(ops_eng.shm, (uint32_t)r->conn->uid);
+    if (cap && (held > cap || size > cap - held)) {
+        close(fd);
+        return sinkd_req_error(r, SINKD_ERR_QUOTA_EXCEEDED, "[quota] shm_bytes_per_uid: %llu "
+                               "bytes registered, %llu more would pass %llu",
+                               (unsigned long long)held, (unsigned long long)size,
+                               (unsigned long long)cap);
+    }
     rc = sinkd_shm_map(fd, size, &reg, why, sizeof why);
     if (rc < 0)
         return sinkd_req_error(r, rc == -ENOMEM ? SINKD_ERR_NO_MEMORY :
                                rc == -EDOM ? SINKD_ERR_INVALID_ARGUMENT : SINKD_ERR_BAD_SHM,
                                "%s", why[0] ? why : strerror(-rc));
-    rc = sinkd_shm_table_add(ops_eng.shm, r->conn_id, reg, &handle);
+    rc = sinkd_shm_table_add(ops_eng.shm, r->conn_id, (uint32_t)r->conn->uid, reg, &handle);
     if (rc < 0) {
         sinkd_shm_unref(reg);
         return sinkd_req_error(r, rc == -EDQUOT ? SINKD_ERR_QUOTA_EXCEEDED : SINKD_ERR_NO_MEMORY,

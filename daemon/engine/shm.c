@@ -167,6 +167,7 @@ int sinkd_shm_write(sinkd_shm_region *r, uint64_t off, const void *src, size_t l
 
 typedef struct shm__conn {
     uint64_t conn_id;
+    uint32_t uid;
     uint64_t next_handle;
     size_t n;
     uint64_t handle[SINKD_SHM_PER_CONN_MAX];
@@ -218,8 +219,8 @@ void sinkd_shm_table_free(sinkd_shm_table *t)
     free(t);
 }
 
-int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, sinkd_shm_region *r,
-                        uint64_t *handle)
+int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, uint32_t uid,
+                        sinkd_shm_region *r, uint64_t *handle)
 {
     shm__conn *c = shm__find(t, conn_id, NULL);
 
@@ -236,6 +237,7 @@ int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, sinkd_shm_region *
         if (!c)
             return -ENOMEM;
         c->conn_id = conn_id;
+        c->uid = uid;
         c->next_handle = 1;
         t->v[t->n++] = c;
     }
@@ -245,6 +247,16 @@ int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, sinkd_shm_region *
     c->region[c->n] = r;
     *handle = c->handle[c->n++];
     return 0;
+}
+
+uint64_t sinkd_shm_table_uid_bytes(const sinkd_shm_table *t, uint32_t uid)
+{
+    uint64_t sum = 0;
+
+    for (size_t i = 0; t && i < t->n; i++)
+        for (size_t k = 0; t->v[i]->uid == uid && k < t->v[i]->n; k++)
+            sum += t->v[i]->region[k]->size;
+    return sum;
 }
 
 sinkd_shm_region *sinkd_shm_table_get(sinkd_shm_table *t, uint64_t conn_id, uint64_t handle)

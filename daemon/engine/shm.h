@@ -70,11 +70,15 @@ sinkd_shm_table *sinkd_shm_table_new(void);
 /* Drop every region of every connection; frees @t. NULL is a no-op. */
 void sinkd_shm_table_free(sinkd_shm_table *t);
 
-/* Add @r (the table takes the caller's reference) to connection @conn_id;
- * *@handle gets its handle. Errors: -EDQUOT (SINKD_SHM_PER_CONN_MAX
- * reached), -ENOMEM; the reference is then still the caller's. */
-int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, sinkd_shm_region *r,
-                        uint64_t *handle);
+/* Add @r (the table takes the caller's reference) to connection @conn_id
+ * of user @uid; *@handle gets its handle. Errors: -EDQUOT
+ * (SINKD_SHM_PER_CONN_MAX reached), -ENOMEM; the reference is then still
+ * the caller's. */
+int sinkd_shm_table_add(sinkd_shm_table *t, uint64_t conn_id, uint32_t uid,
+                        sinkd_shm_region *r, uint64_t *handle);
+
+/* Bytes mapped for the connections of user @uid. */
+uint64_t sinkd_shm_table_uid_bytes(const sinkd_shm_table *t, uint32_t uid);
 
 /* The region @handle of @conn_id with a new reference for the caller, or
  * NULL when there is none. */

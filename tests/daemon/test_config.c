@@ -69,6 +69,7 @@ Test(config, defaults)
     cr_assert_eq(cfg.head_dim_max, 0);
     cr_assert_eq(cfg.generations_per_uid, 8);
     cr_assert_eq(cfg.request_bytes, 256u << 20);
+    cr_assert_eq(cfg.shm_bytes_per_uid, 64ull << 30);
     cr_assert_eq(cfg.snapshots_per_uid, 16);
 }
 
@@ -88,7 +89,8 @@ Test(config, every_key_in_a_file_lands_in_its_field)
              "[plugins]\ndirs = /a/b:/c\n"
              "[model \"tiny\"]\npath = /m/tiny.gguf\n"
              "[quota]\nsessions_per_uid = 2\npages_per_uid = 1000\nsession_tokens = 4096\n"
-             "generations_per_uid = 0\nrequest_bytes = 512K\nsnapshots_per_uid = 3\n",
+             "generations_per_uid = 0\nrequest_bytes = 512K\nsnapshots_per_uid = 3\n"
+             "shm_bytes_per_uid = 2T\n",
              g, g);
     cr_assert_eq(sinkd_config_load_string(&cfg, text, "t.conf", err, ERRLEN), 0, "%s", err);
     cr_assert_str_eq(cfg.socket, "/tmp/x/s.sock");
@@ -118,6 +120,7 @@ Test(config, every_key_in_a_file_lands_in_its_field)
     cr_assert_eq(cfg.session_tokens, 4096);
     cr_assert_eq(cfg.generations_per_uid, 0);
     cr_assert_eq(cfg.request_bytes, 524288);
+    cr_assert_eq(cfg.shm_bytes_per_uid, 2ull << 40);
     cr_assert_eq(cfg.snapshots_per_uid, 3);
 }
 
@@ -197,6 +200,7 @@ static const struct {
     { "quota", "session_tokens", "8192", "-1" },
     { "quota", "generations_per_uid", "4", " 4x" },
     { "quota", "request_bytes", "0", "12Q" },
+    { "quota", "shm_bytes_per_uid", "0", "2000T" },
     { "quota", "snapshots_per_uid", "0", "1048577" },
     { "quota", "snapshots_per_uid", "1048576", "-3" },
 };
@@ -436,7 +440,7 @@ Test(config, reload_swaps_runtime_keys_only)
              "[server]\nlog_level = debug\nmax_output = 1M\nadmin_group = %s\n"
              "max_frame = 2M\nmax_connections = 3\n"
              "[quota]\nsessions_per_uid = 1\npages_per_uid = 2\ngenerations_per_uid = 3\n"
-             "request_bytes = 4K\nsnapshots_per_uid = 5\n[engine]\nbackend = cpu\n[model \"b\"]\npath = /b\n", g);
+             "request_bytes = 4K\nsnapshots_per_uid = 5\nshm_bytes_per_uid = 1M\n[engine]\nbackend = cpu\n[model \"b\"]\npath = /b\n", g);
     cr_assert_eq(sinkd_config_init(&fresh), 0);
     cr_assert_eq(sinkd_config_load_string(&fresh, text, "new", err, ERRLEN), 0, "%s", err);
     cr_assert_eq(sinkd_config_apply_runtime(&cfg, &fresh, note, &ch), 3);
@@ -451,8 +455,10 @@ Test(config, reload_swaps_runtime_keys_only)
     cr_assert_eq(cfg.pages_per_uid, 0);
     cr_assert_eq(cfg.generations_per_uid, 8);
     cr_assert_eq(cfg.request_bytes, 256u << 20);
+    cr_assert_eq(cfg.shm_bytes_per_uid, 64ull << 30);
     cr_assert_eq(cfg.snapshots_per_uid, 16);
     cr_assert(noted(&ch, "quota.sessions_per_uid", false));
+    cr_assert(noted(&ch, "quota.shm_bytes_per_uid", false));
     cr_assert(noted(&ch, "quota.snapshots_per_uid", false));
     cr_assert_eq(cfg.max_frame, 16u << 20);
     cr_assert_eq(cfg.max_connections, 256);

@@ -470,6 +470,47 @@ Test(sessions, bad_ranges_and_shrunk_memfd)
     stop();
 }
 
+/* A memfd of @size bytes (sparse: no memory behind it). */
+static int sparse_memfd(uint64_t size)
+{
+    int fd = memfd_create("sinkd-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    cr_assert(fd >= 0 && ftruncate(fd, (off_t)size) == 0);
+    return fd;
+}
+
+/* [quota] shm_bytes_per_uid caps what a user's connections have mapped at
+ * once, over all of them (a sparse memfd costs the daemon address space,
+ * not memory): the registration past it is quota_exceeded, and one that
+ * fits again after an unregister goes through. */
+Test(sessions, shm_bytes_per_uid_caps_registered_bytes)
+{
+    cr_assert(start_with("[quota]\nshm_bytes_per_uid = 3M\n", false) == 0);
+    sinkd_client *a = conn(), *b = conn();
+    uint64_t h1, h2, h3;
+    int f1 = sparse_memfd(2 << 20), f2 = sparse_memfd(1 << 20), f3 = sparse_memfd(1ull << 40);
+
+    cr_assert_eq(sinkd_client_shm_register(a, f1, 2 << 20, 5000, &h1), 0);
+    cr_assert_eq(sinkd_client_shm_register(b, f2, 1 << 20, 5000, &h2), 0, "%s",
+                 sinkd_client_errmsg(b));
+    cr_assert_eq(sinkd_client_shm_register(a, f2, 4096, 5000, &h3), SINKD_ERR_QUOTA_EXCEEDED);
+    cr_assert_not_null(strstr(sinkd_client_errmsg(a), "shm_bytes_per_uid"), "%s",
+                       sinkd_client_errmsg(a));
+    cr_assert_eq(sinkd_client_shm_register(b, f3, 1ull << 40, 5000, &h3),
+                 SINKD_ERR_QUOTA_EXCEEDED);
+    sinkd_client_close(b); /* its megabyte goes with it, once the daemon sees it go */
+    int rc = SINKD_ERR_QUOTA_EXCEEDED;
+    for (int i = 0; i < 200 && rc == SINKD_ERR_QUOTA_EXCEEDED; i++) {
+        usleep(i ? 25 * 1000 : 0);
+        rc = sinkd_client_shm_register(a, f2, 1 << 20, 5000, &h3);
+    }
+    cr_assert_eq(rc, 0, "%s", sinkd_client_errmsg(a));
+    close(f1);
+    close(f2);
+    close(f3);
+    sinkd_client_close(a);
+    stop();
+}
+
 static int n_sessions(sinkd_client *c)
 {
     sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
