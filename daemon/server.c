@@ -100,6 +100,12 @@ void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void
     s->conn_closed_ud = ud;
 }
 
+void sinkd_server_set_stop(sinkd_server *s, sinkd_stop_fn fn, void *ud)
+{
+    s->stop_fn = fn;
+    s->stop_ud = ud;
+}
+
 void sinkd_server_set_liveness(sinkd_server *s, sinkd_liveness_fn fn, void *ud)
 {
     s->liveness = fn;
@@ -372,6 +378,14 @@ void sinkd_server_stop(sinkd_server *s)
         s->listening = false;
         uv_close((uv_handle_t *)&s->listen_poll, NULL);
         sinkd_listen_close(&s->listener);
+    }
+    /* Requests in flight get their final answers before their connections
+     * close (the engine answers what it holds; while this blocks, no frame
+     * is read, so none is dispatched). */
+    if (s->stop_fn) {
+        sinkd_stop_fn fn = s->stop_fn;
+        s->stop_fn = NULL;
+        fn(s->stop_ud);
     }
     /* Frames already posted by other threads are replies in flight. */
     sinkd_post_drain(&s->post);

@@ -31,6 +31,8 @@ typedef bool (*sinkd_liveness_fn)(void *ud);
 /* Called on the loop thread when connection @conn_id goes away (after it left
  * the connection table, before its memory is released). */
 typedef void (*sinkd_conn_closed_fn)(void *ud, uint64_t conn_id);
+/* See sinkd_server_set_stop. */
+typedef void (*sinkd_stop_fn)(void *ud);
 
 typedef struct sinkd_server {
     uv_loop_t *loop;
@@ -48,6 +50,8 @@ typedef struct sinkd_server {
     void *liveness_ud;
     sinkd_conn_closed_fn conn_closed;
     void *conn_closed_ud;
+    sinkd_stop_fn stop_fn;
+    void *stop_ud;
     sinkd_conn **buckets;                    /* connections by id (chained) */
     size_t n_buckets;                        /* power of two */
     size_t n_conns;
@@ -99,6 +103,14 @@ void sinkd_server_set_liveness(sinkd_server *s, sinkd_liveness_fn fn, void *ud);
 /* Be told of every connection that closes (one listener; a later call
  * replaces it, NULL removes it). Loop thread. */
 void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void *ud);
+
+/* Have @fn(@ud) called once when the server stops (one; a later call
+ * replaces it, NULL removes it), on the loop thread, after the socket
+ * closed and before any connection is flushed and closed: when it returns,
+ * every answer another thread still owes (to requests in flight) must have
+ * been posted (sinkd_server_post), so that it goes out before the
+ * connection closes. It may block. */
+void sinkd_server_set_stop(sinkd_server *s, sinkd_stop_fn fn, void *ud);
 
 /* Call @fn for every live connection (loop thread; @fn must not close any). */
 void sinkd_server_foreach_conn(sinkd_server *s, void (*fn)(sinkd_conn *c, void *ud), void *ud);

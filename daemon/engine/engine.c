@@ -349,9 +349,10 @@ static void *eng__main(void *arg)
         eng_update_memory(e);
         eng_beat(e, false);
     }
+    /* the server flushes these before it closes the connections */
     for (size_t i = 0; i < e->n_sess; i++)
         if (e->sess[i]->gen)
-            eng_gen_finish(e, e->sess[i], "cancelled", true);
+            eng_gen_finish(e, e->sess[i], "cancelled", false);
     eng_persist_save_all(e);
     return NULL;
 }

@@ -85,6 +85,16 @@ int sinkd_engine_ops_track(uint64_t conn_id)
     return ops__track(conn_id);
 }
 
+/* The server stops: the engine answers the jobs it holds (shutting_down
+ * for those not started), saves the persistent sessions and ends; its
+ * frames are posted by the time this returns. */
+static void ops__stop(void *ud)
+{
+    (void)ud;
+    if (ops_eng.owned)
+        sinkd_engine_stop(ops_eng.owned);
+}
+
 int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e)
 {
     ops_eng.shm = sinkd_shm_table_new();
@@ -93,13 +103,16 @@ int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e)
     ops_eng.srv = s;
     ops_eng.eng = e;
     sinkd_server_set_conn_closed(s, ops__conn_closed, NULL);
+    sinkd_server_set_stop(s, ops__stop, NULL);
     return 0;
 }
 
 void sinkd_engine_ops_detach(void)
 {
-    if (ops_eng.srv)
+    if (ops_eng.srv) {
         sinkd_server_set_conn_closed(ops_eng.srv, NULL, NULL);
+        sinkd_server_set_stop(ops_eng.srv, NULL, NULL);
+    }
     sinkd_shm_table_free(ops_eng.shm);
     ops_eng.shm = NULL;
     free(ops_eng.conns);

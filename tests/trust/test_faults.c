@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,6 +236,92 @@ Test(faults, watchdog_withheld_while_engine_stalls)
     unlink(notify);
     unlink(wrapper);
     rmdir(dir);
+}
+
+/* SIGTERM while a request is in flight in the engine: the request gets its
+ * final answer before the connection closes (PROTOCOL.md §8), and one
+ * queued behind it gets shutting_down. */
+Test(faults, stop_answers_the_requests_in_flight)
+{
+    sinkd_testwire_frame f = SINKD_TESTWIRE_FRAME_INIT;
+    size_t len;
+    uint8_t *p;
+
+    cr_assert(setenv("SINKD_BIN", SINKD_DEBUG_BIN, 1) == 0);
+    cr_assert_eq(sinkd_testd_start(&d, TRUST_ENGINE "kv_pool_bytes = 4M\n", NULL), 0);
+    unsetenv("SINKD_BIN");
+    int fd = sinkd_testd_connect_raw(&d);
+    cr_assert(fd >= 0);
+    p = trust_pack(&len, "debug.stall", 1, "ms:u", (uint64_t)1500);
+    cr_assert(p && sinkd_testwire_send_frame(fd, p, len) == 0);
+    free(p);
+    usleep(300 * 1000); /* the engine runs it */
+    p = trust_pack(&len, "debug.stall", 2, "ms:u", (uint64_t)1);
+    cr_assert(p && sinkd_testwire_send_frame(fd, p, len) == 0);
+    free(p);
+    usleep(200 * 1000); /* queued behind it */
+    cr_assert_eq(kill(d.pid, SIGTERM), 0);
+
+    cr_assert_eq(sinkd_testwire_recv(fd, 30000, &f), 0, "no answer to the stall in flight");
+    uint64_t id = 0;
+    cr_assert(sinkd_map_u64(&f.msg.root, "id", &id) == 0 && id == 1);
+    cr_assert(sinkd_map_get(&f.msg.root, "ok"), "debug.stall did not reply ok");
+    sinkd_testwire_frame_free(&f);
+    cr_assert_eq(sinkd_testwire_recv(fd, 30000, &f), 0, "no answer to the queued request");
+    sinkd_errcode code;
+    bool has_id;
+    sinkd_testwire_error(&f, &code, &has_id, &id, NULL);
+    cr_assert_eq(code, SINKD_ERR_SHUTTING_DOWN);
+    cr_assert_eq(id, 2);
+    sinkd_testwire_frame_free(&f);
+    cr_assert(sinkd_testwire_closed(fd, 30000), "the connection stayed open");
+    close(fd);
+    cr_assert_eq(sinkd_testd_wait(&d, 30000), 0, "sinkd did not exit 0");
+}
+
+/* SIGTERM while a generation streams: it ends with its final reply
+ * (reason cancelled) before the connection closes. */
+Test(faults, stop_ends_a_generation_with_its_reply)
+{
+    sinkd_testwire_frame f = SINKD_TESTWIRE_FRAME_INIT;
+    sinkd_client_reply rep = SINKD_CLIENT_REPLY_INIT;
+    sinkd_client *c;
+    uint64_t s = 0, id = 0;
+    size_t len;
+
+    cr_assert_eq(trust_start(&d, TRUST_ENGINE "kv_pool_bytes = 4M\n"), 0);
+    cr_assert_eq(sinkd_client_connect(d.socket_path, 5000, &c), 0);
+    cr_assert_eq(trust_call(c, &rep, "session.open", "policy:s params:s", "window", "window=16"),
+                 0);
+    cr_assert(sinkd_map_u64(rep.map, "session", &s) == 0);
+    sinkd_client_reply_free(&rep);
+    cr_assert_eq(trust_call(c, NULL, "session.append", "session:u text:s", s, "Once upon"), 0);
+    int fd = sinkd_testd_connect_raw(&d);
+    cr_assert(fd >= 0);
+    uint8_t *p = trust_pack(&len, "session.generate", 7, "session:u max_tokens:u ignore_eos:b",
+                            s, (uint64_t)1000000, 1);
+    cr_assert(p && sinkd_testwire_send_frame(fd, p, len) == 0);
+    free(p);
+    cr_assert_eq(sinkd_testwire_recv(fd, 30000, &f), 0);
+    cr_assert(sinkd_map_get(&f.msg.root, "ev"), "the first frame is a token event");
+    sinkd_testwire_frame_free(&f);
+    cr_assert_eq(kill(d.pid, SIGTERM), 0);
+    const char *reason = NULL;
+    size_t n = 0;
+    for (;;) { /* token events, then the reply */
+        cr_assert_eq(sinkd_testwire_recv(fd, 30000, &f), 0, "EOF before the final reply");
+        if (!sinkd_map_get(&f.msg.root, "ev"))
+            break;
+        sinkd_testwire_frame_free(&f);
+    }
+    cr_assert(sinkd_map_u64(&f.msg.root, "id", &id) == 0 && id == 7);
+    cr_assert(sinkd_map_str(&f.msg.root, "reason", &reason, &n) == 0);
+    cr_assert(n == 9 && !memcmp(reason, "cancelled", 9), "reason %.*s", (int)n, reason);
+    sinkd_testwire_frame_free(&f);
+    cr_assert(sinkd_testwire_closed(fd, 30000));
+    close(fd);
+    sinkd_client_close(c);
+    cr_assert_eq(sinkd_testd_wait(&d, 30000), 0, "sinkd did not exit 0");
 }
 
 Test(faults, release_build_has_no_debug_ops)
