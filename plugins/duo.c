@@ -13,7 +13,9 @@
  *   pattern=PATH    full_attention_heads.tsv (DuoAttention's format): a
  *                   regular file of at most 1 MiB, read by the daemon (as
  *                   its own user, on its engine thread) when the session
- *                   selects the policy; anything else fails create. Or
+ *                   selects the policy; anything else fails create, with
+ *                   the same message whatever was wrong (the reason goes
+ *                   to the daemon's log). Or
  *   heads=TABLE     the same inline: rows split by ';', values by ','
  *   threshold=0.5   alpha above which a head is full
  *   sparsity=S      instead: fraction of heads made streaming, in [0, 1]
@@ -43,28 +45,27 @@ typedef struct duo_state {
 } duo_state;
 
 /* Read the pattern file @path, NUL-terminated, into *out (the caller
- * frees it). Returns 0, -ENOMEM, or -EINVAL through param_fail. The path is
- * a client's, opened as the daemon's user on its engine thread, so:
- *   - one answer for every refusal: it must not tell the client whether or
- *     what a file is there, or how large;
+ * frees it). Returns 0, -ENOMEM, or -EINVAL with the reason in @why (for
+ * the daemon's log: duo_create gives the client one answer for every
+ * refused pattern, see there). The path is a client's, opened as the
+ * daemon's user on its engine thread, so:
  *   - stat before open: opening a device node can act on it, and O_NONBLOCK
  *     only keeps a FIFO's open from waiting; fstat checks what was opened
  *     in case the path names something else by then;
  *   - reading stops one byte past the cap: a file that grows is refused. */
-static int32_t duo_read(const sinkd_policy_host *host, const sinkd_policy_params *params,
-                        const char *path, char **out)
+static int32_t duo_read(const char *path, char **out, char *why, size_t whylen)
 {
-    char msg[200];
     struct stat st;
-    snprintf(msg, sizeof msg, "pattern: '%.100s' is not a readable regular file of at most %d bytes",
-             path, DUO_FILE_MAX);
-    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DUO_FILE_MAX)
-        return host->param_fail(params, msg);
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DUO_FILE_MAX) {
+        snprintf(why, whylen, "not a regular file of at most %d bytes", DUO_FILE_MAX);
+        return -EINVAL;
+    }
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > DUO_FILE_MAX) {
+        snprintf(why, whylen, fd < 0 ? "cannot be opened" : "changed while being opened");
         if (fd >= 0)
             close(fd);
-        return host->param_fail(params, msg);
+        return -EINVAL;
     }
     FILE *f = fdopen(fd, "rb");
     char *buf = f != NULL ? malloc(DUO_FILE_MAX + 1) : NULL;
@@ -78,7 +79,8 @@ static int32_t duo_read(const sinkd_policy_host *host, const sinkd_policy_params
         return -ENOMEM;
     if (bad) {
         free(buf);
-        return host->param_fail(params, msg);
+        snprintf(why, whylen, "read failed or grew past %d bytes", DUO_FILE_MAX);
+        return -EINVAL;
     }
     buf[n] = '\0';
     *out = buf;
@@ -86,19 +88,20 @@ static int32_t duo_read(const sinkd_policy_host *host, const sinkd_policy_params
 }
 
 /* Parse rows of alphas (rows: '\n' or ';', cells: '\t' or ',') into
- * alpha[layer * kv_heads + head]. Empty rows are skipped. */
-static int32_t duo_parse(const sinkd_policy_host *host, const sinkd_policy_params *params,
-                         char *text, const sinkd_policy_geometry *g, double *alpha)
+ * alpha[layer * kv_heads + head]. Empty rows are skipped. Returns 0 or
+ * -EINVAL with the first problem in @msg. */
+static int32_t duo_parse(char *text, const sinkd_policy_geometry *g, double *alpha, char *msg,
+                         size_t msglen)
 {
-    char msg[128], *row_save = NULL;
+    char *row_save = NULL;
     int32_t rows = 0;
     for (char *row = strtok_r(text, "\n;", &row_save); row != NULL;
          row = strtok_r(NULL, "\n;", &row_save)) {
         if (row[strspn(row, " \t\r")] == '\0')
             continue;
         if (rows == g->n_layers) {
-            snprintf(msg, sizeof msg, "head table has more than %d rows (layers)", g->n_layers);
-            return host->param_fail(params, msg);
+            snprintf(msg, msglen, "head table has more than %d rows (layers)", g->n_layers);
+            return -EINVAL;
         }
         int32_t cols = 0;
         char *cell_save = NULL;
@@ -107,32 +110,51 @@ static int32_t duo_parse(const sinkd_policy_host *host, const sinkd_policy_param
             char *end;
             double a = strtod(cell, &end);
             if (*end != '\0' || cols == g->n_kv_heads) {
-                snprintf(msg, sizeof msg, "head table row %d: expected %d numbers", rows + 1,
+                snprintf(msg, msglen, "head table row %d: expected %d numbers", rows + 1,
                          g->n_kv_heads);
-                return host->param_fail(params, msg);
+                return -EINVAL;
             }
             /* nan compares false both ways: it would be neither above the
              * threshold nor rankable (qsort needs a total order); nor is an
              * infinity a gate value */
             if (!isfinite(a)) {
-                snprintf(msg, sizeof msg, "head table row %d: value %d is not a finite number",
+                snprintf(msg, msglen, "head table row %d: value %d is not a finite number",
                          rows + 1, cols + 1);
-                return host->param_fail(params, msg);
+                return -EINVAL;
             }
             alpha[(size_t)rows * (size_t)g->n_kv_heads + (size_t)cols++] = a;
         }
         if (cols != g->n_kv_heads) {
-            snprintf(msg, sizeof msg, "head table row %d: %d values, expected %d", rows + 1, cols,
+            snprintf(msg, msglen, "head table row %d: %d values, expected %d", rows + 1, cols,
                      g->n_kv_heads);
-            return host->param_fail(params, msg);
+            return -EINVAL;
         }
         rows++;
     }
     if (rows != g->n_layers) {
-        snprintf(msg, sizeof msg, "head table has %d rows, the model %d layers", rows, g->n_layers);
-        return host->param_fail(params, msg);
+        snprintf(msg, msglen, "head table has %d rows, the model %d layers", rows, g->n_layers);
+        return -EINVAL;
     }
     return 0;
+}
+
+/* Fail create for a refused table. An inline one gets its precise reason.
+ * A pattern= file is one the client named and the daemon opened as its own
+ * user: the answer must not tell a missing file from an unreadable one, or
+ * either from one whose content is not a table (the parse errors would
+ * quote its shape), so every refused file gets the same message and only
+ * the daemon's log has the reason. */
+static int32_t duo_refuse(const sinkd_policy_host *host, const sinkd_policy_params *params,
+                          const char *pattern, const char *why)
+{
+    if (pattern == NULL)
+        return host->param_fail(params, why);
+    char msg[256];
+    snprintf(msg, sizeof msg, "pattern '%.100s' refused: %s", pattern, why);
+    host->log(host, SINKD_POLICY_LOG_INFO, msg);
+    snprintf(msg, sizeof msg, "pattern: '%.100s' is not a readable regular file of at most %d "
+             "bytes holding a head table", pattern, DUO_FILE_MAX);
+    return host->param_fail(params, msg);
 }
 
 typedef struct duo_ranked {
@@ -188,7 +210,8 @@ static int32_t duo_create(const sinkd_policy_host *host, const sinkd_policy_geom
     if (rc == 0)
         rc = host->param_int(params, "sinks", 64, 0, 1 << 20, &s->sinks);
     if (rc == 0)
-        rc = host->param_int(params, "recent", 256, 1, 1 << 24, &s->recent);
+        rc = host->param_int(params, "recent", 256, 1, SINKD_POLICY_MAX_TOKENS - s->sinks,
+                             &s->recent);
     if (rc == 0)
         rc = host->param_float(params, "threshold", 0.5, -1e9, 1e9, &threshold);
     if (rc == 0)
@@ -199,12 +222,15 @@ static int32_t duo_create(const sinkd_policy_host *host, const sinkd_policy_geom
         rc = host->param_str(params, "heads", &heads);
     if (rc == 0 && (pattern == NULL) == (heads == NULL))
         rc = host->param_fail(params, "give exactly one of pattern= (a TSV file) or heads=");
+    char why[160] = ""; /* set when the table is refused */
     if (rc == 0 && pattern != NULL)
-        rc = duo_read(host, params, pattern, &text);
+        rc = duo_read(pattern, &text, why, sizeof why);
     if (rc == 0 && heads != NULL && (text = strdup(heads)) == NULL)
         rc = -ENOMEM;
     if (rc == 0)
-        rc = duo_parse(host, params, text, geom, alpha);
+        rc = duo_parse(text, geom, alpha, why, sizeof why);
+    if (rc < 0 && why[0] != '\0')
+        rc = duo_refuse(host, params, pattern, why);
     if (rc == 0)
         rc = duo_classify(alpha, n, threshold, sparsity, s->kind);
     if (rc == 0) {

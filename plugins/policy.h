@@ -225,7 +225,8 @@ typedef struct sinkd_policy_geometry {
     int32_t n_q_heads;     /* query heads per layer */
     int32_t n_kv_heads;    /* kv heads per layer (lanes per layer) */
     int32_t head_dim;
-    int32_t page_tokens;   /* tokens per KV page (the unit memory is freed in) */
+    int32_t page_tokens;   /* tokens per KV page (the unit memory is freed in);
+                              1 .. SINKD_POLICY_MAX_TOKENS */
     int32_t max_tokens;    /* the model's context length */
     int32_t _pad;
 } sinkd_policy_geometry;
@@ -269,11 +270,25 @@ struct sinkd_policy_host {
     void *ctx;             /* the host's; do not touch */
 };
 
+/* The most tokens any count of a plan may name: 16,777,216, the cap every
+ * built-in puts on its token parameters. Every count field below is at most
+ * this (select_pages: at most this many tokens' worth of pages) so that the
+ * sums and products the host and engine form of two of them (budget +
+ * slack, stream_sinks + stream_recent, select_pages * page_tokens, ...) stay
+ * within int32_t; a plan past a bound is refused like any invalid plan,
+ * with a message naming the field. It is also the largest budget `window`
+ * takes, so the fallback to `window` can always keep a plan's budget.
+ * (The first hosts checked only that counts were >= 0, and a plan with a
+ * count near 2^31 crashed them in the self-test; the bound is what they
+ * now check, and every plan within it means what it meant before.) */
+#define SINKD_POLICY_MAX_TOKENS (1 << 24)
+
 /* The plan: filled by plan() after create() and after each reconfigure().
  * The host allocates it, sets every field to the default named here, and
  * keeps it; the arrays are the host's, sized by the geometry, and the plugin
  * only writes their elements. The host validates the result (a bad plan
- * fails create with a message) before the engine sees it. */
+ * fails create with a message) before the engine sees it. Counts are
+ * bounded as SINKD_POLICY_MAX_TOKENS says; "<= MAX" below is that bound. */
 typedef struct sinkd_policy_plan {
     uint32_t struct_size;  /* set by the host */
     uint32_t flags;        /* SINKD_PLAN_* bits; default 0 */
@@ -287,26 +302,31 @@ typedef struct sinkd_policy_plan {
     float decay;           /* STAT_DECAY's lambda in (0, 1]; default 1 */
     float quantile;        /* STAT_QUANTILE's row quantile in (0, 1); default 0.9 */
     float temperature;     /* STAT_GUMBEL's temperature > 0; default 1 */
-    int32_t obs_window;    /* STAT_OBS_WINDOW's w (last w prompt queries); default 0 */
+    int32_t obs_window;    /* STAT_OBS_WINDOW's w (last w prompt queries), <= MAX;
+                              default 0 */
     int32_t history;       /* STAT_QUANTILE's time constant in steps: the count
                               decays by (1 - 1/history) per step, it is not a
-                              window; >= 1 when used; default 0 */
-    int32_t pool_kernel;   /* odd, >= 1; default 1 */
-    int32_t budget;        /* tokens a FULL lane keeps; 0 = unlimited; default 0 */
-    int32_t sinks;         /* first tokens always kept; default 0 */
-    int32_t recent;        /* last tokens always kept; default 0 */
+                              window; >= 1 when used, <= MAX; default 0 */
+    int32_t pool_kernel;   /* odd, in [1, 1023]; default 1 */
+    int32_t budget;        /* tokens a FULL lane keeps, <= MAX; 0 = unlimited; default 0 */
+    int32_t sinks;         /* first tokens always kept, <= MAX; default 0 */
+    int32_t recent;        /* last tokens always kept, <= MAX; default 0 */
     int32_t slack;         /* tokens over budget before evicting: an eviction
                               cuts to budget, so its cost (TWO LEVELS) is paid
-                              once per slack tokens; default geometry.page_tokens */
+                              once per slack tokens; <= MAX; default
+                              geometry.page_tokens */
     int32_t stream_sinks;  /* what a STREAMING head keeps at the start; default 0 */
-    int32_t stream_recent; /* ... and at the end; default 0 */
-    int32_t select_pages;  /* k for SELECT_PAGES; default 0 */
+    int32_t stream_recent; /* ... and at the end; stream_sinks + stream_recent
+                              <= MAX; default 0 */
+    int32_t select_pages;  /* k for SELECT_PAGES, <= MAX / geometry.page_tokens;
+                              default 0 */
     int32_t select_tokens; /* token budget: k = ceil(tokens / page_tokens) pages for
                               SELECT_PAGES when select_pages is 0, the k of
-                              SELECT_TOKENS; default 0 */
+                              SELECT_TOKENS; <= MAX; default 0 */
     int32_t dense_layers;  /* the first dense_layers layers attend densely; default 0 */
     int32_t _pad1;
-    /* [n_layers] per-layer budget overriding `budget`; -1 = use budget (default) */
+    /* [n_layers] per-layer budget overriding `budget`, <= MAX; -1 = use budget
+     * (default) */
     int32_t *layer_budget;
     /* [n_layers * n_kv_heads], index layer * n_kv_heads + kv_head: enum
      * sinkd_policy_head_kind; default FULL */
@@ -323,7 +343,9 @@ enum {
 };
 
 /* One lane handed to evict() or select(). The host fills the inputs; the
- * plugin writes `out` and `n_out`. Every array is the host's, in host
+ * plugin writes the elements of out[] and `n_out`, and nothing else: the
+ * host checks the list against the len, n_pages and out it filled in, and
+ * undoes a change to any other field. Every array is the host's, in host
  * memory, valid only during the call: write out[] in place, free nothing,
  * keep no pointer into a lane after returning. */
 typedef struct sinkd_policy_lane {

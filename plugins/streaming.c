@@ -27,7 +27,9 @@ static int32_t streaming_create(const sinkd_policy_host *host, const sinkd_polic
         return -ENOMEM;
     int32_t rc = host->param_int(params, "sinks", 4, 0, 1 << 20, &s->sinks);
     if (rc == 0)
-        rc = host->param_int(params, "window", 1020, 1, 1 << 24, &s->window);
+        /* the budget, sinks + window, within the host's cap on a plan */
+        rc = host->param_int(params, "window", 1020, 1, SINKD_POLICY_MAX_TOKENS - s->sinks,
+                             &s->window);
     if (rc < 0) {
         free(s);
         return rc;

@@ -20,7 +20,9 @@ static int32_t window_reconfigure(void *state, const sinkd_policy_params *params
 {
     window_state *s = state;
     int64_t w;
-    int32_t rc = s->host->param_int(params, "window", 1024, 1, 1 << 24, &w);
+    /* The host's cap on a budget, no lower: a session that falls back keeps
+     * its plan's budget as its window, whatever that budget was. */
+    int32_t rc = s->host->param_int(params, "window", 1024, 1, SINKD_POLICY_MAX_TOKENS, &w);
     if (rc == 0)
         s->window = w;
     return rc;

@@ -266,8 +266,10 @@ static int eng__evict_layer(sinkd_engine *e, eng_session *s, int32_t layer, cons
     for (int32_t h = 0; h < kvh; h++) {
         int32_t len = sinkd_kv_lane_len(s->seq, layer, h);
         int32_t budget = sinkd_plan_lane_budget(p, g, layer, h);
-        int32_t lim = p->evict_at == SINKD_EVICT_PREFILL
-                          ? (budget > 0 ? budget + p->slack : 0)
+        /* int64: the plan's bounds keep budget + slack far below 2^31, but
+         * this is the engine's side of that sum and must not rely on them */
+        int64_t lim = p->evict_at == SINKD_EVICT_PREFILL
+                          ? (budget > 0 ? (int64_t)budget + p->slack : 0)
                           : sinkd_plan_evict_threshold(p, g, layer, h);
         over |= lim > 0 && len > lim;
         total += (size_t)len;

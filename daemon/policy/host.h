@@ -75,19 +75,28 @@ void sinkd_policy_registry_close(sinkd_policy_registry *reg);
  * -ENOMEM. */
 int sinkd_policy_scan(sinkd_policy_registry *reg, int *n_loaded);
 
-/* Load one plugin file. @path must lie in one of the registry's
- * directories. Errors, with a message in @err: -EINVAL (not in a plugin
+/* Load one plugin file. @path, resolved, must lie in one of the registry's
+ * directories; it is opened without following links after that check and
+ * refused (-EAGAIN) if what was opened no longer has the resolved name. The
+ * first load of a name gets generation 1, a later one the next unused.
+ * Errors, with a message in @err: -EINVAL (not in a plugin
  * directory), -EEXIST (that file or a policy of that name is loaded),
  * and those of a refused file: -EACCES (permissions/owner), -ENOEXEC
  * (dlopen), -EINVAL (descriptor), -EPROTO (self-test). */
 int sinkd_policy_load(sinkd_policy_registry *reg, const char *path, char *err, size_t errlen);
 
-/* Reload the file policy @name was loaded from. When the file changed
- * (device, inode, size or mtime) its new version is loaded, validated and
- * self-tested beside the old one and becomes current (generation + 1);
- * instances of the old one are untouched. Errors: -ENOENT (no such policy),
- * -EPERM (built-in), -EALREADY (file unchanged), -EINVAL (the new file
- * names another policy), and load's; on error the old version stays current. */
+/* Reload the file policy @name was loaded from, its path checked again as
+ * sinkd_policy_load checks one (resolved, inside a configured directory: a
+ * file since replaced by a link out of them is refused). When the file
+ * changed (path it resolves to, device, inode, size or mtime) its new
+ * version is loaded, validated and self-tested beside the old one and
+ * becomes current with the next generation; instances of the old one are
+ * untouched. Generations are per name and never reused while the registry
+ * lives, through unload and load too, so (name, generation) names one
+ * version. Errors: -ENOENT (no such policy), -EPERM (built-in), -EALREADY
+ * (file unchanged), -EINVAL (the new file names another policy, or lies
+ * outside the plugin directories), and load's; on error the old version
+ * stays current. */
 int sinkd_policy_reload(sinkd_policy_registry *reg, const char *name, char *err, size_t errlen);
 
 /* Remove policy @name from the registry: new sessions can no longer pick

@@ -16,6 +16,10 @@ struct sinkd_policy_inst {
     sinkd_policy_plan plan;      /* validated, host overrides applied */
     char params[POLICY__PARAMS_LEN + 1]; /* what the state was made with */
     char reason[POLICY__ERR_LEN];        /* why it fell back; "" if it did not */
+    /* [geom.n_kv_heads] the lanes as the host filled them, kept while a
+     * callback runs: the plugin can write every field of its lanes, so
+     * its output is checked against these and the fields are put back */
+    sinkd_policy_lane *saved;
 };
 
 /* The host's own keys: slack=N and rope=absolute|cache. -1 = not given. */
@@ -29,22 +33,26 @@ static int inst__take_host_keys(sinkd_policy_params *p, inst__host_keys *hk, cha
 {
     char v[64];
     hk->slack = hk->rope = -1;
-    if (policy__params_take(p, "slack", v, sizeof v)) {
+    int found = policy__params_take(p, "slack", v, sizeof v);
+    if (found != 0) {
         char *end;
         long x = strtol(v, &end, 10);
-        if (*end != '\0' || end == v || x < 0 || x > 1 << 20) {
-            snprintf(err, errlen, "slack: expected an integer in [0, 1048576], got '%s'", v);
+        if (found < 0 || *end != '\0' || end == v || x < 0 || x > 1 << 20) {
+            snprintf(err, errlen, "slack: expected an integer in [0, 1048576], got '%.40s%s'", v,
+                     found < 0 || strlen(v) > 40 ? "..." : "");
             return -EINVAL;
         }
         hk->slack = (int32_t)x;
     }
-    if (policy__params_take(p, "rope", v, sizeof v)) {
-        if (strcmp(v, "absolute") == 0)
+    found = policy__params_take(p, "rope", v, sizeof v);
+    if (found != 0) {
+        if (found > 0 && strcmp(v, "absolute") == 0)
             hk->rope = SINKD_POLICY_ROPE_ABSOLUTE;
-        else if (strcmp(v, "cache") == 0)
+        else if (found > 0 && strcmp(v, "cache") == 0)
             hk->rope = SINKD_POLICY_ROPE_CACHE;
         else {
-            snprintf(err, errlen, "rope: expected absolute or cache, got '%s'", v);
+            snprintf(err, errlen, "rope: expected absolute or cache, got '%.40s%s'", v,
+                     found < 0 || strlen(v) > 40 ? "..." : "");
             return -EINVAL;
         }
     }
@@ -79,7 +87,7 @@ static int inst__geom_ok(const sinkd_policy_geometry *g)
     return g != NULL && g->n_layers >= 1 && g->n_layers <= 4096 && g->n_kv_heads >= 1 &&
            g->n_kv_heads <= 4096 && g->n_q_heads >= g->n_kv_heads &&
            g->n_q_heads % g->n_kv_heads == 0 && g->head_dim >= 1 && g->page_tokens >= 1 &&
-           g->max_tokens >= 1;
+           g->page_tokens <= SINKD_POLICY_MAX_TOKENS && g->max_tokens >= 1;
 }
 
 /* Parse @text and take the host's keys out of it. Returns the parameters
@@ -148,13 +156,18 @@ int policy__inst_create(policy__lib *lib, const sinkd_policy_geometry *geom, con
         return -EINVAL;
     }
     sinkd_policy_inst *inst = calloc(1, sizeof *inst);
-    if (inst == NULL)
+    if (inst != NULL)
+        inst->saved = calloc((size_t)geom->n_kv_heads, sizeof *inst->saved);
+    if (inst == NULL || inst->saved == NULL) {
+        free(inst);
         return -ENOMEM;
+    }
     inst->geom = *geom;
     inst->geom.struct_size = sizeof inst->geom;
     inst->geom._pad = 0;
     int rc = inst__open(inst, lib, params, err, errlen);
     if (rc < 0) {
+        free(inst->saved);
         free(inst);
         return rc;
     }
@@ -168,6 +181,7 @@ void sinkd_policy_inst_destroy(sinkd_policy_inst *inst)
         return;
     inst__close(inst);
     sinkd_plan_free(&inst->plan);
+    free(inst->saved);
     free(inst);
 }
 
@@ -259,6 +273,10 @@ int sinkd_policy_inst_fallback(sinkd_policy_inst *inst, const char *reason)
     sinkd_policy_inst next;
     char params[32], err[POLICY__ERR_LEN];
     int32_t b = sinkd_plan_lane_budget(&inst->plan, &inst->geom, 0, 0);
+    /* A validated plan's budgets are within window's range; the clamp keeps
+     * the last resort from failing on its parameters should they ever part. */
+    if (b > SINKD_POLICY_MAX_TOKENS)
+        b = SINKD_POLICY_MAX_TOKENS;
     snprintf(params, sizeof params, b > 0 ? "window=%d" : "", b);
     memset(&next, 0, sizeof next);
     next.geom = inst->geom;
@@ -296,13 +314,26 @@ static int inst__lanes_ok(const sinkd_policy_inst *inst, const sinkd_policy_lane
 
 typedef int32_t (*inst__cb)(void *state, sinkd_policy_lane *lanes, int32_t n_lanes);
 
-/* Run a plugin callback and check every lane's list. */
+/* Run a plugin callback and check every lane's list. Only n_out and the
+ * elements of out[] are the plugin's to write; whatever else it wrote to a
+ * lane is undone before anyone reads it, and the list is checked against
+ * the host's own len, n_pages and out. */
 static int inst__run_checked(sinkd_policy_inst *inst, inst__cb cb, const char *what, int pages,
                              sinkd_policy_lane *lanes, int32_t n_lanes, char *err, size_t errlen)
 {
+    if (n_lanes < 1 || n_lanes > inst->geom.n_kv_heads) {
+        snprintf(err, errlen, "%s: %d lanes for %d kv heads", what, n_lanes, inst->geom.n_kv_heads);
+        return -EINVAL;
+    }
     for (int32_t i = 0; i < n_lanes; i++)
         lanes[i].n_out = -1;
+    memcpy(inst->saved, lanes, (size_t)n_lanes * sizeof *lanes);
     int32_t rc = cb(inst->state, lanes, n_lanes);
+    for (int32_t i = 0; i < n_lanes; i++) {
+        int32_t n_out = lanes[i].n_out;
+        lanes[i] = inst->saved[i];
+        lanes[i].n_out = n_out;
+    }
     if (rc < 0) {
         snprintf(err, errlen, "%s %s: %s returned %d (%s)", inst->lib->desc.name,
                  inst->lib->desc.version, what, rc, strerror(-rc));

@@ -35,8 +35,10 @@ struct sinkd_policy_params {
 int policy__params_parse(sinkd_policy_params *p, const char *text, char *err, size_t errlen);
 
 /* Remove @key from @p (the host's own keys, read before the plugin runs);
- * *value receives a copy (up to valuelen) or "" when absent. Returns 1 when
- * found, 0 when not. */
+ * *value receives a copy or "" when absent. Returns 1 when found, 0 when
+ * not, -E2BIG when found but longer than valuelen - 1 (*value then holds a
+ * truncated copy, fit for a message only: a cut value can read as another
+ * valid one). */
 int policy__params_take(sinkd_policy_params *p, const char *key, char *value, size_t valuelen);
 
 /* After a create/reconfigure call returned @rc: the error to report. Copies
@@ -63,7 +65,8 @@ typedef struct policy__lib {
     int memfd;                  /* the sealed copy the handle was loaded from; -1 built-in */
     atomic_int refs;            /* built-ins: never reach 0 */
     atomic_int instances;       /* live states */
-    uint32_t generation;        /* 1 for the first load of a name, +1 per reload */
+    uint32_t generation;        /* per name, one past the previous version loaded
+                                   from any file (unloaded ones included) */
     int builtin;
     char path[4096];            /* the file it came from ("" for built-ins) */
     dev_t dev;                  /* identity of that file when it was read */
@@ -73,12 +76,17 @@ typedef struct policy__lib {
 } policy__lib;
 
 /* Load the plugin file at @path: check the file (regular, owned by root or
- * the effective uid, not group/world writable), copy it to a sealed memfd,
+ * the effective uid, not group/world writable; @path itself not a symbolic
+ * link: pass a resolved path), copy it to a sealed memfd,
  * dlopen the copy (RTLD_NOW | RTLD_LOCAL), validate the descriptor and run
  * the self-test. On success *out holds one reference. Errors (with @err):
  * -EACCES/-EPERM (file refused), -ENOEXEC (dlopen/dlsym failed), -EINVAL
  * (descriptor refused), -EPROTO (self-test failed), -ENOMEM, -errno. */
 int policy__lib_open(const char *path, policy__lib **out, char *err, size_t errlen);
+
+/* The same for the file open as @fd (read from, not closed), named @path in
+ * messages and in the library. The check is made on the descriptor. */
+int policy__lib_open_fd(int fd, const char *path, policy__lib **out, char *err, size_t errlen);
 
 /* Validate a descriptor as the host reads it; 0 or -EINVAL with @err. */
 int policy__desc_validate(const sinkd_policy *d, char *err, size_t errlen);

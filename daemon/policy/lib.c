@@ -199,9 +199,9 @@ static int lib__dlopen(policy__lib *lib, const char *path, char *err, size_t err
     return 0;
 }
 
-int policy__lib_open(const char *path, policy__lib **out, char *err, size_t errlen)
+int policy__lib_open_fd(int fd, const char *path, policy__lib **out, char *err, size_t errlen)
 {
-    if (path == NULL || out == NULL || strlen(path) >= sizeof((policy__lib *)0)->path)
+    if (fd < 0 || path == NULL || out == NULL || strlen(path) >= sizeof((policy__lib *)0)->path)
         return lib__fail(err, errlen, -EINVAL, "bad plugin path");
     policy__lib *lib = calloc(1, sizeof *lib);
     if (lib == NULL)
@@ -212,19 +212,12 @@ int policy__lib_open(const char *path, policy__lib **out, char *err, size_t errl
     snprintf(lib->path, sizeof lib->path, "%s", path);
 
     struct stat st;
-    int rc;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        rc = lib__fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
-        goto fail;
-    }
-    rc = lib__check_file(fd, path, &st, err, errlen);
+    int rc = lib__check_file(fd, path, &st, err, errlen);
     if (rc == 0) {
         lib->memfd = lib__copy_to_memfd(fd, st.st_size);
         if (lib->memfd < 0)
             rc = lib__fail(err, errlen, lib->memfd, "%s: copy: %s", path, strerror(-lib->memfd));
     }
-    close(fd);
     if (rc < 0)
         goto fail;
     lib->dev = st.st_dev;
@@ -248,5 +241,20 @@ fail:
     if (lib->memfd >= 0)
         close(lib->memfd);
     free(lib);
+    return rc;
+}
+
+int policy__lib_open(const char *path, policy__lib **out, char *err, size_t errlen)
+{
+    if (path == NULL)
+        return lib__fail(err, errlen, -EINVAL, "bad plugin path");
+    /* O_NOFOLLOW: the registry passes resolved paths, so a link here is one
+     * put there since, and it must not lead the load elsewhere */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
+    if (fd < 0)
+        return lib__fail(err, errlen, -errno, "%s: %s", path,
+                         errno == ELOOP ? "a symbolic link" : strerror(errno));
+    int rc = policy__lib_open_fd(fd, path, out, err, errlen);
+    close(fd);
     return rc;
 }

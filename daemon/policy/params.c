@@ -102,11 +102,11 @@ static int params__find(const sinkd_policy_params *p, const char *key)
 int policy__params_take(sinkd_policy_params *p, const char *key, char *value, size_t valuelen)
 {
     int i = params__find(p, key);
-    snprintf(value, valuelen, "%s", i < 0 ? "" : p->kv[i].value);
+    int n = snprintf(value, valuelen, "%s", i < 0 ? "" : p->kv[i].value);
     if (i < 0)
         return 0;
     p->kv[i] = p->kv[--p->n];
-    return 1;
+    return n >= 0 && (size_t)n < valuelen ? 1 : -E2BIG;
 }
 
 static int32_t params__fail(const sinkd_policy_params *cp, const char *fmt, ...)

@@ -28,7 +28,8 @@ static int plan__fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 static int plan__geom_ok(const sinkd_policy_geometry *g)
 {
     return g != NULL && g->n_layers >= 1 && g->n_layers <= 4096 && g->n_kv_heads >= 1 &&
-           g->n_kv_heads <= 4096 && g->page_tokens >= 1;
+           g->n_kv_heads <= 4096 && g->page_tokens >= 1 &&
+           g->page_tokens <= SINKD_POLICY_MAX_TOKENS;
 }
 
 void sinkd_plan_reset(sinkd_policy_plan *plan, const sinkd_policy_geometry *geom)
@@ -134,10 +135,35 @@ int sinkd_plan_validate(const sinkd_policy_plan *p, const sinkd_policy_geometry 
         p->stream_sinks < 0 || p->stream_recent < 0 || p->select_pages < 0 ||
         p->select_tokens < 0 || p->obs_window < 0 || p->history < 0)
         return plan__fail(err, errlen, -EINVAL, "negative count in plan");
+    /* The engine and the rules below add and multiply these in int32 (budget
+     * + slack, sinks + recent, select_pages * page_tokens, ...): capped, no
+     * sum or product of two of them reaches 2^31. */
+    const struct {
+        const char *name;
+        int32_t v;
+    } counts[] = {
+        {"budget", p->budget}, {"sinks", p->sinks}, {"recent", p->recent},
+        {"slack", p->slack}, {"select_tokens", p->select_tokens},
+        {"obs_window", p->obs_window}, {"history", p->history},
+    };
+    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
+        if (counts[i].v > SINKD_POLICY_MAX_TOKENS)
+            return plan__fail(err, errlen, -EINVAL, "%s %d exceeds %d", counts[i].name,
+                              counts[i].v, SINKD_POLICY_MAX_TOKENS);
+    if ((int64_t)p->stream_sinks + p->stream_recent > SINKD_POLICY_MAX_TOKENS)
+        return plan__fail(err, errlen, -EINVAL, "stream_sinks %d + stream_recent %d exceed %d",
+                          p->stream_sinks, p->stream_recent, SINKD_POLICY_MAX_TOKENS);
+    if (p->select_pages > SINKD_POLICY_MAX_TOKENS / g->page_tokens)
+        return plan__fail(err, errlen, -EINVAL, "select_pages %d exceeds %d (%d tokens in pages "
+                          "of %d)", p->select_pages, SINKD_POLICY_MAX_TOKENS / g->page_tokens,
+                          SINKD_POLICY_MAX_TOKENS, g->page_tokens);
     for (int32_t l = 0; l < g->n_layers; l++) {
         int32_t b = plan__layer_budget(p, l);
         if (p->layer_budget[l] < -1)
             return plan__fail(err, errlen, -EINVAL, "layer %d: budget %d", l, p->layer_budget[l]);
+        if (p->layer_budget[l] > SINKD_POLICY_MAX_TOKENS)
+            return plan__fail(err, errlen, -EINVAL, "layer %d: layer_budget %d exceeds %d", l,
+                              p->layer_budget[l], SINKD_POLICY_MAX_TOKENS);
         if (b > 0 && (int64_t)p->sinks + p->recent > b)
             return plan__fail(err, errlen, -EINVAL, "layer %d: sinks %d + recent %d exceed budget %d",
                               l, p->sinks, p->recent, b);

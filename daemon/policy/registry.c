@@ -6,11 +6,15 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -20,6 +24,15 @@ struct sinkd_policy_registry {
     size_t n_dirs;
     policy__lib **libs;       /* current versions of loaded plugins, one ref each */
     size_t n_libs, cap_libs;
+    /* The last generation given to each name ever loaded. It outlives an
+     * unload: the engine tells versions apart by (name, generation), and a
+     * session still on an unloaded version must not pass for the version
+     * loaded after it under the same name. */
+    struct registry__gen {
+        char name[32];
+        uint32_t last;
+    } *gens;
+    size_t n_gens, cap_gens;
 };
 
 static const char *const registry__builtins[] = {"full", "window"};
@@ -63,6 +76,7 @@ void sinkd_policy_registry_close(sinkd_policy_registry *reg)
         free(reg->dirs[i]);
     free(reg->dirs);
     free(reg->libs);
+    free(reg->gens);
     pthread_mutex_destroy(&reg->mu);
     free(reg);
 }
@@ -91,8 +105,73 @@ static int registry__in_dirs(const sinkd_policy_registry *reg, const char *rp)
     return 0;
 }
 
-/* Load @rp (resolved) under mu and add it. */
-static int registry__load_locked(sinkd_policy_registry *reg, const char *rp, char *err,
+/* The generation the next version of @name gets (1 for a name never
+ * loaded), recorded as given. Caller holds mu. 0 when out of memory. */
+static uint32_t registry__next_generation(sinkd_policy_registry *reg, const char *name)
+{
+    for (size_t i = 0; i < reg->n_gens; i++)
+        if (strcmp(reg->gens[i].name, name) == 0)
+            return ++reg->gens[i].last;
+    if (reg->n_gens == reg->cap_gens) {
+        size_t cap = reg->cap_gens ? 2 * reg->cap_gens : 8;
+        struct registry__gen *gens = realloc(reg->gens, cap * sizeof *gens);
+        if (gens == NULL)
+            return 0;
+        reg->gens = gens;
+        reg->cap_gens = cap;
+    }
+    struct registry__gen *g = &reg->gens[reg->n_gens++];
+    snprintf(g->name, sizeof g->name, "%s", name);
+    g->last = 1;
+    return 1;
+}
+
+/* Resolve @path into @rp (PATH_MAX), check that it lies in a configured
+ * directory, and open it; returns the descriptor or -errno with @err. Load
+ * and reload both come through here, so a file is judged the same way
+ * whichever asks. realpath() and open() are two lookups: O_NOFOLLOW keeps
+ * the last component from having become a link in between, and the
+ * descriptor's own name, read back from /proc, must still be @rp, so no
+ * directory on the way can have been swapped for a link either. */
+static int registry__open(const sinkd_policy_registry *reg, const char *path, char *rp,
+                          char *err, size_t errlen)
+{
+    if (realpath(path, rp) == NULL) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    if (!registry__in_dirs(reg, rp)) {
+        snprintf(err, errlen, "%s: not in a configured plugin directory", path);
+        return -EINVAL;
+    }
+    int fd = open(rp, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", rp, e == ELOOP ? "became a symbolic link" : strerror(e));
+        return -e;
+    }
+    char proc[64], at[PATH_MAX];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, at, sizeof at);
+    bool same;
+    if (n < 0) { /* no /proc: the file @rp names now must be the one opened */
+        struct stat a, b;
+        same = fstat(fd, &a) == 0 && stat(rp, &b) == 0 && a.st_dev == b.st_dev &&
+               a.st_ino == b.st_ino;
+    } else {
+        same = (size_t)n < sizeof at && (at[n] = '\0', strcmp(at, rp) == 0);
+    }
+    if (!same) {
+        close(fd);
+        snprintf(err, errlen, "%s: changed while being opened", rp);
+        return -EAGAIN;
+    }
+    return fd;
+}
+
+/* Load @rp (resolved, open as @fd) under mu and add it. */
+static int registry__load_locked(sinkd_policy_registry *reg, const char *rp, int fd, char *err,
                                  size_t errlen)
 {
     for (size_t i = 0; i < reg->n_libs; i++) {
@@ -111,13 +190,18 @@ static int registry__load_locked(sinkd_policy_registry *reg, const char *rp, cha
         reg->cap_libs = cap;
     }
     policy__lib *lib;
-    int rc = policy__lib_open(rp, &lib, err, errlen);
+    int rc = policy__lib_open_fd(fd, rp, &lib, err, errlen);
     if (rc < 0)
         return rc;
     if (policy__builtin(lib->desc.name) != NULL || registry__find(reg, lib->desc.name) >= 0) {
         snprintf(err, errlen, "%s: duplicate policy name '%s'", rp, lib->desc.name);
         policy__lib_unref(lib);
         return -EEXIST;
+    }
+    lib->generation = registry__next_generation(reg, lib->desc.name);
+    if (lib->generation == 0) {
+        policy__lib_unref(lib);
+        return -ENOMEM;
     }
     reg->libs[reg->n_libs++] = lib;
     policy__log(SINKD_POLICY_LOG_INFO, "loaded %s %s from %s", lib->desc.name, lib->desc.version,
@@ -130,17 +214,13 @@ int sinkd_policy_load(sinkd_policy_registry *reg, const char *path, char *err, s
     if (reg == NULL || path == NULL || err == NULL)
         return -EINVAL;
     char rp[PATH_MAX];
-    if (realpath(path, rp) == NULL) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return -errno;
-    }
-    if (!registry__in_dirs(reg, rp)) {
-        snprintf(err, errlen, "%s: not in a configured plugin directory", path);
-        return -EINVAL;
-    }
+    int fd = registry__open(reg, path, rp, err, errlen);
+    if (fd < 0)
+        return fd;
     pthread_mutex_lock(&reg->mu);
-    int rc = registry__load_locked(reg, rp, err, errlen);
+    int rc = registry__load_locked(reg, rp, fd, err, errlen);
     pthread_mutex_unlock(&reg->mu);
+    close(fd);
     return rc;
 }
 
@@ -190,28 +270,33 @@ int sinkd_policy_reload(sinkd_policy_registry *reg, const char *name, char *err,
         return -EPERM;
     }
     pthread_mutex_lock(&reg->mu);
-    int rc = 0;
+    int rc = 0, fd = -1;
     ssize_t i = registry__find(reg, name);
     struct stat st;
+    char rp[PATH_MAX];
     policy__lib *old = i >= 0 ? reg->libs[i] : NULL, *lib = NULL;
     if (old == NULL) {
         snprintf(err, errlen, "no policy named '%s'", name);
         rc = -ENOENT;
-    } else if (stat(old->path, &st) != 0) {
-        snprintf(err, errlen, "%s: %s", old->path, strerror(errno));
+    } else if ((fd = registry__open(reg, old->path, rp, err, errlen)) < 0) {
+        rc = fd; /* gone, or now a link out of the plugin directories */
+    } else if (fstat(fd, &st) != 0) {
         rc = -errno;
-    } else if (st.st_dev == old->dev && st.st_ino == old->ino && st.st_size == old->size &&
-               st.st_mtim.tv_sec == old->mtime.tv_sec && st.st_mtim.tv_nsec == old->mtime.tv_nsec) {
+        snprintf(err, errlen, "%s: %s", rp, strerror(-rc));
+    } else if (strcmp(rp, old->path) == 0 && st.st_dev == old->dev && st.st_ino == old->ino &&
+               st.st_size == old->size && st.st_mtim.tv_sec == old->mtime.tv_sec &&
+               st.st_mtim.tv_nsec == old->mtime.tv_nsec) {
         snprintf(err, errlen, "%s: unchanged", old->path);
         rc = -EALREADY;
-    } else if ((rc = policy__lib_open(old->path, &lib, err, errlen)) == 0) {
+    } else if ((rc = policy__lib_open_fd(fd, rp, &lib, err, errlen)) == 0) {
         if (strcmp(lib->desc.name, name) != 0) {
-            snprintf(err, errlen, "%s now names policy '%s', not '%s'", old->path, lib->desc.name,
-                     name);
+            snprintf(err, errlen, "%s now names policy '%s', not '%s'", rp, lib->desc.name, name);
             policy__lib_unref(lib);
             rc = -EINVAL;
+        } else if ((lib->generation = registry__next_generation(reg, name)) == 0) {
+            policy__lib_unref(lib);
+            rc = -ENOMEM;
         } else {
-            lib->generation = old->generation + 1;
             reg->libs[i] = lib;
             policy__log(SINKD_POLICY_LOG_INFO, "reloaded %s: %s (generation %u) replaces %s "
                         "(generation %u, %d instances)", name, lib->desc.version, lib->generation,
@@ -220,6 +305,8 @@ int sinkd_policy_reload(sinkd_policy_registry *reg, const char *name, char *err,
         }
     }
     pthread_mutex_unlock(&reg->mu);
+    if (fd >= 0)
+        close(fd);
     return rc;
 }
 

@@ -13,6 +13,14 @@
  *   NEWER_MINOR    minor 99 and a longer descriptor   -> loads
  *   FAULTY         behaves in the self-test, then misbehaves as fault=... says
  *   PROBE          a good policy "probe" exporting its build generation
+ *   PROBE_RECONF   the probe with a reconfigure callback (budget=...)
+ *   HUGE_STREAM    no callbacks; a streaming head keeping 2^31 - 1 + 1 tokens
+ *                  (an int32 sum that wraps)          -> refused by the plan check
+ *   HUGE_SELECT    no callbacks; token selection of 3 << 26 pages, whose
+ *                  tokens overflow int32              -> refused by the plan check
+ *
+ * Every variant takes budget=N (default 32; any int32 >= 0, so that tests
+ * can ask for plans past the host's bounds).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -27,12 +35,28 @@
 /* Read by the reload test through dlsym on each loaded copy. */
 SINKD_POLICY_EXPORT const int sinkd_test_probe_generation = PROBE_GEN;
 
-enum { FAULT_NONE, FAULT_OOB, FAULT_DUP, FAULT_UNSORTED, FAULT_LONG, FAULT_ERROR, FAULT_PAGES };
-static const char *const fault_names[] = {"none", "oob", "dup", "unsorted", "long", "error", "pages"};
+/* grow: evict lengthens its lanes (len * 4) and keeps indices only valid
+ * for the longer lane; bigpages: select claims 2^26 pages and returns an
+ * invalid list; moveout: evict points out at its own array holding a valid
+ * list, leaving the host's untouched. */
+enum {
+    FAULT_NONE, FAULT_OOB, FAULT_DUP, FAULT_UNSORTED, FAULT_LONG, FAULT_ERROR, FAULT_PAGES,
+    FAULT_GROW, FAULT_BIGPAGES, FAULT_MOVEOUT,
+};
+static const char *const fault_names[] = {"none", "oob", "dup", "unsorted", "long", "error",
+                                          "pages", "grow", "bigpages", "moveout"};
 
 typedef struct broken_state {
+    const sinkd_policy_host *host;
     int fault;
+    int64_t budget;
 } broken_state;
+
+static int32_t broken_budget(const sinkd_policy_host *host, const sinkd_policy_params *params,
+                             broken_state *s)
+{
+    return host->param_int(params, "budget", 32, 0, INT32_MAX, &s->budget);
+}
 
 static int32_t broken_create(const sinkd_policy_host *host, const sinkd_policy_geometry *geom,
                              const sinkd_policy_params *params, void **state)
@@ -48,18 +72,43 @@ static int32_t broken_create(const sinkd_policy_host *host, const sinkd_policy_g
     for (int i = 0; fault != NULL && i < (int)(sizeof fault_names / sizeof *fault_names); i++)
         if (strcmp(fault, fault_names[i]) == 0)
             s->fault = i;
+    s->host = host;
+    rc = broken_budget(host, params, s);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
     *state = s;
     return 0;
 }
 
+#ifdef BROKEN_PROBE_RECONF
+static int32_t broken_reconfigure(void *state, const sinkd_policy_params *params)
+{
+    broken_state next = *(broken_state *)state;
+    int32_t rc = broken_budget(next.host, params, &next);
+    if (rc == 0)
+        *(broken_state *)state = next;
+    return rc;
+}
+#endif
+
 static int32_t broken_plan(void *state, sinkd_policy_plan *plan)
 {
-    (void)state;
+    const broken_state *s = state;
     plan->stat = SINKD_STAT_SUM;
     plan->evict_at = SINKD_EVICT_BUDGET;
-    plan->budget = 32;
+    plan->budget = (int32_t)s->budget;
     plan->select = SINKD_SELECT_TOKENS;
     plan->select_tokens = 32;
+#if defined(BROKEN_HUGE_STREAM)
+    plan->head_kind[0] = SINKD_HEAD_STREAMING;
+    plan->stream_sinks = INT32_MAX;
+    plan->stream_recent = 1;
+#elif defined(BROKEN_HUGE_SELECT)
+    plan->select_tokens = 0;
+    plan->select_pages = 3 << 26;
+#endif
     return 0;
 }
 
@@ -69,8 +118,24 @@ static int32_t broken_evict(void *state, sinkd_policy_lane *lanes, int32_t n_lan
     const broken_state *s = state;
     if (s->fault == FAULT_ERROR)
         return -EIO;
+    static int32_t own[1 << 12];
     for (int32_t i = 0; i < n_lanes; i++) {
         sinkd_policy_lane *l = &lanes[i];
+        if (s->fault == FAULT_GROW) {
+            int32_t len = l->len;
+            l->len = 4 * len;
+            for (int32_t t = 0; t < len; t++)
+                l->out[t] = 3 * len + t;
+            l->n_out = len;
+            continue;
+        }
+        if (s->fault == FAULT_MOVEOUT && l->len <= (int32_t)(sizeof own / sizeof *own)) {
+            l->out = own;
+            for (int32_t t = 0; t < l->len; t++)
+                own[t] = t;
+            l->n_out = l->len;
+            continue;
+        }
         l->n_out = 0;
         for (int32_t t = l->len / 2; t < l->len; t++)
             l->out[l->n_out++] = t;
@@ -96,6 +161,11 @@ static int32_t broken_select(void *state, sinkd_policy_lane *lanes, int32_t n_la
 {
     const broken_state *s = state;
     for (int32_t i = 0; i < n_lanes; i++) {
+        if (s->fault == FAULT_BIGPAGES) {
+            lanes[i].n_pages = 1 << 26;
+            lanes[i].n_out = -7;
+            continue;
+        }
         lanes[i].out[0] = lanes[i].n_pages - (s->fault == FAULT_PAGES ? 0 : 1);
         lanes[i].n_out = 1;
     }
@@ -112,7 +182,7 @@ typedef struct future_policy {
 } future_policy;
 #endif
 
-#if defined(BROKEN_PROBE)
+#if defined(BROKEN_PROBE) || defined(BROKEN_PROBE_RECONF)
 #define BROKEN_NAME "probe"
 #elif defined(BROKEN_NEWER_MINOR)
 #define BROKEN_NAME "future"
@@ -161,6 +231,14 @@ SINKD_POLICY_EXPORT const sinkd_policy *sinkd_policy_v1(void)
     d.plan = NULL;
 #elif defined(BROKEN_CAPS_MISMATCH)
     d.caps &= ~(uint32_t)SINKD_POLICY_CAP_EVICT;
+#elif defined(BROKEN_HUGE_STREAM) || defined(BROKEN_HUGE_SELECT)
+    /* the plan's own rules must run, so no callback stands in for them */
+    d.caps = 0;
+    d.evict = NULL;
+    d.select = NULL;
+#elif defined(BROKEN_PROBE_RECONF)
+    d.caps |= SINKD_POLICY_CAP_RECONFIGURE;
+    d.reconfigure = broken_reconfigure;
 #elif defined(BROKEN_NEWER_MINOR)
     static future_policy f;
     f = desc_future;

@@ -4,7 +4,9 @@
  * enforced, a misbehaving plugin makes its session fall back to `window`,
  * reload keeps old and new versions side by side until the last instance
  * of the old one goes (checked on the dynamic linker's own list), and the
- * example out-of-tree plugin builds and runs.
+ * example out-of-tree plugin builds and runs. Plans past the host's bounds,
+ * callbacks that rewrite their lanes, links out of the plugin directories
+ * and generations reused after an unload are the defects fixed since.
  */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "host.h"
+#include "internal.h"
 
 static char dir[64];
 static sinkd_policy_registry *reg;
@@ -488,4 +491,213 @@ Test(loader, explicit_fallback)
     cr_assert_str_eq(info[2].name, "h2o");
     cr_assert_eq(info[2].instances, 0, "the h2o state is gone");
     sinkd_policy_inst_destroy(inst);
+}
+
+/* Plans past the host's bounds are refused where they are made: at load
+ * (the self-test's create), at create and at reconfigure, each with a
+ * message naming the field. Before the bounds these two self-tests wrote
+ * 2^31 entries into a lane or sorted a negative count. */
+Test(loader, plans_past_the_bounds_are_refused)
+{
+    install(broken("huge_stream"), "huge_stream.so", 0755);
+    expect_refused("huge_stream.so", -EPROTO,
+                   "stream_sinks 2147483647 + stream_recent 1 exceed 16777216");
+    install(broken("huge_select"), "huge_select.so", 0755);
+    expect_refused("huge_select.so", -EPROTO, "select_pages 201326592 exceeds 1048576");
+
+    char err[512] = "";
+    sinkd_policy_inst *inst;
+    install(broken("faulty"), "faulty.so", 0755);
+    cr_assert_eq(load("faulty.so", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "budget=16777217", &inst, err,
+                                          sizeof err), -EINVAL);
+    cr_assert(strstr(err, "invalid plan: budget 16777217 exceeds 16777216") != NULL, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "budget=16777216", &inst, err,
+                                          sizeof err), 0, "%s", err);
+    sinkd_policy_inst_destroy(inst);
+
+    install(broken("probe_reconf"), "probe.so", 0755);
+    cr_assert_eq(load("probe.so", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "probe", &G, "budget=64", &inst, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_reconfigure(inst, "budget=2147483647", err, sizeof err),
+                 -EINVAL);
+    cr_assert(strstr(err, "budget 2147483647 exceeds 16777216") != NULL, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_plan(inst)->budget, 64, "the refused plan changed nothing");
+    cr_assert_eq(sinkd_policy_inst_reconfigure(inst, "budget=16777216", err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(sinkd_policy_inst_plan(inst)->budget, 16777216);
+    sinkd_policy_inst_destroy(inst);
+}
+
+/* A callback may write n_out and the elements of out[], nothing else: a
+ * lane whose len, n_pages or out it changed is judged by, and handed back
+ * with, what the host put there. */
+Test(loader, callbacks_cannot_move_what_their_output_is_checked_against)
+{
+    char err[512] = "";
+    sinkd_policy_inst *inst;
+    install(broken("faulty"), "faulty.so", 0755);
+    cr_assert_eq(load("faulty.so", err, sizeof err), 0, "%s", err);
+
+    /* evict makes a 100-token lane 400 long and keeps 300..399 */
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "fault=grow", &inst, err, sizeof err),
+                 0, "%s", err);
+    lanes2 x;
+    lanes_init(&x, 1, 100);
+    cr_assert_eq(sinkd_policy_inst_evict(inst, x.l, 2), SINKD_POLICY_FELL_BACK);
+    const char *why = sinkd_policy_inst_fallback_reason(inst);
+    cr_assert(strstr(why, "entry 0 is 300, outside [0, 100)") != NULL, "%s", why);
+    for (int h = 0; h < 2; h++) {
+        cr_assert_eq(x.l[h].len, 100, "len restored");
+        cr_assert_eq(x.l[h].out, x.out[h]);
+        cr_assert_eq(x.l[h].n_out, 32, "window's answer");
+        cr_assert_eq(x.out[h][0], 68);
+    }
+    sinkd_policy_inst_destroy(inst);
+
+    /* evict writes a valid list, but into an array of its own */
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "fault=moveout", &inst, err,
+                                          sizeof err), 0, "%s", err);
+    lanes_init(&x, 1, 100);
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 100; j++)
+            x.out[h][j] = 1000; /* what the host's array holds: out of range */
+    cr_assert_eq(sinkd_policy_inst_evict(inst, x.l, 2), SINKD_POLICY_FELL_BACK);
+    cr_assert(strstr(sinkd_policy_inst_fallback_reason(inst), "outside [0, 100)") != NULL, "%s",
+              sinkd_policy_inst_fallback_reason(inst));
+    cr_assert_eq(x.l[0].out, x.out[0], "out restored");
+    sinkd_policy_inst_destroy(inst);
+
+    /* select claims 2^26 pages and an invalid list: the dense answer that
+     * follows covers the 7 pages the lane has, not 2^26 */
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "fault=bigpages", &inst, err,
+                                          sizeof err), 0, "%s", err);
+    lanes_init(&x, 2, 100);
+    cr_assert_eq(sinkd_policy_inst_select(inst, x.l, 2), SINKD_POLICY_FELL_BACK);
+    cr_assert(strstr(sinkd_policy_inst_fallback_reason(inst), "-7 entries for a list of at most 7")
+              != NULL, "%s", sinkd_policy_inst_fallback_reason(inst));
+    for (int h = 0; h < 2; h++) {
+        cr_assert_eq(x.l[h].n_pages, 7, "n_pages restored");
+        cr_assert_eq(x.l[h].n_out, 7);
+        for (int p = 0; p < 7; p++)
+            cr_assert_eq(x.out[h][p], p);
+        cr_assert_eq(x.out[h][7], 0, "nothing written past the lane's pages");
+    }
+    sinkd_policy_inst_destroy(inst);
+}
+
+/* The fallback is window with the failed plan's budget: at the largest
+ * budget a plan may have it still opens, and past it no plan exists to
+ * fall back from. */
+Test(loader, fallback_at_the_largest_budget)
+{
+    char err[512] = "";
+    sinkd_policy_inst *inst;
+    install(broken("faulty"), "faulty.so", 0755);
+    cr_assert_eq(load("faulty.so", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "fault=error budget=20000000", &inst,
+                                          err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "budget 20000000 exceeds 16777216") != NULL, "%s", err);
+
+    cr_assert_eq(sinkd_policy_inst_create(reg, "broken", &G, "fault=error budget=16777216", &inst,
+                                          err, sizeof err), 0, "%s", err);
+    lanes2 x;
+    lanes_init(&x, 0, 100); /* far below budget: the plugin fails anyway */
+    cr_assert_eq(sinkd_policy_inst_evict(inst, x.l, 2), SINKD_POLICY_FELL_BACK);
+    cr_assert_str_eq(sinkd_policy_inst_name(inst), "window");
+    cr_assert_str_eq(sinkd_policy_inst_params(inst), "window=16777216");
+    cr_assert_eq(sinkd_plan_lane_budget(sinkd_policy_inst_plan(inst), &G, 2, 1), 16777216);
+    cr_assert_eq(x.l[0].n_out, 100, "window keeps all of a short lane");
+    sinkd_policy_inst_destroy(inst);
+}
+
+/* Reload judges the file as load does: one replaced by a link out of the
+ * plugin directories is refused, and the version in use stays. */
+Test(loader, reload_does_not_follow_a_link_out_of_the_directories)
+{
+    char err[512] = "", other[64], target[128], p[512];
+    install(broken("probe1"), "probe.so", 0755);
+    cr_assert_eq(load("probe.so", err, sizeof err), 0, "%s", err);
+
+    snprintf(other, sizeof other, "/tmp/sinkd-other-XXXXXX");
+    cr_assert_not_null(mkdtemp(other));
+    snprintf(target, sizeof target, "%s/probe.so", other);
+    snprintf(p, sizeof p, "%s/probe.so", dir);
+    int in = open(broken("probe2"), O_RDONLY), out = open(target, O_WRONLY | O_CREAT, 0755);
+    char buf[65536];
+    for (ssize_t n; (n = read(in, buf, sizeof buf)) > 0;)
+        cr_assert_eq(write(out, buf, (size_t)n), n);
+    close(in);
+    close(out);
+    cr_assert_eq(unlink(p), 0);
+    cr_assert_eq(symlink(target, p), 0);
+
+    cr_assert_eq(sinkd_policy_reload(reg, "probe", err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "not in a configured plugin directory") != NULL, "%s", err);
+    cr_assert_eq(probe_generations(), 1 << 1, "the file outside was never opened");
+    sinkd_policy_info info[3];
+    size_t n;
+    cr_assert_eq(sinkd_policy_list(reg, info, 3, &n), 0);
+    cr_assert_eq(info[2].generation, 1);
+
+    /* nor does the loader itself open a link, whatever path it is given */
+    policy__lib *lib = NULL;
+    cr_assert_eq(policy__lib_open(p, &lib, err, sizeof err), -ELOOP);
+    cr_assert(strstr(err, "a symbolic link") != NULL, "%s", err);
+    cr_assert_null(lib);
+
+    cr_assert_eq(unlink(target), 0);
+    cr_assert_eq(rmdir(other), 0);
+}
+
+/* caps of the version (name, generation) names, as the engine looks a
+ * session's version up; 0 and *found = 0 when it is not current */
+static uint32_t current_caps(const char *name, uint32_t generation, int *found)
+{
+    sinkd_policy_info info[8];
+    size_t n;
+    cr_assert_eq(sinkd_policy_list(reg, info, 8, &n), 0);
+    *found = 0;
+    for (size_t i = 0; i < n && i < 8; i++)
+        if (strcmp(info[i].name, name) == 0 && info[i].generation == generation) {
+            *found = 1;
+            return info[i].caps;
+        }
+    return 0;
+}
+
+/* Unload, then load another file under the same name: the new version
+ * gets a generation of its own, so a session still on the unloaded one is
+ * not taken for it (it would get reconfigure calls its version lacks, or
+ * miss those it has). */
+Test(loader, generations_survive_unload)
+{
+    char err[512] = "";
+    sinkd_policy_inst *old, *new;
+    int found;
+    install(broken("probe_reconf"), "probe.so", 0755);
+    cr_assert_eq(load("probe.so", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "probe", &G, NULL, &old, err, sizeof err), 0);
+    cr_assert_eq(sinkd_policy_inst_generation(old), 1);
+    cr_assert(current_caps("probe", 1, &found) & SINKD_POLICY_CAP_RECONFIGURE);
+
+    cr_assert_eq(sinkd_policy_unload(reg, "probe", err, sizeof err), 0);
+    install(broken("probe2"), "probe.so", 0755);
+    cr_assert_eq(load("probe.so", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_policy_inst_create(reg, "probe", &G, NULL, &new, err, sizeof err), 0);
+    cr_assert_eq(sinkd_policy_inst_generation(new), 2);
+    cr_assert_neq(sinkd_policy_inst_generation(old), sinkd_policy_inst_generation(new));
+    current_caps("probe", sinkd_policy_inst_generation(old), &found);
+    cr_assert_eq(found, 0, "the session on the unloaded version must switch");
+    cr_assert_eq(current_caps("probe", 2, &found) & SINKD_POLICY_CAP_RECONFIGURE, 0);
+    cr_assert_eq(found, 1);
+
+    /* a reload after that continues the count */
+    install(broken("probe1"), "probe.so", 0755);
+    cr_assert_eq(sinkd_policy_reload(reg, "probe", err, sizeof err), 0, "%s", err);
+    current_caps("probe", 3, &found);
+    cr_assert_eq(found, 1);
+    sinkd_policy_inst_destroy(old);
+    sinkd_policy_inst_destroy(new);
 }

@@ -472,7 +472,8 @@ static void duo_expect_pattern(const char *path, bool refused)
         sinkd_policy_inst_destroy(inst);
     } else {
         snprintf(expect, sizeof expect,
-                 "duo: pattern: '%s' is not a readable regular file of at most 1048576 bytes", path);
+                 "duo: pattern: '%s' is not a readable regular file of at most 1048576 bytes "
+                 "holding a head table", path);
         cr_assert_eq(rc, -EINVAL, "pattern=%s -> %d (%s)", path, rc, err);
         cr_assert_null(inst);
         cr_assert_str_eq(err, expect);
@@ -559,6 +560,76 @@ Test(builtins, host_keys_override_the_plan)
     sinkd_policy_inst_destroy(inst);
     inst = make(lib, "budget=100");
     cr_assert_eq(sinkd_plan_evict_threshold(sinkd_policy_inst_plan(inst), &G, 0, 0), 100 + PT);
+    sinkd_policy_inst_destroy(inst);
+    policy__lib_unref(lib);
+}
+
+/* What the host logged, for the tests that check a reason went there. */
+static char logged[4096];
+
+static void log_capture(int prio, const char *line)
+{
+    (void)prio;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", line);
+}
+
+/* A file that is there and readable but holds no table gets the very
+ * answer a missing one gets: the client cannot probe the daemon's files
+ * (whether /etc/shadow exists, how /etc/passwd's first line looks). The
+ * operator's log keeps the reason. */
+Test(builtins, duo_gives_one_answer_for_every_unusable_pattern)
+{
+    char dir[64], text[128], rows[128], missing[128];
+    duo_tmpdir(dir, sizeof dir);
+    snprintf(text, sizeof text, "%s/passwd", dir);
+    snprintf(rows, sizeof rows, "%s/one-row.tsv", dir);
+    snprintf(missing, sizeof missing, "%s/missing.tsv", dir);
+    FILE *f = fopen(text, "w");
+    cr_assert_not_null(f);
+    fputs("root:x:0:0:root:/root:/bin/bash\n", f);
+    fclose(f);
+    f = fopen(rows, "w");
+    cr_assert_not_null(f);
+    fputs("0.1\t0.9\t0.2\t0.8\n", f);
+    fclose(f);
+
+    logged[0] = '\0';
+    sinkd_policy_set_log(log_capture);
+    duo_expect_pattern(text, true);
+    duo_expect_pattern(rows, true);
+    duo_expect_pattern(missing, true);
+    duo_expect_pattern(dir, true);
+    sinkd_policy_set_log(NULL);
+    cr_assert(strstr(logged, "head table row 1: expected 4 numbers") != NULL, "%s", logged);
+    cr_assert(strstr(logged, "head table has 1 rows, the model 8 layers") != NULL, "%s", logged);
+    cr_assert(strstr(logged, "missing.tsv' refused: not a regular file") != NULL, "%s", logged);
+
+    /* an inline table is the client's own text: its errors stay precise */
+    expect_create_error("duo", "heads=root:x:0:0", "head table row 1: expected 4 numbers");
+    cr_assert_eq(unlink(text), 0);
+    cr_assert_eq(unlink(rows), 0);
+    cr_assert_eq(rmdir(dir), 0);
+}
+
+/* The host's slack= is read whole or refused: cut to the 63 characters
+ * of a buffer, 63 zeros and "7garbage" read as slack=0. */
+Test(builtins, host_keys_are_not_truncated)
+{
+    char params[256], zeros[128];
+    memset(zeros, '0', sizeof zeros);
+    snprintf(params, sizeof params, "budget=100 slack=%.63s7garbage", zeros);
+    expect_create_error("h2o", params, "slack: expected an integer in [0, 1048576]");
+    snprintf(params, sizeof params, "budget=100 slack=%.100s5", zeros);
+    expect_create_error("h2o", params, "slack: expected an integer in [0, 1048576]");
+    snprintf(params, sizeof params, "budget=100 rope=cache%.80s", zeros);
+    expect_create_error("h2o", params, "rope: expected absolute or cache");
+
+    /* the longest value that fits still counts */
+    policy__lib *lib = load("h2o");
+    snprintf(params, sizeof params, "budget=100 slack=%.62s7", zeros);
+    sinkd_policy_inst *inst = make(lib, params);
+    cr_assert_eq(sinkd_policy_inst_plan(inst)->slack, 7);
     sinkd_policy_inst_destroy(inst);
     policy__lib_unref(lib);
 }

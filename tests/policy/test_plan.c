@@ -1,11 +1,13 @@
 /*
  * Plan execution on the host (daemon/policy/plan.c) on small hand-computed
  * cases: keep lists, pooling, layer scope, head kinds, selection, list
- * validation and plan validation.
+ * validation and plan validation, the bounds on every count included.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "plan.h"
@@ -227,4 +229,86 @@ Test(plan, validation)
     cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL);
     sinkd_plan_free(&f.p);
     cr_assert_null(f.p.layer_budget);
+}
+
+/* Every count has an upper bound (SINKD_POLICY_MAX_TOKENS), so that the
+ * host's and the engine's int32 sums and products of two counts cannot
+ * wrap; a plan at the bounds is valid and its derived values are what
+ * they say. */
+Test(plan, counts_are_bounded)
+{
+    fixture f;
+    char err[160];
+    const int32_t max = SINKD_POLICY_MAX_TOKENS;
+    cr_assert_eq(max, 1 << 24);
+    fixture_init(&f, 2);
+    static const struct {
+        size_t off;
+        const char *name;
+    } fields[] = {
+        {offsetof(sinkd_policy_plan, budget), "budget 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, sinks), "sinks 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, recent), "recent 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, slack), "slack 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, select_tokens), "select_tokens 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, obs_window), "obs_window 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, history), "history 16777217 exceeds 16777216"},
+        {offsetof(sinkd_policy_plan, stream_sinks), "stream_sinks 16777217 + stream_recent 0"},
+        {offsetof(sinkd_policy_plan, stream_recent), "stream_sinks 0 + stream_recent 16777217"},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        sinkd_plan_reset(&f.p, &f.g);
+        int32_t *v = (int32_t *)((char *)&f.p + fields[i].off);
+        *v = max;
+        cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), 0, "%s at the bound: %s",
+                     fields[i].name, err);
+        *v = max + 1;
+        cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL, "%s",
+                     fields[i].name);
+        cr_assert(strstr(err, fields[i].name) != NULL, "'%s' lacks '%s'", err, fields[i].name);
+        *v = INT32_MAX;
+        cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL, "%s",
+                     fields[i].name);
+    }
+
+    /* the reviewer's plans: a streaming lane of INT32_MAX + 1 tokens, and
+     * 3 << 26 selected pages of 16 tokens */
+    sinkd_plan_reset(&f.p, &f.g);
+    f.p.head_kind[0] = SINKD_HEAD_STREAMING;
+    f.p.evict_at = SINKD_EVICT_BUDGET;
+    f.p.stream_sinks = INT32_MAX, f.p.stream_recent = 1;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "stream_sinks 2147483647 + stream_recent 1 exceed 16777216") != NULL,
+              "%s", err);
+    f.p.stream_sinks = max - 1;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_plan_lane_budget(&f.p, &f.g, 0, 0), max);
+    cr_assert_eq(sinkd_plan_evict_threshold(&f.p, &f.g, 0, 0), max + 16);
+
+    sinkd_plan_reset(&f.p, &f.g);
+    f.p.select = SINKD_SELECT_TOKENS;
+    f.p.select_pages = 3 << 26;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "select_pages 201326592 exceeds 1048576") != NULL, "%s", err);
+    f.p.select_pages = max / 16;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), 0, "%s", err);
+    f.p.select_pages = max / 16 + 1;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL);
+
+    /* per-layer budgets, and the largest budget with the largest slack */
+    sinkd_plan_reset(&f.p, &f.g);
+    f.p.layer_budget[1] = max + 1;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), -EINVAL);
+    cr_assert(strstr(err, "layer 1: layer_budget 16777217 exceeds 16777216") != NULL, "%s", err);
+    f.p.layer_budget[1] = max;
+    f.p.evict_at = SINKD_EVICT_BUDGET;
+    f.p.slack = max;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &f.g, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sinkd_plan_evict_threshold(&f.p, &f.g, 1, 1), 2 * max);
+
+    /* a page larger than any plan may count is no geometry */
+    sinkd_policy_geometry big = f.g;
+    big.page_tokens = max + 1;
+    cr_assert_eq(sinkd_plan_validate(&f.p, &big, err, sizeof err), -EINVAL);
+    sinkd_plan_free(&f.p);
 }
