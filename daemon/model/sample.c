@@ -181,10 +181,19 @@ int sinkd_sampler_sample(sinkd_sampler *s, float *logits, int32_t *out)
     }
     qsort_r(s->idx, (size_t)n, sizeof *s->idx, cmp_desc, logits);
 
-    /* softmax at temperature over the candidates, in double */
-    double max = logits[s->idx[0]] / s->p.temperature, sum = 0;
+    /* The largest logit is infinitely more likely than the rest (+inf), or
+     * nothing is likely at all (all -inf): what greedy picks. */
+    double top = logits[s->idx[0]];
+    if (!isfinite(top)) {
+        *out = s->idx[0];
+        return 0;
+    }
+    /* softmax at temperature over the candidates, in double, from the
+     * differences: logit / temperature alone overflows at a tiny
+     * temperature, and inf - inf made every probability NaN */
+    double sum = 0;
     for (int32_t i = 0; i < n; i++) {
-        double e = exp(logits[s->idx[i]] / s->p.temperature - max);
+        double e = exp(((double)logits[s->idx[i]] - top) / s->p.temperature);
         s->prob[i] = (float)e;
         sum += e;
     }

@@ -150,6 +150,31 @@ Test(sample, top_k_top_p_min_p_filter)
     sinkd_sampler_free(&s);
 }
 
+/* A temperature so small that logit / T overflows is greedy in the limit,
+ * not NaN: the largest logit wins every draw (the NaN probabilities of a
+ * naive softmax picked the last candidate, the least likely). An infinite
+ * logit wins at any temperature; a row of -inf gives a valid id. */
+Test(sample, extreme_temperatures_and_infinite_logits)
+{
+    static const float tiny[] = {1e-38f, 1e-40f, 1e-45f};
+    const float l[4] = {10.0f, 1.0f, 0.5f, -3.0f};
+    for (int i = 0; i < 3; i++)
+        for (uint64_t seed = 1; seed <= 20; seed++) {
+            sinkd_sampler s = make(tiny[i], i == 1 ? 3 : 0, 1.0f, 0.0f, seed, 4);
+            cr_assert_eq(draw(&s, l, 4), 0, "T=%g seed %llu", (double)tiny[i],
+                         (unsigned long long)seed);
+            sinkd_sampler_free(&s);
+        }
+    const float inf[4] = {1.0f, INFINITY, 0.5f, -3.0f};
+    const float none[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        sinkd_sampler s = make(1.0f, 0, 0.9f, 0.05f, seed, 4);
+        cr_assert_eq(draw(&s, inf, 4), 1);
+        draw(&s, none, 4); /* in range: draw checks it */
+        sinkd_sampler_free(&s);
+    }
+}
+
 Test(sample, repetition_penalty)
 {
     float l[4] = {2.0f, 1.9f, -1.0f, -1.1f};
