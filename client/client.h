@@ -441,7 +441,12 @@ void sinkd_client_gen_result_free(sinkd_client_gen_result *r);
 
 /* Called for each token event of a streaming generate: the token id and its
  * text piece (@len bytes, not NUL-terminated, "" while a multibyte
- * character is incomplete), valid only during the call. Return 0 to go on,
+ * character is incomplete), valid only during the call. After the last
+ * one, unless the callback cancelled, it is called once more with token
+ * SINKD_CLIENT_TOKEN_TAIL for the end of the reply's text that no event
+ * carried, if any (text the daemon held back as the possible start of a
+ * stop string, or a character left incomplete): the pieces then add up to
+ * the result's text. Its return value is ignored. Return 0 to go on,
  * non-zero to cancel: the library then sends session.cancel for the session
  * once (on the same connection, without waiting) and keeps reading until
  * the final reply, whose reason is normally "cancelled" (a generation that
@@ -453,6 +458,7 @@ void sinkd_client_gen_result_free(sinkd_client_gen_result *r);
  * the same uid and call sinkd_client_session_cancel on it; calling it on
  * that other handle from inside this callback is fine too. */
 typedef int (*sinkd_client_token_fn)(void *arg, int32_t token, const char *text, size_t len);
+#define SINKD_CLIENT_TOKEN_TAIL (-1)
 
 /* Generate on @session with @params (NULL: defaults), calling @on_token
  * (may be NULL) for each streamed token. @timeout_ms bounds each wait (for

@@ -17,6 +17,7 @@ typedef struct gen__ctx {
     sinkd_client_token_fn on_token;
     void *arg;
     bool cancel_sent;
+    size_t streamed;                 /* text bytes passed to on_token */
     int err;                         /* a token event we could not read */
     char fallback[CLIENT_FALLBACK_MAX];
 } gen__ctx;
@@ -50,6 +51,7 @@ static void gen__on_event(void *arg, const char *ev, size_t ev_len, const msgpac
     }
     if (g->on_token == NULL || g->cancel_sent || g->err != 0)
         return;
+    g->streamed += len;
     if (g->on_token(g->arg, (int32_t)token, text, len) != 0)
         gen__cancel(g);
 }
@@ -164,6 +166,11 @@ int sinkd_client_session_generate(sinkd_client *c, uint64_t session,
     sinkd_client_gen_result res = SINKD_CLIENT_GEN_RESULT_INIT;
     if (rc == 0)
         rc = gen__result(rep.map, &res);
+    /* the end of the text no event carried (PROTOCOL.md: the pieces are a
+     * prefix of the reply's text) */
+    if (rc == 0 && on_token != NULL && !g.cancel_sent && res.text_len > g.streamed)
+        (void)on_token(arg, SINKD_CLIENT_TOKEN_TAIL, res.text + g.streamed,
+                       res.text_len - g.streamed);
     if (rc == 0) {
         memcpy(res.fallback, g.fallback, sizeof(res.fallback));
         if (result != NULL)

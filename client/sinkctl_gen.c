@@ -289,7 +289,10 @@ static int gen_on_token(void *arg, int32_t token, const char *text, size_t len)
     if (gen_interrupted)
         return 1;
     if (out->ctx->json) {
-        printf("{\"ev\":\"token\",\"token\":%d,\"text\":", (int)token);
+        if (token == SINKD_CLIENT_TOKEN_TAIL)
+            fputs("{\"ev\":\"text\",\"text\":", stdout);
+        else
+            printf("{\"ev\":\"token\",\"token\":%d,\"text\":", (int)token);
         sinkctl_json_str(stdout, text, len);
         fputs("}\n", stdout);
     } else if (len > 0) {

@@ -6,9 +6,9 @@
         s = c.session_open(model="tiny")
         c.session_append(s, text="Once upon a time")
         for ev in c.session_generate(s, max_tokens=32):
-            if ev["ev"] == "token":
+            if ev["ev"] in ("token", "text"):
                 print(ev["text"], end="", flush=True)
-            else:                            # the final reply, ev == "done"
+            elif ev["ev"] == "done":         # the final reply
                 print("\\n", ev["reason"], ev["n_tokens"])
         c.session_close(s)
 
@@ -209,14 +209,18 @@ class Client:
 
     def session_generate(self, session, max_tokens=128, temperature=0.0, seed=0, **more):
         """Generator of the generation's events: {"ev": "token", "token",
-        "text"} for each token (and "policy_fallback" events), then the
-        final reply with "ev" set to "done" (reason, n_tokens, text,
-        timings). Closed before that reply (a break out of the loop, an
-        exception in it), it cancels the generation, which would otherwise
-        run on and keep the session busy."""
+        "text"} for each token (and "policy_fallback" events), then
+        {"ev": "text", "text"} with the end of the text no token carried,
+        if any (held back as the possible start of a stop string, or an
+        incomplete character), so that the pieces add up to the reply's
+        text, then the final reply with "ev" set to "done" (reason,
+        n_tokens, text, timings). Closed before that reply (a break out of
+        the loop, an exception in it), it cancels the generation, which
+        would otherwise run on and keep the session busy."""
         gen = self.stream("session.generate", session=session, max_tokens=max_tokens,
                           temperature=float(temperature), seed=seed, **more)
         finished = False
+        streamed = 0
         try:
             while True:
                 try:
@@ -225,8 +229,12 @@ class Client:
                     finished = True
                     reply = dict(done.value)
                     reply["ev"] = "done"
+                    if len(reply.get("text", "")) > streamed:
+                        yield {"ev": "text", "text": reply["text"][streamed:]}
                     yield reply
                     return
+                if ev.get("ev") == "token":
+                    streamed += len(ev.get("text", ""))
                 yield ev
         finally:
             if not finished and self.sock is not None:
@@ -297,7 +305,7 @@ def main(argv=None):
             out = sys.stdout.buffer
             for ev in c.session_generate(s, max_tokens=args.n, temperature=args.temp,
                                          seed=args.seed):
-                if ev["ev"] == "token":
+                if ev["ev"] in ("token", "text"):
                     try:
                         out.write(ev["text"].encode("utf-8", "surrogateescape"))
                         out.flush()

@@ -165,6 +165,26 @@ Test(python, oversized_requests_are_refused_before_sending)
                   "16777216\nframe_too_large\nTrue\n");
 }
 
+/* Streamed pieces add up to the reply's text, even when the generation
+ * ends (by length here) while the start of a stop string is held back:
+ * the client yields that tail as a "text" event. (The tiny model's greedy
+ * text after this prompt ends its 30th token inside "the".) */
+Test(python, streamed_pieces_add_up_to_the_text)
+{
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as c:\n"
+                  "    s = c.session_open()\n"
+                  "    c.session_append(s, text='Once upon a time')\n"
+                  "    pieces, tails = [], 0\n"
+                  "    for ev in c.session_generate(s, max_tokens=30, stop=['the end']):\n"
+                  "        if ev['ev'] in ('token', 'text'):\n"
+                  "            pieces.append(ev['text'])\n"
+                  "            tails += ev['ev'] == 'text'\n"
+                  "        elif ev['ev'] == 'done':\n"
+                  "            print(ev['reason'], ''.join(pieces) == ev['text'], tails)\n",
+                  "length True 1\n");
+}
+
 /* A generation ends with the connection that asked for it, whoever owns
  * the session: a persistent session whose owner drops mid-generation, and
  * sessions generating for another connection of the same uid, all go idle

@@ -58,6 +58,30 @@ Test(sinkctl, run_prompt_from_stdin_and_json)
     check_run_free(&r);
 }
 
+/* A generation that ends (by length) while the start of a stop string is
+ * held back prints it all the same: the output is the golden text of its
+ * 30 tokens, whose last one ends inside "the" (" of the same of th"). */
+Test(sinkctl, run_prints_text_held_back_for_a_stop_string)
+{
+    check_golden_load(golden);
+    cr_assert_str_eq(golden[0].prompt, "Once upon a time");
+    cr_assert_geq(golden[0].n_greedy, 30);
+    char want[CHECK_GREEDY_MAX + 1];
+    check_detok(golden[0].greedy, 30, want, sizeof(want));
+    cr_assert_eq(strcmp(want + strlen(want) - 3, " th"), 0, "golden text '%s'", want);
+
+    check_run r = CHECK_SINKCTL_RUN(NULL, "run", "-n", "30", "--stop", "the end", "--ignore-eos",
+                                    golden[0].prompt);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.out, want);
+    check_run_free(&r);
+    r = CHECK_SINKCTL_RUN(NULL, "--json", "run", "-n", "30", "--stop", "the end", "--ignore-eos",
+                          golden[0].prompt);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "{\"ev\":\"text\",\"text\":\"th\"}\n"), "%s", r.out);
+    check_run_free(&r);
+}
+
 Test(sinkctl, chat_two_turns_over_a_pipe)
 {
     check_golden_load(golden);
