@@ -611,16 +611,21 @@ int sinkd_tokenizer_piece(const sinkd_tokenizer *t, int32_t id, unsigned flags,
     return 0;
 }
 
-/* The piece of @id as decoded at this point of a stream: without the space
- * add_space_prefix put in front of the text (@first: nothing decoded yet). */
-static void dec__piece(const sinkd_tokenizer *t, int32_t id, unsigned flags, bool first,
+/* The piece of @id as decoded at this point of a stream: without the one
+ * space add_space_prefix put in front of the text. *@started: a piece with
+ * bytes came already (then nothing is stripped); set by the first one, even
+ * when stripping leaves it empty, so that the space goes once (" a" is two
+ * pieces, "▁" and "▁a", and decodes to " a", as SentencePiece does). */
+static void dec__piece(const sinkd_tokenizer *t, int32_t id, unsigned flags, bool *started,
                        const char **s, size_t *len)
 {
     sinkd_tokenizer_piece(t, id, flags, s, len);
-    if (first && t->add_space_prefix && *len && (*s)[0] == ' ') {
+    if (!*started && t->add_space_prefix && *len && (*s)[0] == ' ') {
         (*s)++;
         (*len)--;
+        *started = true;
     }
+    *started |= *len > 0;
 }
 
 int sinkd_tokenizer_decode(const sinkd_tokenizer *t, const int32_t *ids, size_t n,
@@ -638,10 +643,11 @@ int sinkd_tokenizer_decode(const sinkd_tokenizer *t, const int32_t *ids, size_t 
     if (!o)
         return -ENOMEM;
     size_t k = 0;
+    bool started = false;
     for (size_t i = 0; i < n; i++) {
         const char *s;
         size_t l;
-        dec__piece(t, ids[i], flags, k == 0, &s, &l);
+        dec__piece(t, ids[i], flags, &started, &s, &l);
         memcpy(o + k, s, l);
         k += l;
     }
@@ -714,8 +720,9 @@ int sinkd_detok_push(const sinkd_tokenizer *t, sinkd_detok *st, int32_t id, unsi
         return -ENOSPC;
     const char *s;
     size_t len, k = 0;
-    dec__piece(t, id, flags, !st->started, &s, &len);
-    st->started |= len > 0;
+    bool started = st->started;
+    dec__piece(t, id, flags, &started, &s, &len);
+    st->started = started;
     for (size_t i = 0; i < len; i++)
         k += dec__byte(st, (unsigned char)s[i], out + k);
     *n = k;

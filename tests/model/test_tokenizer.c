@@ -261,6 +261,43 @@ static sinkd_tokenizer *small_spm(void)
     return load_mem(p, len);
 }
 
+/* add_space_prefix adds one space in front of the text, and decoding takes
+ * exactly that one away again, also when the text itself starts with
+ * spaces: " a" is "▁" "▁" "a" and decodes to " a" (SentencePiece's round
+ * trip), in one call and streamed token by token. */
+Test(spm, decode_takes_the_added_space_away_once)
+{
+    static const char *const texts[] = {" a", "  a", "   ab", "a b", " c", "c", "a  ", " "};
+    sinkd_tokenizer *t = small_spm();
+    size_t cap = sinkd_tokenizer_max_chunk(t);
+    char *chunk = malloc(cap);
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        const char *x = texts[i];
+        int32_t *ids;
+        size_t n, len;
+        char *back;
+        cr_assert_eq(sinkd_tokenizer_encode(t, x, strlen(x), SINKD_TOK_ADD_SPECIAL, &ids, &n), 0);
+        cr_assert_eq(sinkd_tokenizer_decode(t, ids, n, 0, &back, &len), 0);
+        cr_assert(len == strlen(x) && !memcmp(back, x, len), "'%s' decodes to '%.*s'", x, (int)len,
+                  back);
+        free(back);
+        sinkd_detok st = SINKD_DETOK_INIT;
+        char out[64];
+        size_t total = 0, k;
+        for (size_t j = 0; j < n; j++) {
+            cr_assert_eq(sinkd_detok_push(t, &st, ids[j], 0, chunk, cap, &k), 0);
+            cr_assert_lt(total + k, sizeof out);
+            memcpy(out + total, chunk, k);
+            total += k;
+        }
+        cr_assert(total == strlen(x) && !memcmp(out, x, total), "'%s' streams as '%.*s'", x,
+                  (int)total, out);
+        free(ids);
+    }
+    free(chunk);
+    sinkd_tokenizer_free(t);
+}
+
 Test(spm, best_score_merges_first)
 {
     sinkd_tokenizer *t = small_spm();
