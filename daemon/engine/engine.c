@@ -452,6 +452,16 @@ static int eng__load_model(sinkd_engine *e, sinkd_engine_model *em, const char *
         return rc;
     }
     em->hp = sinkd_model_hparams_get(em->model);
+    /* every id the model can sample must decode: a shorter vocabulary
+     * would stream some tokens as nothing (a longer one only means ids
+     * that session.append refuses) */
+    if (sinkd_tokenizer_n_vocab(em->tok) < em->hp->n_vocab) {
+        snprintf(err, errlen, "model %s (%s): the tokenizer has %d tokens, fewer than the %d "
+                 "rows of the output", name, path, sinkd_tokenizer_n_vocab(em->tok),
+                 em->hp->n_vocab);
+        sinkd_gguf_close(g);
+        return -EINVAL;
+    }
     if (!graphs)
         sinkd_model_graphs_set(em->model, false);
     em->add_bos = sinkd_tokenizer_kind(em->tok) == SINKD_TOK_SPM;

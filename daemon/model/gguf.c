@@ -209,7 +209,7 @@ static int gguf__tensor_bytes(uint32_t t, uint64_t ne0, uint64_t n, uint64_t *ou
         *out = n * 2;
         return 0;
     case SINKD_GGML_Q8_0: /* blocks of 32 along rows: one f16 scale + 32 int8 */
-        if (ne0 % 32) return -1;
+        if (ne0 % 32 || n / 32 > UINT64_MAX / 34) return -1;
         *out = n / 32 * 34;
         return 0;
     default:

@@ -413,6 +413,9 @@ Test(gguf, hostile_tensors)
     expect_refused(tensor_file(2, zero, 0, 0, 256, &len), &len, -EINVAL, "dimension 1 is 0");
     uint64_t odd[2] = {31, 2}; /* q8_0 rows must hold whole blocks */
     expect_refused(tensor_file(2, odd, 8, 0, 256, &len), &len, -EINVAL, "bad size");
+    /* q8_0 bytes past 2^64: 2^64 / 34 blocks wrapped the size to 16 bytes */
+    uint64_t wrap[2] = {32, 542551296285575048ull};
+    expect_refused(tensor_file(2, wrap, 8, 0, 256, &len), &len, -EINVAL, "bad size");
 
     /* two tensors of the same name */
     gb_file f = GB_FILE_INIT;

@@ -85,8 +85,8 @@ static void write_file(const char *path, const void *data, size_t n)
 }
 
 /* sinkd with model "bad" at @path must refuse to start: exit status 1 and a
- * log line naming the model. */
-static void expect_refused(const char *path, const char *what)
+ * log line naming the model (and saying @why, when not NULL). */
+static void expect_refused_why(const char *path, const char *what, const char *why)
 {
     char arg[512];
     const char *args[] = { "--model", arg, "--backend", "cpu", NULL };
@@ -100,8 +100,14 @@ static void expect_refused(const char *path, const char *what)
     log = sinkd_testd_log(&d);
     cr_assert(log && strstr(log, "model bad"), "%s: no error naming the model:\n%s", what,
               log ? log : "");
+    cr_assert(!why || strstr(log, why), "%s: the log does not say '%s':\n%s", what, why, log);
     free(log);
     sinkd_testd_free(&d);
+}
+
+static void expect_refused(const char *path, const char *what)
+{
+    expect_refused_why(path, what, NULL);
 }
 
 Test(faults, bad_gguf_at_start)
@@ -142,10 +148,19 @@ Test(faults, bad_gguf_at_start)
     snprintf(path, sizeof path, "%s/text.gguf", dir);
     write_file(path, "[model]\npath = nowhere\n", 23);
     expect_refused(path, "not gguf");
+    /* a tokenizer of 200 tokens for an output of 260 rows: some sampled ids
+     * would have no text */
+    char cmd[512];
+    snprintf(path, sizeof path, "%s/short.gguf", dir);
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/trust/short_vocab_gguf.py %s %s 200",
+             SINKD_SOURCE_DIR, TRUST_MODEL, path);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    expect_refused_why(path, "short vocabulary", "the tokenizer has 200 tokens, fewer than the "
+                       "260 rows of the output");
     free(good);
     /* the files are ours: remove them and the directory */
     for (const char *const *nm = (const char *const[]){ "truncated", "hostile", "keylen",
-                                                         "empty", "text", NULL };
+                                                         "empty", "text", "short", NULL };
          *nm; nm++) {
         snprintf(path, sizeof path, "%s/%s.gguf", dir, *nm);
         unlink(path);
