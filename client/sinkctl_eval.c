@@ -244,7 +244,8 @@ static int eval__run(sinkctl_ctx *ctx, const eval_args *a, sinkctl_eval_report *
         goto fail;
     /* The text travels in one frame: read what fits, and no more than the
      * requested tokens need. */
-    size_t max = sinkd_client_info_get(c)->max_frame - 4096;
+    size_t frame = sinkd_client_info_get(c)->max_frame;
+    size_t max = frame > 8192 ? frame - 4096 : frame / 2; /* room for the request's other fields */
     if (a->tokens > 0 && (size_t)a->tokens * EVAL_BYTES_PER_TOKEN < max)
         max = (size_t)a->tokens * EVAL_BYTES_PER_TOKEN;
     if ((text = eval__read(a->text, max, &len)) == NULL) {

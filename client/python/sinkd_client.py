@@ -219,12 +219,15 @@ class Client:
         would otherwise run on and keep the session busy."""
         gen = self.stream("session.generate", session=session, max_tokens=max_tokens,
                           temperature=float(temperature), seed=seed, **more)
-        finished = False
+        finished = refused = False
         streamed = 0
         try:
             while True:
                 try:
                     ev = next(gen)
+                except SinkdError:
+                    refused = True  # an error reply: nothing of ours runs
+                    raise
                 except StopIteration as done:
                     finished = True
                     reply = dict(done.value)
@@ -237,7 +240,9 @@ class Client:
                     streamed += len(ev.get("text", ""))
                 yield ev
         finally:
-            if not finished and self.sock is not None:
+            # a refusal (busy: another caller's generation runs) is not ours
+            # to cancel
+            if not finished and not refused and self.sock is not None:
                 try:
                     self.session_cancel(session)
                 except (OSError, SinkdError):
@@ -328,6 +333,11 @@ def main(argv=None):
         return 1
     except OSError as e:
         print(f"sinkd_client.py: {args.socket or default_socket()}: {e}", file=sys.stderr)
+        return 3
+    except (KeyError, TypeError, AttributeError) as e:
+        # a reply or event without a field it must have, or of another type
+        print(f"sinkd_client.py: a malformed answer from the daemon ({type(e).__name__}: {e})",
+              file=sys.stderr)
         return 3
     return 0
 

@@ -230,6 +230,62 @@ Test(python, a_generation_ends_with_the_connection_that_asked)
                   "owner gone: idle\nasker gone: idle\nasker gone: idle\n");
 }
 
+/* A generate refused with busy (another caller's generation runs on the
+ * session) does not cancel that generation on its way out. */
+Test(python, a_refused_generate_cancels_nothing)
+{
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as a, Client(sys.argv[1]) as b:\n"
+                  "    s = a.session_open()\n"
+                  "    a.session_append(s, text='Once upon a time')\n"
+                  "    a._send('session.generate', {'session': s, 'max_tokens': 1000000,\n"
+                  "                                 'ignore_eos': True})\n"
+                  "    a._recv()  # it runs\n"
+                  "    try:\n"
+                  "        for ev in b.session_generate(s, max_tokens=5):\n"
+                  "            pass\n"
+                  "    except SinkdError as e:\n"
+                  "        print(e.code)\n"
+                  "    st = [x['state'] for x in b.request('session.list')['sessions']\n"
+                  "          if x['session'] == s]\n"
+                  "    print(st)\n"
+                  "    b.session_cancel(s)\n",
+                  "busy\n['generating']\n");
+}
+
+/* The example's main() against a daemon whose session.open reply lacks its
+ * session id: a clear message and exit 3, not a traceback. (A stand-in
+ * daemon in the script itself; sys.argv[1], the real one, is not used.) */
+Test(python, main_reports_a_malformed_reply)
+{
+    expect_script(PY_PRELUDE
+                  "import os, socket, struct, tempfile, threading, msgpack, io, contextlib\n"
+                  "import sinkd_client\n"
+                  "path = os.path.join(tempfile.mkdtemp(), 'fake.sock')\n"
+                  "srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                  "srv.bind(path)\n"
+                  "srv.listen(1)\n"
+                  "def serve():\n"
+                  "    c, _ = srv.accept()\n"
+                  "    f = c.makefile('rb')\n"
+                  "    while True:\n"
+                  "        h = f.read(4)\n"
+                  "        if len(h) < 4:\n"
+                  "            return\n"
+                  "        m = msgpack.unpackb(f.read(struct.unpack('>I', h)[0]))\n"
+                  "        r = {'id': m['id'], 'ok': True}\n"
+                  "        if m['op'] == 'hello':\n"
+                  "            r.update(proto=1, max_frame=1 << 20)\n"
+                  "        p = msgpack.packb(r)\n"
+                  "        c.sendall(struct.pack('>I', len(p)) + p)\n"
+                  "threading.Thread(target=serve, daemon=True).start()\n"
+                  "err = io.StringIO()\n"
+                  "with contextlib.redirect_stderr(err):\n"
+                  "    rc = sinkd_client.main(['--socket', path, 'hi'])\n"
+                  "print(rc, 'malformed answer' in err.getvalue(), 'Traceback' in err.getvalue())\n",
+                  "3 True False\n");
+}
+
 /* A persistent session through the client's calls: it outlives the
  * connection that opened it, attaches from another with its secret (a
  * wrong one is not_found) and n_past counts its tokens; a snapshot saved,

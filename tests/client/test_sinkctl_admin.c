@@ -169,6 +169,27 @@ Test(sinkctl, exit_codes)
     }
 }
 
+/* eval sends the text in one frame, less room for the request's other
+ * fields: under a daemon whose max_frame is below that room (1K is allowed)
+ * it still reads a text instead of asking for ~2^64 bytes. */
+Test(sinkctl, eval_under_a_small_max_frame)
+{
+    check_daemon_stop();
+    check_daemon_start_with("max_frame = 2K\n");
+    char path[] = "/tmp/sinkd-eval-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    static const char text[] = "Once upon a time there was a little cat. The cat sat on the mat "
+                               "and looked at the moon for a long time.\n";
+    cr_assert_eq(write(fd, text, sizeof(text) - 1), (ssize_t)(sizeof(text) - 1));
+    close(fd);
+    check_run r = CHECK_SINKCTL_RUN(NULL, "eval", "ppl", "--policy", "window", "window=16",
+                                    "--text", path);
+    unlink(path);
+    cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    check_run_free(&r);
+}
+
 /* --- policy load, reload, unload with a real plugin ---------------------- */
 
 #define PLUGIN_SRC SINKD_PLUGIN_BUILD_DIR "/h2o.so"
