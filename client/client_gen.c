@@ -168,7 +168,8 @@ int sinkd_client_session_generate(sinkd_client *c, uint64_t session,
         rc = gen__result(rep.map, &res);
     /* the end of the text no event carried (PROTOCOL.md: the pieces are a
      * prefix of the reply's text) */
-    if (rc == 0 && on_token != NULL && !g.cancel_sent && res.text_len > g.streamed)
+    if (rc == 0 && on_token != NULL && params->stream && !g.cancel_sent &&
+        res.text_len > g.streamed)
         (void)on_token(arg, SINKD_CLIENT_TOKEN_TAIL, res.text + g.streamed,
                        res.text_len - g.streamed);
     if (rc == 0) {

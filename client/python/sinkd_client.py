@@ -232,7 +232,7 @@ class Client:
                     finished = True
                     reply = dict(done.value)
                     reply["ev"] = "done"
-                    if len(reply.get("text", "")) > streamed:
+                    if more.get("stream", True) and len(reply.get("text", "")) > streamed:
                         yield {"ev": "text", "text": reply["text"][streamed:]}
                     yield reply
                     return
