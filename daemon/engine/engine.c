@@ -304,6 +304,7 @@ static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
         sinkd_job *j = list;
         list = j->next;
         j->next = NULL;
+        e->run_rest = list;
         if (stop && j->kind != SINKD_JOB_CONN_CLOSED) {
             eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
             sinkd_job_free(j);
@@ -321,6 +322,7 @@ static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
             eng__run_job(e, j);
         }
     }
+    e->run_rest = NULL;
     if (nb > 0)
         eng__run_batch(e, nb);
 }
@@ -393,6 +395,20 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
             eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
         sinkd_job_free(j);
     }
+}
+
+bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id)
+{
+    bool closing = false;
+
+    /* the jobs this thread took with the one it runs, then the queue */
+    for (const sinkd_job *j = e->run_rest; j && !closing; j = j->next)
+        closing = j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == conn_id;
+    pthread_mutex_lock(&e->mu);
+    for (const sinkd_job *j = e->head; j && !closing; j = j->next)
+        closing = j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == conn_id;
+    pthread_mutex_unlock(&e->mu);
+    return closing;
 }
 
 void sinkd_engine_stop(sinkd_engine *e)

@@ -154,6 +154,7 @@ struct sinkd_engine {
     size_t dcap[ENG_DBUF];
     float *hbuf[ENG_DBUF];             /* host staging, same slots as dbuf */
     size_t hcap[ENG_DBUF];
+    sinkd_job *run_rest;          /* jobs taken from the queue, not yet run */
     sinkd_stat_args *rules;       /* exec.c: a step's rules, run at its end */
     int32_t rules_cap;
 
@@ -216,6 +217,10 @@ void eng_session_destroy(sinkd_engine *e, eng_session *s);
  * was. */
 int eng_sess_room(sinkd_engine *e);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
+/* Whether connection @conn_id has closed and the engine not yet handled it
+ * (a CONN_CLOSED job waits in the queue): a long request of that
+ * connection can stop early. Engine thread. */
+bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);

@@ -655,6 +655,11 @@ static int op_session_append(sinkd_req *r)
         sinkd_req_error(r, SINKD_ERR_BAD_REQUEST, "give exactly one of 'ids' and 'text'");
         rc = -EINVAL;
     }
+    /* a long prefill stops when the connection that asked for it closes */
+    if (rc >= 0 && ops__track(r->conn_id) < 0) {
+        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
+        rc = -ENOMEM;
+    }
     return ops__submit(j, rc);
 }
 

@@ -286,6 +286,24 @@ Test(python, main_reports_a_malformed_reply)
                   "3 True False\n");
 }
 
+/* A long prompt whose connection closes mid-prefill stops at the next
+ * chunk instead of holding the engine (and every other client) for the
+ * rest: it is undone like a failed append, so the session, opened by
+ * another connection of the same uid, has consumed nothing. */
+Test(python, a_prefill_stops_when_its_connection_closes)
+{
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as b:\n"
+                  "    s = b.session_open(policy='window', params='window=64')\n"
+                  "    a = Client(sys.argv[1])\n"
+                  "    a._send('session.append', {'session': s,\n"
+                  "                               'text': 'Once upon a time. ' * 12000})\n"
+                  "    a.close()\n"
+                  "    print([x['tokens'] for x in b.request('session.list')['sessions']\n"
+                  "           if x['session'] == s])\n",
+                  "[0]\n");
+}
+
 /* A persistent session through the client's calls: it outlives the
  * connection that opened it, attaches from another with its secret (a
  * wrong one is not_found) and n_past counts its tokens; a snapshot saved,
