@@ -342,7 +342,9 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
     sinkd_client_append_result ap;
     atomic_store(&k->session, session);
     atomic_store(&k->active, true);
-    /* The prefill may take long on a big prompt: only Ctrl-C bounds it. */
+    /* No timeout: a big prompt's prefill takes what it takes. Ctrl-C's
+     * session.cancel does not stop an append (only a generation); the
+     * daemon stops a prefill when its connection closes. */
     int rc = sinkd_client_session_append_text(c, session, text, len, bos, -1, &ap);
     if (rc != 0) {
         atomic_store(&k->active, false);
