@@ -108,21 +108,16 @@ static int32_t exec__rule_op(const eng_exec *x)
     return x->stat == SINKD_STAT_QUANTILE ? SINKD_STAT_OP_QUANTILE : SINKD_STAT_OP_GUMBEL;
 }
 
-/* @x's rule on the deferred row of @ln with lengths @row_len. The row is
- * the previous step's of the group led by @s (one position back) and takes
- * that step's noise: a session alone draws the same noise whether its rows
- * are deferred or not. (In a batch the lanes are numbered by the applying
- * call, and the stream is its first session's.) */
-static int exec__row_rule(sinkd_engine *e, const eng_exec *x, const eng_session *s, int32_t layer,
-                          const sinkd_lanes *ln, const int32_t *row_len)
-{
-    return exec__stat_on(e, x, ln, exec__rule_op(x), layer, s->geom.head_dim, exec__seed(s, 1),
-                         row_len);
-}
-
+/* A rule on a deferred row: the previous step's of the group led by @s
+ * (one position back), so it takes that step's noise and a session alone
+ * draws the same noise whether its rows are deferred or not. (In a batch
+ * the lanes are numbered by the applying call, and the stream is its first
+ * session's.) */
 int eng_exec_row_rule(sinkd_engine *e, eng_session *s, int32_t layer, const sinkd_lanes *ln)
 {
-    return exec__row_rule(e, &s->defer_x, s, layer, ln, e->dbuf[ENG_SLOT_ROW_LEN]);
+    const eng_exec *x = &s->defer_x;
+    return exec__stat_on(e, x, ln, exec__rule_op(x), layer, s->geom.head_dim, exec__seed(s, 1),
+                         e->dbuf[ENG_SLOT_ROW_LEN]);
 }
 
 /* The plugin's select callback for the lanes of @layer of the forward's one
@@ -267,21 +262,19 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
     }
     switch (c->x.stat) {
     case SINKD_STAT_QUANTILE:
-    case SINKD_STAT_GUMBEL:
-        if (c->batch_rules) {
-            /* the same call, issued at the step's end with the others */
-            sinkd_stat_args *a = &e->rules[c->n_rules++];
-            *a = c->defer ? exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer,
-                                            c->ss[0]->geom.head_dim, exec__seed(c->ss[0], 1),
-                                            exec__row_len(c, layer))
-                          : exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer,
-                                            c->ss[0]->geom.head_dim, c->seed, NULL);
-            a->max_len = c->post_max_len;
-            return 0;
-        }
-        /* deferred: the row the attention op just applied */
-        return c->defer ? exec__row_rule(e, &c->x, c->ss[0], layer, &ln, exec__row_len(c, layer))
-                        : exec__stat(c, &ln, exec__rule_op(&c->x), layer);
+    case SINKD_STAT_GUMBEL: {
+        /* deferred: the row the attention op just applied, with its step's
+         * noise (eng_exec_row_rule) */
+        sinkd_stat_args a =
+            exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer, c->ss[0]->geom.head_dim,
+                            c->defer ? exec__seed(c->ss[0], 1) : c->seed,
+                            c->defer ? exec__row_len(c, layer) : NULL);
+        a.max_len = c->post_max_len;
+        if (!c->batch_rules)
+            return e->be->ops->stat(e->be, &a);
+        e->rules[c->n_rules++] = a; /* issued at the step's end with the others */
+        return 0;
+    }
     case SINKD_STAT_SUM:
     case SINKD_STAT_DECAY:
         return exec__stat(c, &ln, SINKD_STAT_OP_DECAY, layer);

@@ -383,6 +383,17 @@ static int ops__submit(sinkd_job *j, int rc)
     return SINKD_REQ_DEFERRED;
 }
 
+/* ops__submit for a request whose job the connection's close must reach:
+ * its sessions close with it, its generations and prefills stop. */
+static int ops__submit_tracked(sinkd_req *r, sinkd_job *j, int rc)
+{
+    if (rc >= 0 && ops__track(r->conn_id) < 0) {
+        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
+        rc = -ENOMEM;
+    }
+    return ops__submit(j, rc);
+}
+
 /* A job that names a session: {session: uint} plus the rest. */
 static sinkd_job *ops__session_job(sinkd_req *r, sinkd_job_kind kind)
 {
@@ -598,11 +609,7 @@ static int op_session_open(sinkd_req *r)
         sinkd_req_error(r, SINKD_ERR_INVALID_ARGUMENT, "give either model or geometry");
         rc = -EINVAL;
     }
-    if (rc >= 0 && ops__track(r->conn_id) < 0) {
-        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
-        rc = -ENOMEM;
-    }
-    return ops__submit(j, rc);
+    return ops__submit_tracked(r, j, rc);
 }
 
 static int ops__plain(sinkd_req *r, sinkd_job_kind kind)
@@ -655,12 +662,7 @@ static int op_session_append(sinkd_req *r)
         sinkd_req_error(r, SINKD_ERR_BAD_REQUEST, "give exactly one of 'ids' and 'text'");
         rc = -EINVAL;
     }
-    /* a long prefill stops when the connection that asked for it closes */
-    if (rc >= 0 && ops__track(r->conn_id) < 0) {
-        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
-        rc = -ENOMEM;
-    }
-    return ops__submit(j, rc);
+    return ops__submit_tracked(r, j, rc);
 }
 
 static int ops__stops(sinkd_req *r, sinkd_job_gen *g)
@@ -733,12 +735,7 @@ static int op_session_generate(sinkd_req *r)
     }
     g->sp = (sinkd_sample_params){ (float)temp, top_k, (float)top_p, (float)min_p, (float)rp,
                                    last_n, seed };
-    /* a generation ends with the connection that asked for it */
-    if (ops__track(r->conn_id) < 0) {
-        sinkd_req_error(r, SINKD_ERR_NO_MEMORY, "out of memory");
-        return ops__submit(j, -ENOMEM);
-    }
-    return ops__submit(j, 0);
+    return ops__submit_tracked(r, j, 0);
 }
 
 static int op_session_logits(sinkd_req *r)

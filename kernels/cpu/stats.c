@@ -177,14 +177,9 @@ static void stat_lane(void *vctx, int64_t task, int tid)
     }
 }
 
-int cpu__stat(sinkd_backend *be, const sinkd_stat_args *a)
+/* @a, checked, whose longest lane holds @max_len tokens. */
+static int stat__run(sinkd_backend *be, const sinkd_stat_args *a, int32_t max_len)
 {
-    int32_t max_len;
-
-    if (!be || !a || cpu__lanes_check(a->pool, &a->lanes, a->head_dim, &max_len))
-        return -EINVAL;
-    if (!sinkd_stat_args_ok(a))
-        return -EINVAL;
     cpu__backend *cb = cpu__of(be);
     int rc = cpu__scratch_reserve(cb, (size_t)(max_len > a->head_dim ? max_len : a->head_dim));
     if (rc)
@@ -194,19 +189,32 @@ int cpu__stat(sinkd_backend *be, const sinkd_stat_args *a)
     return 0;
 }
 
+int cpu__stat(sinkd_backend *be, const sinkd_stat_args *a)
+{
+    int32_t max_len;
+
+    if (!be || !a || cpu__lanes_check(a->pool, &a->lanes, a->head_dim, &max_len))
+        return -EINVAL;
+    if (!sinkd_stat_args_ok(a))
+        return -EINVAL;
+    return stat__run(be, a, max_len);
+}
+
 /* One call after another: on the CPU the lanes of a call already fill the
  * worker pool, so nothing is gained by interleaving them. */
 int cpu__stat_rules(sinkd_backend *be, const sinkd_stat_args *a, int32_t n)
 {
-    int32_t max_len;
+    int32_t max_len = 0, len;
 
     if (!be || !sinkd_stat_rules_ok(a, n))
         return -EINVAL;
-    for (int32_t i = 0; i < n; i++)
-        if (cpu__lanes_check(a[i].pool, &a[i].lanes, a[i].head_dim, &max_len))
-            return -EINVAL;
     for (int32_t i = 0; i < n; i++) {
-        int rc = cpu__stat(be, &a[i]);
+        if (cpu__lanes_check(a[i].pool, &a[i].lanes, a[i].head_dim, &len))
+            return -EINVAL;
+        max_len = len > max_len ? len : max_len;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        int rc = stat__run(be, &a[i], max_len);
         if (rc < 0)
             return rc;
     }

@@ -199,7 +199,7 @@ static __device__ __forceinline__ bool aligned16(const void *p)
 
 /* Shared floats a cached lane of @len tokens takes: its values, then its
  * page ids. */
-static __device__ __forceinline__ int32_t lane_cache_need(int32_t len, int32_t pt)
+static __host__ __device__ __forceinline__ int32_t lane_cache_need(int32_t len, int32_t pt)
 {
     return len + (len + pt - 1) / pt;
 }
@@ -633,10 +633,9 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
  * leaves room on its SM for others. */
 static int32_t lane_cache_fit(int32_t cap, int32_t max_len, int32_t pt)
 {
-    if (max_len <= 0)
+    if (max_len <= 0 || max_len > cap)
         return cap;
-    int64_t need = (int64_t)max_len + (max_len + pt - 1) / pt;
-    need = (need + 3) & ~(int64_t)3; /* float4 stores */
+    int64_t need = ((int64_t)lane_cache_need(max_len, pt) + 3) & ~(int64_t)3; /* float4 stores */
     return need < cap ? (int32_t)need : cap;
 }
 
