@@ -387,11 +387,6 @@ typedef struct sinkd_stat_args {
      * softmax over them), later tokens and lanes with row_len 0 keep their
      * score. The same arithmetic as without, on the same values. */
     const int32_t *row_len;
-    /* A host hint: no lane of the call is longer than max_len tokens (0:
-     * unknown). It sizes scratch only; a longer lane still gets the exact
-     * result, by a slower path. */
-    int32_t max_len;
-    int32_t _pad;
 } sinkd_stat_args;
 
 /* The scalar checks every backend's stat op makes (op known, prev given
@@ -613,16 +608,14 @@ typedef struct sinkd_ops {
     int (*score_flush)(sinkd_backend *be, const sinkd_score_flush_args *a);
 
     /* Several rule calls at once (appended; OPTIONAL like the graph ops:
-     * where NULL, the caller issues ops->stat call by call): the same
-     * results as ops->stat on a[0], ..., a[n - 1], for n >= 1 calls of one
-     * op, QUANTILE or
-     * GUMBEL, that share pool, quantile, decay, temperature and prev and
-     * whose lanes share no slot (so they may run in any order or at once;
-     * e.g. the rules of every layer of a decode step). A rule is one block
-     * per lane, latency-bound; one launch for every layer's lanes lets the
-     * GPU overlap them instead of paying each layer's chain in turn.
-     * -EINVAL when a call is one ops->stat refuses or the calls differ in
-     * what they must share (checked before anything runs). */
+     * where NULL, the engine issues ops->stat for each layer as soon as
+     * its attention has run): the same results as ops->stat on a[0], ...,
+     * a[n - 1], for n >= 1 calls of one op, QUANTILE or GUMBEL, that share
+     * pool, quantile, decay, temperature and prev and whose lanes share no
+     * slot (so they may run in any order or at once; the rules of every
+     * layer of a decode step, issued at the step's end). -EINVAL when a
+     * call is one ops->stat refuses or the calls differ in what they must
+     * share (checked before anything runs). */
     int (*stat_rules)(sinkd_backend *be, const sinkd_stat_args *a, int32_t n);
 } sinkd_ops;
 

@@ -340,7 +340,6 @@ typedef struct eng_fwd_ctx {
     int32_t width;                /* entries per lane of a selection row */
     int32_t pending;              /* layer whose post-attention work is due, -1 none */
     sinkd_lanes post_lanes;       /* its lane arrays, kept in ENG_SLOT_POST_LANES */
-    int32_t post_max_len;         /* their longest lane */
     /* QUANTILE and GUMBEL of a decode step run at its end, every layer's
      * lanes in one ops->stat_rules (e->rules[0 .. n_rules)); each layer's
      * lane arrays stay at lanes_stride ints apart in ENG_SLOT_POST_LANES */

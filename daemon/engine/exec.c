@@ -188,19 +188,16 @@ static bool exec__keeps_scores(const eng_exec *x)
     return x->stat != SINKD_STAT_NONE && x->stat != SINKD_STAT_KEY_NORM;
 }
 
-/* Pages of @layer's lanes over the forward's sessions, and the longest
- * lane in *@max_len. */
-static int exec__layer_pages(const eng_fwd_ctx *c, int32_t layer, int64_t *pages, int32_t *max_len)
+/* Pages of @layer's lanes over the forward's sessions. */
+static int exec__layer_pages(const eng_fwd_ctx *c, int32_t layer, int64_t *pages)
 {
     *pages = 0;
-    *max_len = 0;
     for (int32_t i = 0; i < c->n; i++) {
         sinkd_kv_lane_stats st;
         int rc = sinkd_kv_lane_stats_get(c->ss[i]->seq, layer, &st);
         if (rc < 0)
             return rc;
         *pages += st.pages;
-        *max_len = st.len_max > *max_len ? st.len_max : *max_len;
     }
     return 0;
 }
@@ -214,7 +211,7 @@ static int exec__keep_lanes(eng_fwd_ctx *c, int32_t layer, const sinkd_lanes *ln
     int64_t pages;
     int rc;
 
-    if ((rc = exec__layer_pages(c, layer, &pages, &c->post_max_len)) < 0)
+    if ((rc = exec__layer_pages(c, layer, &pages)) < 0)
         return rc;
     size_t nl = (size_t)ln->n_lanes;
     size_t ints = 2 * nl + 1 + (size_t)pages;
@@ -269,7 +266,6 @@ static int exec__post(eng_fwd_ctx *c, int32_t layer)
             exec__stat_args(e, &c->x, &ln, exec__rule_op(&c->x), layer, c->ss[0]->geom.head_dim,
                             c->defer ? exec__seed(c->ss[0], 1) : c->seed,
                             c->defer ? exec__row_len(c, layer) : NULL);
-        a.max_len = c->post_max_len;
         if (!c->batch_rules)
             return e->be->ops->stat(e->be, &a);
         e->rules[c->n_rules++] = a; /* issued at the step's end with the others */
@@ -422,7 +418,7 @@ int eng_prefill_begin(eng_fwd_ctx *c, sinkd_model_hook *h, sinkd_engine *e, eng_
 static int exec__batch_begin(eng_fwd_ctx *c)
 {
     sinkd_engine *e = c->e;
-    int32_t layers = c->ss[0]->geom.layers, max_len;
+    int32_t layers = c->ss[0]->geom.layers;
     size_t stride = 0;
     int64_t pages;
     int rc;
@@ -430,7 +426,7 @@ static int exec__batch_begin(eng_fwd_ctx *c)
     if (!c->x.post || !e->be->ops->stat_rules || layers < 1)
         return 0;
     for (int32_t l = 0; l < layers; l++) {
-        if ((rc = exec__layer_pages(c, l, &pages, &max_len)) < 0)
+        if ((rc = exec__layer_pages(c, l, &pages)) < 0)
             return rc;
         size_t ints = 3 * (size_t)c->n_lanes + 1 + (size_t)pages;
         stride = ints > stride ? ints : stride;

@@ -22,10 +22,8 @@
  *       topk_tokens  4 radix passes for the k-th largest (the first as the
  *                    lane is read), then one ordered
  *                    pass in chunks of the block writing ascending pages
- *   stat_rules runs the calls' kernels one after another, or with
- *   SINKD_STAT_RULES=grid the lanes of all of them (a step's layers) in one
- *   grid of smaller blocks, each asking only for the shared memory its
- *   calls' longest lane needs, so that an SM overlaps several lanes' chains.
+ *   stat_rules runs the calls' kernels one after another (two ways of
+ *   running a step's calls at once measured slower: bench/policy/NOTES.md).
  *   A longer lane (or SINKD_STAT_CACHE=0 in the environment) reads the pool
  *   in every pass instead: the same results, more traffic. On a deferred
  *   row (row_len) the rules read p from prev and update the score in
@@ -534,39 +532,6 @@ __global__ void __launch_bounds__(LANE_THREADS)
     stat_lane_rule<LANE_THREADS, OP>(pool, a, blockIdx.x, cache_cap, cache, sh, hist);
 }
 
-/* ops->stat_rules: the lanes of up to RULE_SETS calls in one grid, block b
- * taking lane b - first[i] of the call i with first[i] <= b < first[i + 1].
- * RULE_THREADS a block, not LANE_THREADS: a lane of a few thousand tokens
- * is a chain of barriers that more threads do not shorten, and small blocks
- * let an SM run several lanes' chains at once. */
-#define RULE_SETS 32
-#define RULE_THREADS 256
-struct stat_rule_sets {
-    sinkd_lanes lanes[RULE_SETS];
-    const int32_t *row_len[RULE_SETS];
-    uint64_t seed[RULE_SETS];
-    int32_t first[RULE_SETS + 1];
-    int32_t n;
-};
-
-template <int OP>
-__global__ void __launch_bounds__(RULE_THREADS)
-    stat_rules_kernel(sinkd_kv_pool pool, sinkd_stat_args a, const __grid_constant__ stat_rule_sets sets,
-                      int32_t cache_cap)
-{
-    extern __shared__ __align__(16) float cache[]; /* float4 stores */
-    __shared__ double sh[RULE_THREADS / 32];
-    __shared__ int hist[256];
-    int32_t i = 0, b = blockIdx.x;
-
-    while (i + 1 < sets.n && b >= sets.first[i + 1])
-        i++;
-    a.lanes = sets.lanes[i];
-    a.row_len = sets.row_len[i];
-    a.seed = sets.seed[i];
-    stat_lane_rule<RULE_THREADS, OP>(pool, a, b - sets.first[i], cache_cap, cache, sh, hist);
-}
-
 /* Floats of shared memory a whole-lane kernel caches a lane in: the device's
  * opt-in limit less the static part, at most STAT_CACHE_MAX bytes; 0 when
  * SINKD_STAT_CACHE=0 (every pass reads the pool). Sets the kernel's limit.
@@ -628,29 +593,8 @@ extern "C" int sinkd_cuda_stat(sinkd_cuda *c, const sinkd_stat_args *a)
     return 0;
 }
 
-/* Floats of dynamic shared memory for lanes of up to @max_len tokens (0:
- * unknown) within @cap: a block that asks for less than the whole cache
- * leaves room on its SM for others. */
-static int32_t lane_cache_fit(int32_t cap, int32_t max_len, int32_t pt)
-{
-    if (max_len <= 0 || max_len > cap)
-        return cap;
-    int64_t need = ((int64_t)lane_cache_need(max_len, pt) + 3) & ~(int64_t)3; /* float4 stores */
-    return need < cap ? (int32_t)need : cap;
-}
-
-/* SINKD_STAT_RULES=grid: stat_rules in one grid (stat_rules_kernel), not
- * yet measured on a GPU; by default the calls' own launches, one after
- * another (what ops->stat does). Read at every call, i.e. once a step. */
-static bool stat_rules_grid(void)
-{
-    const char *env = getenv("SINKD_STAT_RULES");
-    return env && strcmp(env, "grid") == 0;
-}
-
 extern "C" int sinkd_cuda_stat_rules(sinkd_cuda *c, const sinkd_stat_args *a, int32_t n)
 {
-    int32_t cap;
     int rc;
 
     if (!sinkd_stat_rules_ok(a, n))
@@ -658,36 +602,9 @@ extern "C" int sinkd_cuda_stat_rules(sinkd_cuda *c, const sinkd_stat_args *a, in
     for (int32_t i = 0; i < n; i++)
         if (sinkd_cuda_check_pool(a[i].pool, a[i].head_dim) || a[i].lanes.n_lanes < 0)
             return -EINVAL;
-    if (!stat_rules_grid()) {
-        for (int32_t i = 0; i < n; i++)
-            if ((rc = sinkd_cuda_stat(c, &a[i])) < 0)
-                return rc;
-        return 0;
-    }
-    const bool q = a[0].op == SINKD_STAT_OP_QUANTILE;
-    auto kernel = q ? stat_rules_kernel<SINKD_STAT_OP_QUANTILE> : stat_rules_kernel<SINKD_STAT_OP_GUMBEL>;
-    if ((rc = lane_cache_floats(c, kernel, q ? 3 : 4, &cap)) < 0)
-        return rc;
-    for (int32_t i0 = 0; i0 < n; i0 += RULE_SETS) {
-        stat_rule_sets sets;
-        int32_t blocks = 0, max_len = 0;
-        sets.n = n - i0 < RULE_SETS ? n - i0 : RULE_SETS;
-        for (int32_t j = 0; j < sets.n; j++) {
-            const sinkd_stat_args *b = &a[i0 + j];
-            sets.lanes[j] = b->lanes;
-            sets.row_len[j] = b->row_len;
-            sets.seed[j] = b->seed;
-            sets.first[j] = blocks;
-            blocks += b->lanes.n_lanes;
-            max_len = max_len < 0 || b->max_len <= 0 ? -1 : b->max_len > max_len ? b->max_len : max_len;
-        }
-        sets.first[sets.n] = blocks;
-        if (blocks == 0)
-            continue;
-        int32_t fit = lane_cache_fit(cap, max_len, a[0].pool->page_tokens);
-        kernel<<<blocks, RULE_THREADS, (size_t)fit * 4, c->stream>>>(*a[0].pool, a[0], sets, fit);
-        SINKD_CUDA_CHECK_LAUNCH();
-    }
+    for (int32_t i = 0; i < n; i++)
+        if ((rc = sinkd_cuda_stat(c, &a[i])) < 0)
+            return rc;
     return 0;
 }
 

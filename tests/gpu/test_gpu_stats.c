@@ -487,11 +487,10 @@ Test(gpu_stats, quantile_real_lanes)
 
 /* The lanes of one pool cut into consecutive calls (some of them empty,
  * more than the 32 a launch takes when @many), each with its own noise and,
- * with @rows, row lengths: the GPU's stat_rules (its one-grid kernel with
- * @grid) against the CPU's ops->stat call by call. The max_len hint is exact, unknown (0) or too short (a
- * longer lane still gets the exact result). */
-static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool many, bool grid,
-                       double tol, const char *what)
+ * with @rows, row lengths: the GPU's stat_rules against the CPU's ops->stat
+ * call by call. */
+static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool many, double tol,
+                       const char *what)
 {
     enum { MAX_CALLS = 48 };
     spool p;
@@ -505,10 +504,8 @@ static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool ma
         spool_row_mode(&p);
     int32_t *rl = malloc(p.n_lanes * sizeof *rl);
     cr_assert(rl);
-    int32_t longest = 0;
     for (int l = 0; l < p.n_lanes; l++) {
         rl[l] = twin_range(t, 0, 3) == 0 ? twin_range(t, 0, p.h_len[l]) : p.h_len[l];
-        longest = p.h_len[l] > longest ? p.h_len[l] : longest;
     }
     tbuf rlb = tbuf_new(t, rl, p.n_lanes * sizeof *rl);
     int n = many ? MAX_CALLS : twin_range(t, 1, p.n_lanes < 6 ? p.n_lanes : 6);
@@ -523,8 +520,6 @@ static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool ma
             first[j] = first[j - 1];
             first[j - 1] = x;
         }
-    int hint = twin_range(t, 0, 2);
-    int32_t max_len = hint == 0 ? longest : hint == 1 ? 0 : (longest + 1) / 2;
     for (int b = 0; b < 2; b++)
         for (int i = 0; i < n; i++) {
             sinkd_stat_args *c = &calls[b][i];
@@ -535,21 +530,16 @@ static void rules_case(twin *t, int flags, sinkd_stat_args a, bool rows, bool ma
             c->pool = b ? &p.pg : &p.pc;
             c->prev = b ? p.prev.g : p.prev.c;
             c->seed = a.seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
-            c->max_len = max_len;
             c->lanes = (sinkd_lanes){.n_lanes = first[i + 1] - l0, .len = ln->len + l0,
                                      .page_off = ln->page_off + l0, .page_ids = ln->page_ids};
             c->row_len = rows ? (b ? (const int32_t *)rlb.g : (const int32_t *)rlb.c) + l0 : NULL;
         }
     for (int i = 0; i < n; i++)
         cr_assert_eq(be[0]->ops->stat(be[0], &calls[0][i]), 0, "cpu call %d", i);
-    if (grid)
-        setenv("SINKD_STAT_RULES", "grid", 1);
-    int rc = be[1]->ops->stat_rules(be[1], calls[1], n);
-    unsetenv("SINKD_STAT_RULES");
-    cr_assert_eq(rc, 0, "cuda stat_rules%s", grid ? " (grid)" : "");
+    cr_assert_eq(be[1]->ops->stat_rules(be[1], calls[1], n), 0, "cuda stat_rules");
     describe(msg, sizeof msg, what, &p);
-    snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " calls=%d max_len=%d%s%s", n, max_len,
-             rows ? " rows" : "", grid ? " grid" : "");
+    snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " calls=%d%s", n,
+             rows ? " rows" : "");
     check_slots(t, &p, &p.score, p.h_score, tol, msg);
     check_slots(t, &p, &p.prev, p.h_prev, 0, msg);
     free(rl);
@@ -571,14 +561,14 @@ Test(gpu_stats, rules_at_once)
             snprintf(what, sizeof what, "quantile at once q=%g decay=%g", q, decay);
             rules_case(&t, flags,
                        (sinkd_stat_args){.op = SINKD_STAT_OP_QUANTILE, .quantile = q, .decay = decay},
-                       rows, many, rep & 8, decay == 0 ? 0 : TOL32, what);
+                       rows, many, decay == 0 ? 0 : TOL32, what);
         } else {
             float temp = rep < 12 ? 1.0f : twin_uniform(&t, 0.05f, 20.0f);
             snprintf(what, sizeof what, "gumbel at once T=%g", temp);
             rules_case(&t, flags,
                        (sinkd_stat_args){.op = SINKD_STAT_OP_GUMBEL, .temperature = temp,
                                          .seed = (uint64_t)twin_u32(&t) << 32 | twin_u32(&t)},
-                       rows, many, rep & 8, TOL32, what);
+                       rows, many, TOL32, what);
         }
     }
     twin_close(&t);

@@ -371,7 +371,7 @@ static void check_rules(int32_t op, int32_t pt, bool rows)
         a[i] = (sinkd_stat_args){
             .pool = &tp.pool, .op = op, .head_dim = 16, .quantile = 0.9f,
             .decay = 1.0f - 1.0f / 256, .temperature = 1.0f, .seed = t_next(), .prev = prev,
-            .row_len = rows ? row_len + l0 : NULL, .max_len = i == 1 ? 0 : 200,
+            .row_len = rows ? row_len + l0 : NULL,
             .lanes = {.n_lanes = first[i + 1] - l0, .len = tp.len + l0,
                       .page_off = tp.page_off + l0, .page_ids = tp.page_ids},
         };
