@@ -279,6 +279,7 @@ static bool gen_parse(sinkctl_ctx *ctx, int argc, char **argv, const struct opti
 typedef struct gen_out {
     const sinkctl_ctx *ctx;
     bool last_newline;               /* the reply so far ends with '\n' */
+    bool appended;                   /* the prompt is in the conversation */
 } gen_out;
 
 static int gen_on_token(void *arg, int32_t token, const char *text, size_t len)
@@ -343,13 +344,15 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
     atomic_store(&k->session, session);
     atomic_store(&k->active, true);
     /* No timeout: a big prompt's prefill takes what it takes. Ctrl-C's
-     * session.cancel does not stop an append (only a generation); the
-     * daemon stops a prefill when its connection closes. */
+     * session.cancel stops it at the next chunk, undone: no reply. */
     int rc = sinkd_client_session_append_text(c, session, text, len, bos, -1, &ap);
     if (rc != 0) {
         atomic_store(&k->active, false);
+        if (rc == SINKD_ERR_CANCELLED && gen_interrupted)
+            return GEN_EXIT_INTERRUPTED;
         return sinkctl_fail(ctx, c, rc, NULL);
     }
+    out->appended = true;
     sinkd_client_gen_result res = SINKD_CLIENT_GEN_RESULT_INIT;
     if (gen_interrupted)
         rc = 0;   /* Ctrl-C during the prefill: no reply */
@@ -514,7 +517,8 @@ static int run_chat(sinkctl_ctx *ctx, int argc, char **argv)
             n--;
         gen_out out = { .ctx = ctx, .last_newline = true };
         code = gen_reply(ctx, c, &k, info.session, &o, line, (size_t)n, bos, o.verbose, &out);
-        bos = 0;
+        if (out.appended) /* a prompt cancelled in its prefill was undone */
+            bos = 0;
         if (code == GEN_EXIT_INTERRUPTED) {
             /* A cancelled reply ends the turn, not the chat. */
             gen_interrupted = 0;

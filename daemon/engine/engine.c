@@ -119,6 +119,9 @@ void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *wh
     case -EINVAL:
         eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "%s: invalid argument", what);
         break;
+    case -ECANCELED:
+        eng_error(e, j, SINKD_ERR_CANCELLED, "%s: cancelled; the session is as it was before", what);
+        break;
     default:
         eng_error(e, j, SINKD_ERR_INTERNAL, "%s: %s", what, strerror(-rc));
         break;
@@ -397,18 +400,44 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
     }
 }
 
+/* Whether a job behind the running one satisfies @want: one this thread
+ * took with it, or one still queued. */
+static bool eng__waiting(sinkd_engine *e, bool (*want)(const sinkd_job *, const void *),
+                         const void *arg)
+{
+    bool found = false;
+
+    for (const sinkd_job *j = e->run_rest; j && !found; j = j->next)
+        found = want(j, arg);
+    pthread_mutex_lock(&e->mu);
+    for (const sinkd_job *j = e->head; j && !found; j = j->next)
+        found = want(j, arg);
+    pthread_mutex_unlock(&e->mu);
+    return found;
+}
+
+static bool eng__closes_conn(const sinkd_job *j, const void *arg)
+{
+    return j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == *(const uint64_t *)arg;
+}
+
 bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id)
 {
-    bool closing = false;
+    return eng__waiting(e, eng__closes_conn, &conn_id);
+}
 
-    /* the jobs this thread took with the one it runs, then the queue */
-    for (const sinkd_job *j = e->run_rest; j && !closing; j = j->next)
-        closing = j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == conn_id;
-    pthread_mutex_lock(&e->mu);
-    for (const sinkd_job *j = e->head; j && !closing; j = j->next)
-        closing = j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == conn_id;
-    pthread_mutex_unlock(&e->mu);
-    return closing;
+/* The test eng_session_lookup makes: another uid's cancel is no cancel. */
+static bool eng__stops_session(const sinkd_job *j, const void *arg)
+{
+    const eng_session *s = arg;
+
+    return (j->kind == SINKD_JOB_SESSION_CANCEL || j->kind == SINKD_JOB_SESSION_CLOSE) &&
+           j->session == s->id && (j->uid == s->uid || j->admin);
+}
+
+bool eng_session_stopping(sinkd_engine *e, const eng_session *s)
+{
+    return eng__waiting(e, eng__stops_session, s);
 }
 
 void sinkd_engine_stop(sinkd_engine *e)

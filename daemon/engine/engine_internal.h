@@ -221,6 +221,10 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
  * (a CONN_CLOSED job waits in the queue): a long request of that
  * connection can stop early. Engine thread. */
 bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id);
+/* Whether a session.cancel or session.close of @s waits behind the running
+ * job (from a caller who may touch @s): a prefill of @s can stop early.
+ * Engine thread. */
+bool eng_session_stopping(sinkd_engine *e, const eng_session *s);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);

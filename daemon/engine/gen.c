@@ -99,10 +99,15 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     o.hook = &hook;
     for (int32_t done = 0; done < n && rc == 0;) {
         int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
-        /* nobody waits for this prompt any more: undone as a failed one
-         * (minutes of a long one would hold every other request back) */
+        /* nobody waits for this prompt any more, or its session is being
+         * cancelled or closed: undone as a failed one (minutes of a long
+         * one would hold every other request back) */
         if (done > 0 && j && eng_conn_closing(e, j->conn_id)) {
             rc = -ECONNABORTED;
+            break;
+        }
+        if (done > 0 && eng_session_stopping(e, s)) {
+            rc = -ECANCELED;
             break;
         }
         for (int32_t i = 0; i < k; i++)

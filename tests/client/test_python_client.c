@@ -304,6 +304,28 @@ Test(python, a_prefill_stops_when_its_connection_closes)
                   "[0]\n");
 }
 
+/* A session.cancel or session.close of a session behind its long prompt
+ * stops the prompt at the next chunk: the append answers cancelled first,
+ * undone (no tokens consumed), then the cancel or close answers. One
+ * connection, so that the engine queues the two in that order. */
+Test(python, a_prefill_stops_on_cancel_or_close)
+{
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    for op in ('session.cancel', 'session.close'):\n"
+                  "        s = a.session_open(policy='window', params='window=64')\n"
+                  "        i = a._send('session.append', {'session': s,\n"
+                  "                                       'text': 'Once upon a time. ' * 12000})\n"
+                  "        k = a._send(op, {'session': s})\n"
+                  "        r1, r2 = a._recv(), a._recv()\n"
+                  "        print(op, r1['id'] == i, r1.get('error', {}).get('code'),\n"
+                  "              r2['id'] == k, 'error' in r2)\n"
+                  "        print([x['tokens'] for x in a.request('session.list')['sessions']\n"
+                  "               if x['session'] == s])\n",
+                  "session.cancel True cancelled True False\n[0]\n"
+                  "session.close True cancelled True False\n[]\n");
+}
+
 /* A persistent session through the client's calls: it outlives the
  * connection that opened it, attaches from another with its secret (a
  * wrong one is not_found) and n_past counts its tokens; a snapshot saved,

@@ -204,29 +204,84 @@ static char *wait_output(int fd, size_t after, bool newline)
     return NULL;
 }
 
-Test(sinkctl, chat_ctrl_c_cancels_the_reply_not_the_chat)
+/* sinkctl chat with the arguments @extra (up to 8, NULL-terminated) after
+ * "chat", stdin a pipe (*@in: its write end), stdout and stderr memory
+ * files (*@out, *@err). */
+static pid_t chat_start(const char *const *extra, int *in, int *out, int *err)
 {
-    check_golden_load(golden);
-    int in[2];
-    cr_assert_eq(pipe(in), 0);
-    int out = memfd_create("stdout", MFD_CLOEXEC), err = memfd_create("stderr", MFD_CLOEXEC);
-    cr_assert(out >= 0 && err >= 0);
+    const char *argv[16] = {CHECK_SINKCTL, "--socket", check_daemon.socket_path, "chat"};
+    int fds[2], argc = 4;
+    while (*extra && argc < 12)
+        argv[argc++] = *extra++;
+    cr_assert_eq(pipe(fds), 0);
+    *out = memfd_create("stdout", MFD_CLOEXEC);
+    *err = memfd_create("stderr", MFD_CLOEXEC);
+    cr_assert(*out >= 0 && *err >= 0);
     fflush(NULL);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out, 1);
-        dup2(err, 2);
-        close(in[1]);
-        execl(CHECK_SINKCTL, CHECK_SINKCTL, "--socket", check_daemon.socket_path, "chat",
-              "-n", "4000", "--ignore-eos", (char *)NULL);
+        dup2(fds[0], 0);
+        dup2(*out, 1);
+        dup2(*err, 2);
+        close(fds[1]);
+        execv(CHECK_SINKCTL, (char *const *)argv);
         _exit(127);
     }
-    close(in[0]);
+    close(fds[0]);
+    *in = fds[1];
+    return pid;
+}
+
+/* Ctrl-C in a long prompt's prefill stops it (the daemon undoes it at the
+ * next chunk and answers cancelled): no error, the chat goes on, and the
+ * next line starts the conversation afresh, BOS included, so its reply is
+ * the golden one. */
+Test(sinkctl, chat_ctrl_c_in_a_long_prompt_undoes_it)
+{
+    check_golden_load(golden);
+    int in, out, err;
+    static const char *const args[] = {"--policy", "window", "-n", "8", "--ignore-eos",
+                                        "window=64", NULL};
+    pid_t pid = chat_start(args, &in, &out, &err);
+    /* ~72K tokens: tens of seconds of prefill on the CPU */
+    static const char piece[] = "Once upon a time. ";
+    for (int i = 0; i < 12000; i++)
+        cr_assert_eq(write(in, piece, sizeof piece - 1), (ssize_t)(sizeof piece - 1));
+    cr_assert_eq(write(in, "\n", 1), 1);
+    usleep(500000);
+    cr_assert_eq(kill(pid, SIGINT), 0);
+
     char line[160];
     int n = snprintf(line, sizeof(line), "%s\n", golden[0].prompt);
-    cr_assert_eq(write(in[1], line, (size_t)n), n);
+    cr_assert_eq(write(in, line, (size_t)n), n);
+    close(in);
+    int ws;
+    cr_assert_eq(waitpid(pid, &ws, 0), pid);
+    char *all = check_slurp_fd(out, NULL);
+    char *errs = check_slurp_fd(err, NULL);
+    cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %d: %s", ws, errs);
+    cr_expect_str_empty(errs);
+    char want[CHECK_GREEDY_MAX + 3];
+    want[0] = '\n';
+    check_detok(golden[0].greedy, 8, want + 1, sizeof(want) - 2);
+    strcat(want, "\n");
+    cr_expect_str_eq(all, want);
+    free(errs);
+    free(all);
+    close(out);
+    close(err);
+}
+
+Test(sinkctl, chat_ctrl_c_cancels_the_reply_not_the_chat)
+{
+    check_golden_load(golden);
+    int in, out, err;
+    static const char *const args[] = {"-n", "4000", "--ignore-eos", NULL};
+    pid_t pid = chat_start(args, &in, &out, &err);
+    char line[160];
+    int n = snprintf(line, sizeof(line), "%s\n", golden[0].prompt);
+    cr_assert_eq(write(in, line, (size_t)n), n);
 
     /* Ctrl-C while the first reply streams: it ends, the chat goes on. */
     free(wait_output(out, 8, false));
@@ -240,8 +295,8 @@ Test(sinkctl, chat_ctrl_c_cancels_the_reply_not_the_chat)
     cr_expect_eq(strncmp(first, want, k), 0, "reply so far: %.*s", (int)len1, first);
 
     n = snprintf(line, sizeof(line), "And then\n");
-    cr_assert_eq(write(in[1], line, (size_t)n), n);
-    close(in[1]);
+    cr_assert_eq(write(in, line, (size_t)n), n);
+    close(in);
     free(wait_output(out, len1 + 1 + 8, false));
     cr_assert_eq(kill(pid, SIGINT), 0);
 
