@@ -68,6 +68,10 @@ typedef struct eng_session {
     sinkd_job *gen;               /* owns the request; NULL when idle */
     sinkd_sampler sampler;
     sinkd_detok detok;
+    /* detok holds the first bytes of a character that the last
+     * generation's last token began: the next generation completes it when
+     * nothing was appended in between (an append drops it) */
+    bool detok_carry;
     int32_t gen_n;                /* tokens sent */
     int32_t feed;                 /* token to run through the model next step */
     char *text;                   /* generated text so far */

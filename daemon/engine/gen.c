@@ -191,6 +191,7 @@ static void gen__append_done(sinkd_engine *e, eng_session *s, const sinkd_job *j
     sinkd_fw w;
 
     s->pending = -1;
+    s->detok_carry = false;
     s->prefill_ms = ms;
     if (eng_begin_reply(&w, j, 3) < 0)
         return;
@@ -357,8 +358,6 @@ void eng_append_batch(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32
 void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool silent)
 {
     sinkd_job *j = s->gen;
-    char tail[8];
-    size_t n = 0;
     sinkd_fw w;
 
     if (!j)
@@ -366,13 +365,9 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
     if (s->feed >= 0)
         s->pending = s->feed;
     s->feed = -1;
-    if (strcmp(reason, "stop") != 0) {
-        sinkd_detok_flush(&s->detok, tail, sizeof tail, &n);
-        if (n && s->text_len + n <= s->text_cap) {
-            memcpy(s->text + s->text_len, tail, n);
-            s->text_len += n;
-        }
-    }
+    /* a character cut by the end stays out of this reply's text, whole in
+     * the next one's (the text after a stop string is dropped anyway) */
+    s->detok_carry = strcmp(reason, "stop") != 0 && s->pending >= 0 && s->detok.n_pend > 0;
     if (!silent && eng_begin_reply(&w, j, 4) == 0) {
         double dec_ms = (double)s->decode_ns / 1e6;
         sinkd_pack_kv_str(&w.pk, "reason", reason);
@@ -557,7 +552,9 @@ void eng_job_generate(sinkd_engine *e, sinkd_job *j)
     s->gen = j;
     s->gen_n = 0;
     s->text_len = s->text_sent = 0;
-    s->detok = (sinkd_detok)SINKD_DETOK_INIT;
+    if (!s->detok_carry)
+        s->detok = (sinkd_detok)SINKD_DETOK_INIT;
+    s->detok_carry = false;
     s->detok.started = s->tokens > 0;
     s->cancel = false;
     s->decode_ns = 0;

@@ -298,6 +298,7 @@ static void persist__fields(eng_session *s, const sinkd_snap_meta *m)
     snprintf(s->fallback, sizeof s->fallback, "%.*s", (int)sizeof s->fallback - 1, m->fallback);
     memcpy(s->next_pos, m->next_pos, (size_t)m->layers * sizeof *s->next_pos);
     s->pending = m->pending;
+    s->detok_carry = false;
     s->feed = -1;
     s->has_logits = m->has_logits;
     if (m->has_logits)

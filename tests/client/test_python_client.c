@@ -376,3 +376,67 @@ Test(python, persistent_session_attach_save_restore_forget)
     cr_expect_str_eq(r.out, want, "%s", r.err);
     check_run_free(&r);
 }
+
+/* ---- a model whose text is known: "a€b" over and over ----------------------- */
+
+/* The tiny model's bigram copy (cycle_gguf.py) beside it, as model "cycle":
+ * after "a" its greedy tokens are the bytes e2 82 ac 62 61 ..., so a
+ * generation can be made to end inside the three bytes of the euro sign. */
+static char cycle_dir[] = "/tmp/sinkd-cycle-XXXXXX";
+static char cycle_model[64];
+
+static void cycle_daemon_start(void)
+{
+    char cmd[512], arg[96];
+
+    cr_assert_not_null(mkdtemp(cycle_dir));
+    snprintf(cycle_model, sizeof cycle_model, "%s/cycle.gguf", cycle_dir);
+    snprintf(cmd, sizeof cmd, "python3 %s/tests/client/cycle_gguf.py %s %s 61e282ac62",
+             SINKD_SOURCE_DIR, CHECK_MODEL, cycle_model);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    snprintf(arg, sizeof arg, "cycle=%s", cycle_model);
+    const char *const args[] = { "--model", "tiny=" CHECK_MODEL, "--model", arg, "--backend",
+                                 "cpu", NULL };
+    int rc = sinkd_testd_start(&check_daemon, "[engine]\nkv_pool_bytes = 64M\n", args);
+    cr_assert_eq(rc, 0, "sinkd did not start (%d)", rc);
+}
+
+static void cycle_daemon_stop(void)
+{
+    check_daemon_stop();
+    unlink(cycle_model);
+    rmdir(cycle_dir);
+}
+
+TestSuite(python_cycle, .init = cycle_daemon_start, .fini = cycle_daemon_stop, .timeout = 120);
+
+/* A generation that ends inside a character leaves it out of its text (no
+ * U+FFFD), and the next generation, nothing appended between, starts with
+ * it whole, in its events and its text alike. An append between drops the
+ * held bytes: the text after it is the model's alone. */
+Test(python_cycle, a_character_cut_by_the_end_comes_whole_in_the_next_reply)
+{
+    expect_script(PY_PRELUDE
+                  "def gen(c, s, n):\n"
+                  "    evs, r = [], None\n"
+                  "    g = c.stream('session.generate', session=s, max_tokens=n,\n"
+                  "                 ignore_eos=True, stream=True)\n"
+                  "    try:\n"
+                  "        while True:\n"
+                  "            evs.append(next(g).get('text', ''))\n"
+                  "    except StopIteration as done:\n"
+                  "        r = done.value\n"
+                  "    return ascii(''.join(evs)), ascii(r['text'])\n"
+                  "with Client(sys.argv[1]) as c:\n"
+                  "    s = c.session_open(model='cycle')\n"
+                  "    c.session_append(s, text='a')\n"
+                  "    print(*gen(c, s, 2))\n"
+                  "    print(*gen(c, s, 3))\n"
+                  "    print(*gen(c, s, 2))\n"
+                  "    c.session_append(s, text='a')\n"
+                  "    print(*gen(c, s, 5))\n",
+                  "'' ''\n"
+                  "'\\u20acba' '\\u20acba'\n"
+                  "'' ''\n"
+                  "'\\u20acba' '\\u20acba'\n");
+}
