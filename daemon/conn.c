@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -272,6 +273,24 @@ static void conn__drain_frames(sinkd_conn *c)
     }
 }
 
+/* The peer will send nothing more. Closed altogether (POLLHUP: nothing
+ * reads what we would answer): finish now, so that the engine drops its
+ * work at once. Shut down for sending only (`cmd | socat`): it still reads,
+ * so it gets every answer owed first, through the server's conn_eof. */
+static void conn__eof(sinkd_conn *c)
+{
+    struct pollfd p = { .fd = c->fd, .events = 0 };
+    sinkd_server *s = c->srv;
+
+    if (!s->conn_eof || (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP))) {
+        sinkd_conn_finish(c);
+        return;
+    }
+    c->reading = false;
+    conn__update_poll(c);
+    s->conn_eof(s->conn_eof_ud, c->id);
+}
+
 static void conn__read(sinkd_conn *c)
 {
     union {
@@ -311,8 +330,7 @@ static void conn__read(sinkd_conn *c)
             sinkd_log(SINKD_LOG_NOTICE, "conn %llu: too many fds in one message: extra ones "
                       "closed", (unsigned long long)c->id);
         if (n == 0) {
-            /* The peer will send nothing more; it may still read. */
-            sinkd_conn_finish(c);
+            conn__eof(c);
             break;
         }
         rc = sinkd_frame_reader_feed(&c->rd, buf, (size_t)n);

@@ -66,7 +66,7 @@ int sinkd_post_frame(sinkd_post *p, uint64_t conn_id, uint8_t *frame, size_t len
 {
     sinkd_post_item *it;
 
-    if (!p || !frame || !len)
+    if (!p || !frame != !len)
         return -EINVAL;
     it = malloc(sizeof *it);
     if (!it)

@@ -33,8 +33,9 @@ typedef struct sinkd_post {
 /* Register @p on @loop (loop thread only). Returns 0 or a negative errno. */
 int sinkd_post_init(sinkd_post *p, uv_loop_t *loop, sinkd_post_deliver_fn deliver, void *ud);
 
-/* Thread-safe. Queue @frame (@len bytes, malloc'ed) for connection @conn_id.
- * On success the queue owns @frame. Returns 0, -EINVAL, -ENOMEM or -ESHUTDOWN
+/* Thread-safe. Queue @frame (@len bytes, malloc'ed) for connection @conn_id,
+ * or (@frame NULL, @len 0) a marker that reaches the deliver callback as
+ * such, in its place in the order. On success the queue owns @frame. Returns 0, -EINVAL, -ENOMEM or -ESHUTDOWN
  * after sinkd_post_close; on failure the caller still owns @frame. */
 int sinkd_post_frame(sinkd_post *p, uint64_t conn_id, uint8_t *frame, size_t len);
 

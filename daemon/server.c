@@ -84,6 +84,10 @@ static void server__deliver(void *ud, uint64_t conn_id, uint8_t *frame, size_t l
         free(frame);
         return;
     }
+    if (!frame) {
+        sinkd_conn_finish(c);
+        return;
+    }
     sinkd_conn_send(c, frame, len);
 }
 
@@ -98,6 +102,12 @@ void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void
 {
     s->conn_closed = fn;
     s->conn_closed_ud = ud;
+}
+
+void sinkd_server_set_conn_eof(sinkd_server *s, sinkd_conn_eof_fn fn, void *ud)
+{
+    s->conn_eof = fn;
+    s->conn_eof_ud = ud;
 }
 
 void sinkd_server_set_stop(sinkd_server *s, sinkd_stop_fn fn, void *ud)

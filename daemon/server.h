@@ -31,6 +31,11 @@ typedef bool (*sinkd_liveness_fn)(void *ud);
 /* Called on the loop thread when connection @conn_id goes away (after it left
  * the connection table, before its memory is released). */
 typedef void (*sinkd_conn_closed_fn)(void *ud, uint64_t conn_id);
+/* Called on the loop thread when the peer of connection @conn_id shut down
+ * its sending side and still reads: once everything the connection asked
+ * is answered, the callee posts its finish (sinkd_server_post with a NULL
+ * frame). Until then the connection reads nothing and stays open. */
+typedef void (*sinkd_conn_eof_fn)(void *ud, uint64_t conn_id);
 /* See sinkd_server_set_stop. */
 typedef void (*sinkd_stop_fn)(void *ud);
 
@@ -50,6 +55,8 @@ typedef struct sinkd_server {
     void *liveness_ud;
     sinkd_conn_closed_fn conn_closed;
     void *conn_closed_ud;
+    sinkd_conn_eof_fn conn_eof;
+    void *conn_eof_ud;
     sinkd_stop_fn stop_fn;
     void *stop_ud;
     sinkd_conn **buckets;                    /* connections by id (chained) */
@@ -90,7 +97,10 @@ int sinkd_server_reload(sinkd_server *s);
 
 /* Thread-safe: queue the malloc'ed @frame for connection @conn_id, which may
  * be gone by the time it is delivered (the frame is then dropped). Takes
- * ownership of @frame on success; -ESHUTDOWN once the server is stopping. */
+ * ownership of @frame on success; -ESHUTDOWN once the server is stopping.
+ * @frame NULL (@len 0) finishes the connection instead, after the frames
+ * posted before it: it reads no more and closes once its output is
+ * written (the answer to a conn_eof call). */
 int sinkd_server_post(sinkd_server *s, uint64_t conn_id, uint8_t *frame, size_t len);
 
 /* Loop thread: the live connection with id @id, or NULL. */
@@ -103,6 +113,12 @@ void sinkd_server_set_liveness(sinkd_server *s, sinkd_liveness_fn fn, void *ud);
 /* Be told of every connection that closes (one listener; a later call
  * replaces it, NULL removes it). Loop thread. */
 void sinkd_server_set_conn_closed(sinkd_server *s, sinkd_conn_closed_fn fn, void *ud);
+
+/* Be told of every connection whose peer shut down only its sending side
+ * (one listener; a later call replaces it, NULL removes it: such a
+ * connection then finishes at once, dropping answers still owed). Loop
+ * thread. */
+void sinkd_server_set_conn_eof(sinkd_server *s, sinkd_conn_eof_fn fn, void *ud);
 
 /* Have @fn(@ud) called once when the server stops (one; a later call
  * replaces it, NULL removes it), on the loop thread, after the socket

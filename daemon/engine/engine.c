@@ -83,6 +83,12 @@ static void eng__verror(sinkd_engine *e, const sinkd_job *j, sinkd_errcode code,
     eng__emit(e, j->conn_id, frame, len);
 }
 
+void eng_conn_finish(sinkd_engine *e, uint64_t conn_id)
+{
+    if (e->emit)
+        e->emit(e->emit_ud, conn_id, NULL, 0);
+}
+
 void eng_error(sinkd_engine *e, const sinkd_job *j, sinkd_errcode code, const char *fmt, ...)
 {
     va_list ap;
@@ -244,6 +250,7 @@ static void eng__run_job(sinkd_engine *e, sinkd_job *j)
     case SINKD_JOB_POLICY_RELOAD:
     case SINKD_JOB_POLICY_UNLOAD: eng_job_policy(e, j); break;
     case SINKD_JOB_CONN_CLOSED: eng_job_conn_closed(e, j); break;
+    case SINKD_JOB_CONN_EOF: eng_job_conn_eof(e, j); break;
     case SINKD_JOB_DEBUG_STALL: eng_job_debug_stall(e, j); break;
     case SINKD_JOB_SESSION_ATTACH:
     case SINKD_JOB_SESSION_SAVE:
@@ -263,6 +270,12 @@ void eng_beat(sinkd_engine *e, bool busy)
 /* Whether @j must run after the appends waiting in the batch: anything but
  * a job independent of their sessions (one naming another session, or one
  * that names none and reads no session's state). */
+/* A job about a connection, not a request: nobody waits for an answer. */
+static bool eng__unanswered(const sinkd_job *j)
+{
+    return j->kind == SINKD_JOB_CONN_CLOSED || j->kind == SINKD_JOB_CONN_EOF;
+}
+
 static bool eng__after_batch(const sinkd_engine *e, const sinkd_job *j, int32_t nb)
 {
     switch (j->kind) {
@@ -308,7 +321,7 @@ static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
         list = j->next;
         j->next = NULL;
         e->run_rest = list;
-        if (stop && j->kind != SINKD_JOB_CONN_CLOSED) {
+        if (stop && !eng__unanswered(j)) {
             eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
             sinkd_job_free(j);
             continue;
@@ -394,7 +407,7 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
     }
     pthread_mutex_unlock(&e->mu);
     if (refused) {
-        if (j->kind != SINKD_JOB_CONN_CLOSED && e->emit)
+        if (!eng__unanswered(j) && e->emit)
             eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
         sinkd_job_free(j);
     }

@@ -34,7 +34,9 @@
 typedef struct sinkd_engine sinkd_engine;
 
 /* Hands a malloc'ed frame for connection @conn_id to the transport, which
- * owns it afterwards (also on failure). Called on the engine thread. */
+ * owns it afterwards (also on failure); @frame NULL (@len 0): everything
+ * the connection asked is answered, finish it (after a CONN_EOF job).
+ * Called on the engine thread. */
 typedef int (*sinkd_engine_emit_fn)(void *ud, uint64_t conn_id, uint8_t *frame, size_t len);
 
 /* What sinkd_engine_open needs (config keys in brackets). */
@@ -116,6 +118,8 @@ typedef enum sinkd_job_kind {
     SINKD_JOB_POLICY_RELOAD,
     SINKD_JOB_POLICY_UNLOAD,
     SINKD_JOB_CONN_CLOSED,        /* no answer: close the connection's sessions */
+    SINKD_JOB_CONN_EOF,           /* no answer: its peer sends no more; finish it once
+                                     its generations end (emit with a NULL frame) */
     SINKD_JOB_DEBUG_STALL,        /* debug.stall (SINKD_DEBUG_OPS builds): sleep n ms */
     SINKD_JOB_SESSION_ATTACH,     /* persist.c: session (id), text (secret) */
     SINKD_JOB_SESSION_SAVE,

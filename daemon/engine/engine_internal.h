@@ -72,6 +72,7 @@ typedef struct eng_session {
      * generation's last token began: the next generation completes it when
      * nothing was appended in between (an append drops it) */
     bool detok_carry;
+    bool gen_eof;                 /* gen's connection waits for its end to finish */
     int32_t gen_n;                /* tokens sent */
     int32_t feed;                 /* token to run through the model next step */
     char *text;                   /* generated text so far */
@@ -234,6 +235,13 @@ void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_policy(sinkd_engine *e, sinkd_job *j);
 void eng_job_conn_closed(sinkd_engine *e, sinkd_job *j);
+/* The connection's peer sends no more: finish it now, or when the last
+ * generation it asked for ends. */
+void eng_job_conn_eof(sinkd_engine *e, sinkd_job *j);
+/* Tell the transport that connection @conn_id has every answer it is owed
+ * (its peer having shut down its sending side): it closes once they are
+ * written. */
+void eng_conn_finish(sinkd_engine *e, uint64_t conn_id);
 void eng_job_policy(sinkd_engine *e, sinkd_job *j);
 
 /* raw.c */

@@ -387,10 +387,18 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
         eng_send(e, j, &w, true);
     }
     sinkd_sampler_free(&s->sampler);
-    sinkd_job_free(j);
     s->gen = NULL;
     s->cancel = false;
     atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+    if (s->gen_eof) { /* its connection finishes after its last generation */
+        bool more = false;
+        s->gen_eof = false;
+        for (size_t i = 0; i < e->n_sess && !more; i++)
+            more = e->sess[i]->gen && e->sess[i]->gen_eof && e->sess[i]->gen->conn_id == j->conn_id;
+        if (!more)
+            eng_conn_finish(e, j->conn_id);
+    }
+    sinkd_job_free(j);
 }
 
 /* Bytes at the end of text[from..len) that begin some stop string: held

@@ -62,6 +62,19 @@ static void ops__conn_closed(void *ud, uint64_t conn_id)
     }
 }
 
+/* The peer of @conn_id sends no more but reads: the engine answers what it
+ * asked (behind its other jobs), then finishes it. */
+static void ops__conn_eof(void *ud, uint64_t conn_id)
+{
+    sinkd_job *j = sinkd_job_new(SINKD_JOB_CONN_EOF, conn_id, 0, 0, false);
+
+    (void)ud;
+    if (j)
+        sinkd_engine_submit(ops_eng.eng, j);
+    else
+        sinkd_server_post(ops_eng.srv, conn_id, NULL, 0); /* finish now: answers lost */
+}
+
 /* Remember that @conn_id may own sessions or generations. */
 static int ops__track(uint64_t conn_id)
 {
@@ -103,6 +116,7 @@ int sinkd_engine_ops_attach(sinkd_server *s, sinkd_engine *e)
     ops_eng.srv = s;
     ops_eng.eng = e;
     sinkd_server_set_conn_closed(s, ops__conn_closed, NULL);
+    sinkd_server_set_conn_eof(s, ops__conn_eof, NULL);
     sinkd_server_set_stop(s, ops__stop, NULL);
     return 0;
 }
@@ -111,6 +125,7 @@ void sinkd_engine_ops_detach(void)
 {
     if (ops_eng.srv) {
         sinkd_server_set_conn_closed(ops_eng.srv, NULL, NULL);
+        sinkd_server_set_conn_eof(ops_eng.srv, NULL, NULL);
         sinkd_server_set_stop(ops_eng.srv, NULL, NULL);
     }
     sinkd_shm_table_free(ops_eng.shm);

@@ -330,6 +330,19 @@ void eng_job_conn_closed(sinkd_engine *e, sinkd_job *j)
     }
 }
 
+void eng_job_conn_eof(sinkd_engine *e, sinkd_job *j)
+{
+    bool owed = false;
+
+    for (size_t i = 0; i < e->n_sess; i++) {
+        eng_session *s = e->sess[i];
+        if (s->gen && s->gen->conn_id == j->conn_id)
+            owed = s->gen_eof = true;
+    }
+    if (!owed)
+        eng_conn_finish(e, j->conn_id);
+}
+
 static const char *eng__model_name(const eng_session *s)
 {
     return s->m ? s->m->name : "";

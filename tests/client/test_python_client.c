@@ -326,6 +326,45 @@ Test(python, a_prefill_stops_on_cancel_or_close)
                   "session.close True cancelled True False\n[]\n");
 }
 
+/* A client that shuts down only its sending side (`... | socat`) still gets
+ * every answer it is owed, a generation's events and reply included, and
+ * then the end of the stream; the session it used (another connection's)
+ * is not disturbed. */
+Test(python, a_half_closed_connection_gets_its_answers_then_eof)
+{
+    expect_script(PY_PRELUDE
+                  "import socket, struct, msgpack\n"
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    s = a.session_open()\n"
+                  "    a.session_append(s, text='Once upon a time')\n"
+                  "    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                  "    b.connect(sys.argv[1])\n"
+                  "    for m in ({'op': 'session.generate', 'id': 1, 'session': s,\n"
+                  "               'max_tokens': 40, 'ignore_eos': True},\n"
+                  "              {'op': 'tokenize', 'id': 2, 'text': 'hello'},\n"
+                  "              {'op': 'status', 'id': 3}):\n"
+                  "        p = msgpack.packb(m)\n"
+                  "        b.sendall(struct.pack('>I', len(p)) + p)\n"
+                  "    b.shutdown(socket.SHUT_WR)\n"
+                  "    data = b''\n"
+                  "    while True:\n"
+                  "        c = b.recv(65536)\n"
+                  "        if not c:\n"
+                  "            break\n"
+                  "        data += c\n"
+                  "    done = {}\n"
+                  "    while data:\n"
+                  "        n = struct.unpack('>I', data[:4])[0]\n"
+                  "        m = msgpack.unpackb(data[4:4 + n], raw=False)\n"
+                  "        data = data[4 + n:]\n"
+                  "        if 'ev' not in m:\n"
+                  "            done[m['id']] = m\n"
+                  "    print(sorted(done), done[1].get('reason'), done[1].get('n_tokens'),\n"
+                  "          'ids' in done[2], 'error' in done[3])\n"
+                  "    print(a.session_stats(s)['tokens'] > 40)\n",
+                  "[1, 2, 3] length 40 True False\nTrue\n");
+}
+
 /* A persistent session through the client's calls: it outlives the
  * connection that opened it, attaches from another with its secret (a
  * wrong one is not_found) and n_past counts its tokens; a snapshot saved,

@@ -145,3 +145,50 @@ Test(post, drain_delivers_without_the_loop_and_close_frees_the_rest)
     sinkd_post_free(&post);
     cr_assert_eq(uv_loop_close(&loop), 0);
 }
+
+/* Records what reached deliver: conn ids, 0 standing for a marker. */
+struct order_log {
+    uint64_t ids[4];
+    unsigned n;
+};
+
+static void order_deliver(void *ud, uint64_t conn_id, uint8_t *frame, size_t len)
+{
+    struct order_log *o = ud;
+
+    cr_assert_eq(!frame, !len);
+    if (o->n < 4)
+        o->ids[o->n++] = frame ? conn_id : 0;
+    free(frame);
+}
+
+/* A NULL frame of length 0 is a marker, delivered as such in its place
+ * among the frames (a connection's finish after its answers); a NULL frame
+ * with a length, or a frame without one, is refused. */
+Test(post, a_marker_keeps_its_place)
+{
+    uv_loop_t loop;
+    sinkd_post post;
+    struct order_log o = { .n = 0 };
+    size_t len[2];
+    uint8_t *f[2];
+
+    for (unsigned i = 0; i < 2; i++)
+        f[i] = make_frame(0, i, &len[i]);
+    cr_assert_eq(uv_loop_init(&loop), 0);
+    cr_assert_eq(sinkd_post_init(&post, &loop, order_deliver, &o), 0);
+    cr_assert_eq(sinkd_post_frame(&post, 5, f[0], len[0]), 0);
+    cr_assert_eq(sinkd_post_frame(&post, 5, NULL, 0), 0);
+    cr_assert_eq(sinkd_post_frame(&post, 6, f[1], len[1]), 0);
+    cr_assert_eq(sinkd_post_frame(&post, 5, f[1], 0), -EINVAL);
+    sinkd_post_drain(&post);
+    cr_assert_eq(o.n, 3);
+    cr_expect(o.ids[0] == 5 && o.ids[1] == 0 && o.ids[2] == 6, "%llu %llu %llu",
+              (unsigned long long)o.ids[0], (unsigned long long)o.ids[1],
+              (unsigned long long)o.ids[2]);
+    sinkd_post_close(&post);
+    cr_assert_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    sinkd_post_free(&post);
+    cr_assert_eq(uv_loop_close(&loop), 0);
+}
+
