@@ -92,9 +92,12 @@ static double percentile(double *v, size_t n, double p)
  * tidal keep every token whatever their budget (it is what they attend):
  * their defaults. duo gets a head table that makes half the heads
  * streaming (sinks + recent = the budget); a policy this bench does not
- * know gets budget=. */
-static void params_for(const char *policy, int32_t budget, const sinkd_model_hparams *hp,
-                       char *out, size_t cap)
+ * know gets budget=. @equal: the budget above the context, where nothing
+ * may be evicted: pyramidkv's budget is a mean over layers whose last
+ * keeps only budget / beta, so its pyramid is flat there (beta=1; a swap
+ * to it evicts at once, and would shorten the lanes of every later row). */
+static void params_for(const char *policy, int32_t budget, bool equal,
+                       const sinkd_model_hparams *hp, char *out, size_t cap)
 {
     out[0] = '\0';
     if (!strcmp(policy, "full") || !strcmp(policy, "quest") || !strcmp(policy, "tidal"))
@@ -112,7 +115,8 @@ static void params_for(const char *policy, int32_t budget, const sinkd_model_hpa
                 at += (size_t)snprintf(out + at, cap - at, "%s%d", h ? "," : l ? ";" : "",
                                        (l + h) % 2);
     } else {
-        snprintf(out, cap, "budget=%d", budget);
+        snprintf(out, cap, "budget=%d%s", budget,
+                 equal && !strcmp(policy, "pyramidkv") ? " beta=1" : "");
     }
 }
 
@@ -183,7 +187,7 @@ static void decode_policy(meas *m, pol_row *row)
     pol_stats before, after;
     int rc = 0;
 
-    params_for(row->name, m->r->equal_budget, &m->r->hp, row->params, sizeof row->params);
+    params_for(row->name, m->r->equal_budget, true, &m->r->hp, row->params, sizeof row->params);
     for (int i = 0; rc == 0 && i < o->batch; i++)
         rc = pol_session_policy(m->d, m->sess[i], row->name, row->params, NULL, row->error);
     if (rc == 0 && (rc = pol_session_stats(m->d, m->sess[0], &before)) < 0)
@@ -261,8 +265,9 @@ static void evict_policy(meas *m, int idx, uint64_t *extra, pol_row *row)
     uint64_t s;
     int rc;
 
-    params_for(row->name, m->r->equal_budget, &m->r->hp, eq, sizeof eq);
-    params_for(row->name, o->evict_budget, &m->r->hp, row->evict_params, sizeof row->evict_params);
+    params_for(row->name, m->r->equal_budget, true, &m->r->hp, eq, sizeof eq);
+    params_for(row->name, o->evict_budget, false, &m->r->hp, row->evict_params,
+               sizeof row->evict_params);
     if ((rc = evict_session(m, idx, extra, &s)) < 0) {
         snprintf(err, sizeof row->error, "no session at %d tokens for the eviction", o->context);
         return;
