@@ -78,8 +78,9 @@ static void print_tool_help(FILE *f)
         "Exit status:\n"
         "  0  success\n"
         "  1  the daemon answered with an error\n"
-        "  2  usage error\n"
-        "  3  cannot connect to the daemon, timeout, or connection lost\n",
+        "  2  usage error (an input file that cannot be used included)\n"
+        "  3  cannot connect to the daemon, timeout, connection lost, a reply\n"
+        "     sinkctl cannot read, or a local file that could not be written\n",
         "help", "Show help for a command", SINKCTL_TIMEOUT_DEFAULT_MS);
 }
 

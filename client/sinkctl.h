@@ -18,7 +18,8 @@ enum {
     SINKCTL_EXIT_OK = 0,
     SINKCTL_EXIT_REPLY = 1,      /* the daemon answered with an error */
     SINKCTL_EXIT_USAGE = 2,      /* bad command line */
-    SINKCTL_EXIT_TRANSPORT = 3,  /* cannot connect, timeout, lost connection */
+    SINKCTL_EXIT_TRANSPORT = 3,  /* cannot connect, timeout, lost connection, an
+                                    unreadable reply, a local write that failed */
 };
 
 #define SINKCTL_TIMEOUT_DEFAULT_MS 5000

@@ -272,14 +272,15 @@ static int eval__run(sinkctl_ctx *ctx, const eval_args *a, sinkctl_eval_report *
     }
     if (rc != 0)
         goto fail;
+    /* a local write that failed is an I/O error (3), not the daemon's (1) */
     if (ctx->json) {
         if (sinkctl_eval_report_write_json(r, stdout) != 0)
-            code = SINKCTL_EXIT_REPLY;
+            code = SINKCTL_EXIT_TRANSPORT;
     } else {
         eval__print(r);
     }
     if (a->json_out != NULL && eval__write_json(r, a->json_out) != 0)
-        code = SINKCTL_EXIT_REPLY;
+        code = SINKCTL_EXIT_TRANSPORT;
     goto out;
 fail:
     code = sinkctl_fail(ctx, c, rc, NULL);

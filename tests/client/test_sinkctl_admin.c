@@ -185,8 +185,15 @@ Test(sinkctl, eval_under_a_small_max_frame)
     close(fd);
     check_run r = CHECK_SINKCTL_RUN(NULL, "eval", "ppl", "--policy", "window", "window=16",
                                     "--text", path);
-    unlink(path);
     cr_expect_eq(r.status, 0, "exit %d: %s", r.status, r.err);
+    check_run_free(&r);
+    /* a report that cannot be written is a local I/O error (3), not the
+     * daemon's (1) */
+    r = CHECK_SINKCTL_RUN(NULL, "eval", "ppl", "--policy", "window", "window=16", "--text", path,
+                          "--json-out", "/nonexistent-dir/report.json");
+    unlink(path);
+    cr_expect_eq(r.status, 3, "exit %d: %s", r.status, r.err);
+    cr_expect_not_null(strstr(r.err, "/nonexistent-dir/report.json"), "%s", r.err);
     check_run_free(&r);
 }
 
