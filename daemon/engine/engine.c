@@ -126,7 +126,7 @@ void eng_error_errno(sinkd_engine *e, const sinkd_job *j, int rc, const char *wh
         eng_error(e, j, SINKD_ERR_INVALID_ARGUMENT, "%s: invalid argument", what);
         break;
     case -ECANCELED:
-        eng_error(e, j, SINKD_ERR_CANCELLED, "%s: cancelled; the session is as it was before", what);
+        eng_error(e, j, SINKD_ERR_CANCELLED, "%s: cancelled; its tokens were taken back out", what);
         break;
     default:
         eng_error(e, j, SINKD_ERR_INTERNAL, "%s: %s", what, strerror(-rc));

@@ -355,6 +355,27 @@ void eng_append_batch(sinkd_engine *e, eng_session **ss, sinkd_job **jobs, int32
 
 /* ---- generation -------------------------------------------------------- */
 
+/* @s's generation is over, its answer sent: release it, and finish its
+ * connection when that waited for its last generation (CONN_EOF). */
+static void gen__release(sinkd_engine *e, eng_session *s)
+{
+    sinkd_job *j = s->gen;
+
+    sinkd_sampler_free(&s->sampler);
+    s->gen = NULL;
+    s->cancel = false;
+    atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+    if (s->gen_eof) {
+        bool more = false;
+        s->gen_eof = false;
+        for (size_t i = 0; i < e->n_sess && !more; i++)
+            more = e->sess[i]->gen && e->sess[i]->gen_eof && e->sess[i]->gen->conn_id == j->conn_id;
+        if (!more)
+            eng_conn_finish(e, j->conn_id);
+    }
+    sinkd_job_free(j);
+}
+
 void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool silent)
 {
     sinkd_job *j = s->gen;
@@ -365,9 +386,20 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
     if (s->feed >= 0)
         s->pending = s->feed;
     s->feed = -1;
-    /* a character cut by the end stays out of this reply's text, whole in
-     * the next one's (the text after a stop string is dropped anyway) */
+    /* A character cut by the end stays out of this reply's text, whole in
+     * the next one's, when the conversation goes on from its token; else
+     * (an eos) it ends the text as U+FFFD. The text after a stop string is
+     * dropped anyway. */
     s->detok_carry = strcmp(reason, "stop") != 0 && s->pending >= 0 && s->detok.n_pend > 0;
+    if (!s->detok_carry && strcmp(reason, "stop") != 0) {
+        char tail[8];
+        size_t n = 0;
+        sinkd_detok_flush(&s->detok, tail, sizeof tail, &n);
+        if (n && s->text_len + n <= s->text_cap) {
+            memcpy(s->text + s->text_len, tail, n);
+            s->text_len += n;
+        }
+    }
     if (!silent && eng_begin_reply(&w, j, 4) == 0) {
         double dec_ms = (double)s->decode_ns / 1e6;
         sinkd_pack_kv_str(&w.pk, "reason", reason);
@@ -386,19 +418,7 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
         sinkd_pack_kv_f64(&w.pk, "tokens_per_s", dec_ms > 0 ? s->gen_n / (dec_ms / 1e3) : 0.0);
         eng_send(e, j, &w, true);
     }
-    sinkd_sampler_free(&s->sampler);
-    s->gen = NULL;
-    s->cancel = false;
-    atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
-    if (s->gen_eof) { /* its connection finishes after its last generation */
-        bool more = false;
-        s->gen_eof = false;
-        for (size_t i = 0; i < e->n_sess && !more; i++)
-            more = e->sess[i]->gen && e->sess[i]->gen_eof && e->sess[i]->gen->conn_id == j->conn_id;
-        if (!more)
-            eng_conn_finish(e, j->conn_id);
-    }
-    sinkd_job_free(j);
+    gen__release(e, s);
 }
 
 /* Bytes at the end of text[from..len) that begin some stop string: held
@@ -497,10 +517,7 @@ static void gen__sample(sinkd_engine *e, eng_session *s, float *logits)
 
     if (sinkd_sampler_sample(&s->sampler, logits, &tok) < 0) {
         eng_error(e, s->gen, SINKD_ERR_INTERNAL, "sampling failed (NaN logits)");
-        sinkd_job_free(s->gen);
-        s->gen = NULL;
-        sinkd_sampler_free(&s->sampler);
-        atomic_fetch_sub_explicit(&e->ctr.generating, 1, memory_order_relaxed);
+        gen__release(e, s);
         return;
     }
     gen__on_token(e, s, tok);
@@ -564,6 +581,7 @@ void eng_job_generate(sinkd_engine *e, sinkd_job *j)
         s->detok = (sinkd_detok)SINKD_DETOK_INIT;
     s->detok_carry = false;
     s->detok.started = s->tokens > 0;
+    s->gen_eof = false;
     s->cancel = false;
     s->decode_ns = 0;
     s->gen_start_ns = eng_now_ns();

@@ -68,11 +68,16 @@ static void ops__conn_eof(void *ud, uint64_t conn_id)
 {
     sinkd_job *j = sinkd_job_new(SINKD_JOB_CONN_EOF, conn_id, 0, 0, false);
 
+    sinkd_conn *c;
+
     (void)ud;
-    if (j)
+    if (j) {
         sinkd_engine_submit(ops_eng.eng, j);
-    else
-        sinkd_server_post(ops_eng.srv, conn_id, NULL, 0); /* finish now: answers lost */
+    } else if ((c = sinkd_server_conn(ops_eng.srv, conn_id)) != NULL) {
+        sinkd_log(SINKD_LOG_ERR, "conn %llu: out of memory: answers it is owed are lost",
+                  (unsigned long long)conn_id);
+        sinkd_conn_finish(c); /* on the loop thread: at once */
+    }
 }
 
 /* Remember that @conn_id may own sessions or generations. */

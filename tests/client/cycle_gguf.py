@@ -7,7 +7,10 @@ output rows are one-hot vectors that make byte i of the cycle predict byte
 i + 1. Its text is then known exactly, multibyte characters included.
 Standard library only.
 
-    cycle_gguf.py IN OUT HEXBYTES       e.g. 61e282ac62 for "a€b"
+    cycle_gguf.py IN OUT HEXBYTES [--nan]   e.g. 61e282ac62 for "a€b"
+
+--nan makes the last byte's embedding NaN: a generation runs through the
+cycle and fails (NaN logits) at the step that feeds that byte.
 """
 import struct
 import sys
@@ -64,7 +67,7 @@ def tensors(d):
     return {n: (base + off, count, dims) for n, off, count, dims in infos}
 
 
-def main(src, dst, hexbytes):
+def main(src, dst, hexbytes, nan=False):
     cyc = [BYTE0 + b for b in bytes.fromhex(hexbytes)]
     if len(set(cyc)) != len(cyc):
         sys.exit("cycle_gguf.py: the bytes of the cycle must differ")
@@ -87,6 +90,8 @@ def main(src, dst, hexbytes):
         emb[tok * dim + dim - 1] = 0.0
         emb[tok * dim + i] = 1.0
         out[cyc[(i + 1) % len(cyc)] * dim + i] = 1.0
+    if nan:
+        emb[cyc[-1] * dim:(cyc[-1] + 1) * dim] = [float("nan")] * dim
     put("token_embd.weight", emb)
     put("output.weight", out)
     put("output_norm.weight", [1.0] * dim)
@@ -97,6 +102,6 @@ def main(src, dst, hexbytes):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5) or (len(sys.argv) == 5 and sys.argv[4] != "--nan"):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], len(sys.argv) == 5)

@@ -96,6 +96,27 @@ static void expect_script(const char *script, const char *want)
     "sys.path.insert(0, '" SINKD_SOURCE_DIR "/client/python')\n" \
     "from sinkd_client import Client, SinkdError\n"
 
+/* Then, for scripts that speak the wire themselves: a frame out, and every
+ * frame in until the daemon closes (the socket's timeout bounds the wait). */
+#define PY_RAW \
+    "import socket, struct, msgpack\n" \
+    "def raw_send(b, m):\n" \
+    "    p = msgpack.packb(m)\n" \
+    "    b.sendall(struct.pack('>I', len(p)) + p)\n" \
+    "def raw_frames(b):\n" \
+    "    data = b''\n" \
+    "    while True:\n" \
+    "        c = b.recv(65536)\n" \
+    "        if not c:\n" \
+    "            break\n" \
+    "        data += c\n" \
+    "    out = []\n" \
+    "    while data:\n" \
+    "        n = struct.unpack('>I', data[:4])[0]\n" \
+    "        out.append(msgpack.unpackb(data[4:4 + n], raw=False))\n" \
+    "        data = data[4 + n:]\n" \
+    "    return out\n"
+
 /* Leaving a generation's loop early cancels it: the session takes the next
  * prompt at once instead of answering busy while the abandoned generation
  * runs on (a million tokens: it would still be running). */
@@ -332,33 +353,20 @@ Test(python, a_prefill_stops_on_cancel_or_close)
  * is not disturbed. */
 Test(python, a_half_closed_connection_gets_its_answers_then_eof)
 {
-    expect_script(PY_PRELUDE
-                  "import socket, struct, msgpack\n"
+    expect_script(PY_PRELUDE PY_RAW
                   "with Client(sys.argv[1]) as a:\n"
                   "    s = a.session_open()\n"
                   "    a.session_append(s, text='Once upon a time')\n"
                   "    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                  "    b.settimeout(20)\n"
                   "    b.connect(sys.argv[1])\n"
                   "    for m in ({'op': 'session.generate', 'id': 1, 'session': s,\n"
                   "               'max_tokens': 40, 'ignore_eos': True},\n"
                   "              {'op': 'tokenize', 'id': 2, 'text': 'hello'},\n"
                   "              {'op': 'status', 'id': 3}):\n"
-                  "        p = msgpack.packb(m)\n"
-                  "        b.sendall(struct.pack('>I', len(p)) + p)\n"
+                  "        raw_send(b, m)\n"
                   "    b.shutdown(socket.SHUT_WR)\n"
-                  "    data = b''\n"
-                  "    while True:\n"
-                  "        c = b.recv(65536)\n"
-                  "        if not c:\n"
-                  "            break\n"
-                  "        data += c\n"
-                  "    done = {}\n"
-                  "    while data:\n"
-                  "        n = struct.unpack('>I', data[:4])[0]\n"
-                  "        m = msgpack.unpackb(data[4:4 + n], raw=False)\n"
-                  "        data = data[4 + n:]\n"
-                  "        if 'ev' not in m:\n"
-                  "            done[m['id']] = m\n"
+                  "    done = {m['id']: m for m in raw_frames(b) if 'ev' not in m}\n"
                   "    print(sorted(done), done[1].get('reason'), done[1].get('n_tokens'),\n"
                   "          'ids' in done[2], 'error' in done[3])\n"
                   "    print(a.session_stats(s)['tokens'] > 40)\n",
@@ -420,22 +428,32 @@ Test(python, persistent_session_attach_save_restore_forget)
 
 /* The tiny model's bigram copy (cycle_gguf.py) beside it, as model "cycle":
  * after "a" its greedy tokens are the bytes e2 82 ac 62 61 ..., so a
- * generation can be made to end inside the three bytes of the euro sign. */
+ * generation can be made to end inside the three bytes of the euro sign.
+ * And model "nan", which after "a" runs through 30 more letters and then
+ * fails (NaN logits, which the host sampler refuses: temperature > 0): a
+ * generation that fails after several steps. */
 static char cycle_dir[] = "/tmp/sinkd-cycle-XXXXXX";
-static char cycle_model[64];
+static char cycle_model[64], nan_model[64];
 
 static void cycle_daemon_start(void)
 {
-    char cmd[512], arg[96];
+    char cmd[512], arg[96], arg_nan[96];
 
     cr_assert_not_null(mkdtemp(cycle_dir));
     snprintf(cycle_model, sizeof cycle_model, "%s/cycle.gguf", cycle_dir);
+    snprintf(nan_model, sizeof nan_model, "%s/nan.gguf", cycle_dir);
     snprintf(cmd, sizeof cmd, "python3 %s/tests/client/cycle_gguf.py %s %s 61e282ac62",
              SINKD_SOURCE_DIR, CHECK_MODEL, cycle_model);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
+    snprintf(cmd, sizeof cmd,
+             "python3 %s/tests/client/cycle_gguf.py %s %s "
+             "6162636465666768696a6b6c6d6e6f707172737475767778797a4142434445 --nan",
+             SINKD_SOURCE_DIR, CHECK_MODEL, nan_model);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
     snprintf(arg, sizeof arg, "cycle=%s", cycle_model);
-    const char *const args[] = { "--model", "tiny=" CHECK_MODEL, "--model", arg, "--backend",
-                                 "cpu", NULL };
+    snprintf(arg_nan, sizeof arg_nan, "nan=%s", nan_model);
+    const char *const args[] = { "--model", "tiny=" CHECK_MODEL, "--model", arg, "--model",
+                                 arg_nan, "--backend", "cpu", NULL };
     int rc = sinkd_testd_start(&check_daemon, "[engine]\nkv_pool_bytes = 64M\n", args);
     cr_assert_eq(rc, 0, "sinkd did not start (%d)", rc);
 }
@@ -444,6 +462,7 @@ static void cycle_daemon_stop(void)
 {
     check_daemon_stop();
     unlink(cycle_model);
+    unlink(nan_model);
     rmdir(cycle_dir);
 }
 
@@ -479,3 +498,31 @@ Test(python_cycle, a_character_cut_by_the_end_comes_whole_in_the_next_reply)
                   "'' ''\n"
                   "'\\u20acba' '\\u20acba'\n");
 }
+
+/* A half-closed connection whose generation fails after some steps (NaN
+ * logits) gets the error and then the end of the stream, and the session's
+ * next generation, asked by another connection, does not finish that
+ * one. */
+Test(python_cycle, a_failed_generation_still_finishes_a_half_closed_connection)
+{
+    expect_script(PY_PRELUDE PY_RAW
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    s = a.session_open(model='nan')\n"
+                  "    a.session_append(s, text='a')\n"
+                  "    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                  "    b.settimeout(20)\n"
+                  "    b.connect(sys.argv[1])\n"
+                  "    raw_send(b, {'op': 'session.generate', 'id': 1, 'session': s,\n"
+                  "                 'max_tokens': 100, 'stream': False, 'temperature': 0.5})\n"
+                  "    b.shutdown(socket.SHUT_WR)\n"
+                  "    print(*[m['error']['code'] for m in raw_frames(b)])\n"
+                  "    try:\n"
+                  "        for ev in a.session_generate(s, max_tokens=100, temperature=0.5):\n"
+                  "            pass\n"
+                  "    except SinkdError as e:\n"
+                  "        print(e.code)\n"
+                  "    a.request('status')\n"
+                  "    print('alive')\n",
+                  "internal\ninternal\nalive\n");
+}
+

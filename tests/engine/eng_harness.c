@@ -26,10 +26,11 @@ static uint64_t next_id = 1;
 
 static int collect(void *ud, uint64_t conn_id, uint8_t *buf, size_t len)
 {
-    eng_h_frame *f = calloc(1, sizeof *f);
-
     (void)ud;
     (void)conn_id;
+    if (!buf) /* a connection's finish (CONN_EOF): no frame */
+        return 0;
+    eng_h_frame *f = calloc(1, sizeof *f);
     cr_assert(f);
     cr_assert(sinkd_msg_decode(buf + 4, len - 4, &f->msg, NULL) == 0);
     f->buf = buf;
