@@ -37,8 +37,8 @@ typedef struct sinkd_cuda {
     sinkd_cuda_buf logits;  /* decode: stored logits for the score pass */
     sinkd_cuda_buf pscore;  /* topk: per-page bounds */
     /* stats.cu: floats of shared memory its whole-lane kernels (QUANTILE,
-     * topk_tokens, GUMBEL) cache a lane in at most, worked out on their
-     * first call (per layer and step after) */
+     * topk_tokens, GUMBEL) cache a lane in, worked out on their first call
+     * (per layer and step after) */
     int32_t lane_cache[3];
     bool lane_cache_known[3];
     /* CUDA graphs (graph.cu). A recorded graph keeps the addresses of the

@@ -122,7 +122,6 @@ __global__ void __launch_bounds__(EW_THREADS) stat_ew_kernel(sinkd_kv_pool pool,
 /* ---- block-wide helpers (LANE_THREADS threads) ------------------------------- */
 
 /* Sum (or max) over the block; every thread gets it. @sh: LANE_WARPS doubles. */
-template <int NT>
 static __device__ double block_reduce(double v, double *sh, bool max)
 {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -133,7 +132,7 @@ static __device__ double block_reduce(double v, double *sh, bool max)
     if (lane == 0)
         sh[w] = v;
     __syncthreads();
-    v = lane < NT / 32 ? sh[lane] : max ? -INFINITY : 0.0;
+    v = sh[lane];
     for (int o = 16; o > 0; o >>= 1) {
         double x = __shfl_xor_sync(FULL_MASK, v, o);
         v = max ? fmax(v, x) : v + x;
@@ -176,7 +175,6 @@ static __device__ int block_scan(int v, int *sh, bool max)
 /* Lane @l's page table in place, or (@spids non-NULL) copied into @spids for
  * its first @len tokens: a cached lane's slots then cost no dependent global
  * read each (ncu: a third of the rules' warp time waited on those reads). */
-template <int NT>
 static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_lanes &ln, int32_t l,
                                          int32_t len, int32_t *spids, bool vec)
 {
@@ -184,7 +182,7 @@ static __device__ lane_ref lane_ref_make(const sinkd_kv_pool &pool, const sinkd_
     vec = vec && pt % 4 == 0;
     if (!spids)
         return {g, pt, vec};
-    for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += NT)
+    for (int32_t i = threadIdx.x; i < (len + pt - 1) / pt; i += LANE_THREADS)
         spids[i] = g[i];
     __syncthreads();
     return {spids, pt, vec};
@@ -197,7 +195,7 @@ static __device__ __forceinline__ bool aligned16(const void *p)
 
 /* Shared floats a cached lane of @len tokens takes: its values, then its
  * page ids. */
-static __host__ __device__ __forceinline__ int32_t lane_cache_need(int32_t len, int32_t pt)
+static __device__ __forceinline__ int32_t lane_cache_need(int32_t len, int32_t pt)
 {
     return len + (len + pt - 1) / pt;
 }
@@ -218,21 +216,21 @@ static __device__ __forceinline__ float lane_get(const float *cache, const float
  * latency-bound (one block an SM). A page's slots past the lane are the
  * pool's (allocated), read and dropped. */
 #define LANE_LOAD_ILP 8
-template <int NT, int ILP = LANE_LOAD_ILP, typename F>
+template <int ILP = LANE_LOAD_ILP, typename F>
 static __device__ void lane_load(float *cache, const float *src, const lane_ref &lr, int32_t len, F f)
 {
     if (lr.vec) {
         const int32_t nc = (len + 3) / 4;
-        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * NT) {
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
             float4 v[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t c = c0 + i * NT;
+                int32_t c = c0 + i * LANE_THREADS;
                 v[i] = c < nc ? *(const float4 *)(src + lr.slot(4 * c)) : make_float4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = 4 * (c0 + i * NT);
+                int32_t t = 4 * (c0 + i * LANE_THREADS);
                 if (t + 3 < len) {
                     *(float4 *)(cache + t) = make_float4(f(t, v[i].x), f(t + 1, v[i].y), f(t + 2, v[i].z),
                                                          f(t + 3, v[i].w));
@@ -246,17 +244,17 @@ static __device__ void lane_load(float *cache, const float *src, const lane_ref 
             }
         }
     } else {
-        for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * NT) {
+        for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
             float v[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = t0 + i * NT;
+                int32_t t = t0 + i * LANE_THREADS;
                 v[i] = t < len ? src[lr.slot(t)] : 0.0f;
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++)
-                if (t0 + i * NT < len)
-                    cache[t0 + i * NT] = f(t0 + i * NT, v[i]);
+                if (t0 + i * LANE_THREADS < len)
+                    cache[t0 + i * LANE_THREADS] = f(t0 + i * LANE_THREADS, v[i]);
         }
     }
     __syncthreads();
@@ -265,7 +263,7 @@ static __device__ void lane_load(float *cache, const float *src, const lane_ref 
 /* The key of rank @r (0 = smallest) of the lane's values: 4 passes of an
  * 8-bit radix select. Every thread gets it. @hist: 256 ints; @counted: it
  * holds the first pass's counts already (lane_load_counted). */
-template <int NT, bool CACHED>
+template <bool CACHED>
 static __device__ uint32_t lane_select(const float *cache, const float *src, const lane_ref &lr,
                                        int32_t len, int32_t r, int *hist, bool counted = false)
 {
@@ -275,7 +273,6 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
         s_prefix = 0;
         s_rank = r;
     }
-    static_assert(NT >= 256, "a thread a histogram bin");
     for (int shift = 24; shift >= 0; shift -= 8) {
         const bool have = counted && shift == 24;
         if (!have && threadIdx.x < 256)
@@ -283,7 +280,7 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
         __syncthreads();
         uint32_t prefix = s_prefix;
         uint32_t hi_mask = shift == 24 ? 0 : ~0u << (shift + 8);
-        for (int32_t t = threadIdx.x; !have && t < len; t += NT) {
+        for (int32_t t = threadIdx.x; !have && t < len; t += LANE_THREADS) {
             uint32_t k = stat_key(lane_get<CACHED>(cache, src, lr, t));
             if ((k & hi_mask) == (prefix & hi_mask))
                 atomicAdd(&hist[(k >> shift) & 255], 1);
@@ -319,14 +316,13 @@ static __device__ uint32_t lane_select(const float *cache, const float *src, con
  * pass on the way (lane_select with counted): that pass's atomics run in
  * the shadow of the loads still in flight instead of in a pass of their
  * own over the cache. */
-template <int NT>
 static __device__ void lane_load_counted(float *cache, const float *src, const lane_ref &lr,
                                          int32_t len, int *hist)
 {
     if (threadIdx.x < 256)
         hist[threadIdx.x] = 0;
     __syncthreads();
-    lane_load<NT>(cache, src, lr, len, [&](int32_t, float v) {
+    lane_load(cache, src, lr, len, [&](int32_t, float v) {
         atomicAdd(&hist[stat_key(v) >> 24], 1);
         return v;
     });
@@ -340,23 +336,23 @@ static __device__ void lane_load_counted(float *cache, const float *src, const l
  * it); 16 bytes at a time on pages of a multiple of 4 tokens, like
  * lane_load, storing only the lane's own tokens. */
 #define UPDATE_ILP 8
-template <int NT, int ILP = UPDATE_ILP, typename F>
+template <int ILP = UPDATE_ILP, typename F>
 static __device__ void lane_update(const lane_ref &lr, int32_t len, const float *old, float *score, F f)
 {
     if (lr.vec) {
         const int32_t nc = (len + 3) / 4;
-        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * NT) {
+        for (int32_t c0 = threadIdx.x; c0 < nc; c0 += ILP * LANE_THREADS) {
             int64_t sl[ILP];
             float4 ov[ILP];
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t c = c0 + i * NT;
+                int32_t c = c0 + i * LANE_THREADS;
                 sl[i] = c < nc ? lr.slot(4 * c) : 0;
                 ov[i] = c < nc ? *(const float4 *)(old + sl[i]) : make_float4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < ILP; i++) {
-                int32_t t = 4 * (c0 + i * NT);
+                int32_t t = 4 * (c0 + i * LANE_THREADS);
                 int64_t q = sl[i];
                 if (t + 3 < len) {
                     *(float4 *)(score + q) = make_float4(f(t, q, ov[i].x), f(t + 1, q + 1, ov[i].y),
@@ -372,18 +368,18 @@ static __device__ void lane_update(const lane_ref &lr, int32_t len, const float 
         }
         return;
     }
-    for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * NT) {
+    for (int32_t t0 = threadIdx.x; t0 < len; t0 += ILP * LANE_THREADS) {
         int64_t sl[ILP];
         float ov[ILP];
 #pragma unroll
         for (int i = 0; i < ILP; i++) {
-            int32_t t = t0 + i * NT;
+            int32_t t = t0 + i * LANE_THREADS;
             sl[i] = t < len ? lr.slot(t) : 0;
             ov[i] = t < len ? old[sl[i]] : 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < ILP; i++) {
-            int32_t t = t0 + i * NT;
+            int32_t t = t0 + i * LANE_THREADS;
             if (t < len)
                 score[sl[i]] = f(t, sl[i], ov[i]);
         }
@@ -393,7 +389,7 @@ static __device__ void lane_update(const lane_ref &lr, int32_t len, const float 
 /* @src: where p is (by slot), @old: the statistic before the step; the
  * result goes to the pool's score. Without a row: the pool's score and
  * prev; on a deferred row (row_len): prev and the pool's score. */
-template <int NT, bool CACHED>
+template <bool CACHED>
 static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat_args &a, const lane_ref &lr,
                                      int32_t len, const float *src, const float *old, float *cache,
                                      int *hist)
@@ -402,12 +398,12 @@ static __device__ void stat_quantile(const sinkd_kv_pool &pool, const sinkd_stat
     uint32_t thr;
 
     if (CACHED)
-        lane_load_counted<NT>(cache, src, lr, len, hist);
-    thr = lane_select<NT, CACHED>(cache, src, lr, len, r, hist, CACHED);
+        lane_load_counted(cache, src, lr, len, hist);
+    thr = lane_select<CACHED>(cache, src, lr, len, r, hist, CACHED);
     const float decay = a.decay;
     /* 4 loads in flight, not UPDATE_ILP's 8: with 8 the kernel spilled 56
      * bytes and measured 6% slower on the H100 */
-    lane_update<NT, 4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+    lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         float p = CACHED ? cache[t] : src[slot];
         return decay * o + (stat_key(p) > thr ? 1.0f : 0.0f);
     });
@@ -445,7 +441,7 @@ static __device__ __forceinline__ float gumbel_w(float x, float inv_t, bool t1)
     return t1 ? x : x > 0 ? exp2f(log2f(x) * inv_t) : 0.0f;
 }
 
-template <int NT, bool CACHED>
+template <bool CACHED>
 static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
                                    const lane_ref &lr, int32_t len, const float *src, const float *old,
                                    float *cache, double *sh)
@@ -461,44 +457,47 @@ static __device__ void stat_gumbel(const sinkd_kv_pool &pool, const sinkd_stat_a
     /* cached: r replaces p as the lane is read, its log in the shadow of
      * the loads still in flight */
     if (CACHED) {
-        lane_load<NT, 4>(cache, src, lr, len, [&](int32_t t, float p) {
+        lane_load<4>(cache, src, lr, len, [&](int32_t t, float p) {
             float r = gumbel_r(p, a, l, t);
             mxt = fmaxf(mxt, r);
             return r;
         });
     } else {
-        for (int32_t t = threadIdx.x; t < len; t += NT)
+        for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
             mxt = fmaxf(mxt, gumbel_r(src[lr.slot(t)], a, l, t));
     }
-    const double mx = block_reduce<NT>(mxt, sh, true);
+    const double mx = block_reduce(mxt, sh, true);
     if (mx == 0) /* no key with p > 0: the lane adds nothing */
-        return lane_update<NT, 4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
+        return lane_update<4>(lr, len, old, pool.score, [](int32_t, int64_t, float o) { return o; });
     /* r / max by a division, not a reciprocal's product: the largest r
      * then weighs exactly 1 (so the sum is >= 1 at any temperature) and a
      * lane of tiny r cannot overflow the reciprocal */
     const float mxf = (float)mx; /* exact: the max of floats */
-    for (int32_t t = threadIdx.x; t < len; t += NT) {
+    for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS) {
         float r = CACHED ? cache[t] : gumbel_r(src[lr.slot(t)], a, l, t);
         float w = gumbel_w(r / mxf, inv_t, t1);
         if (CACHED)
             cache[t] = w; /* the entries it reads: the write divides them */
         sumt += w;
     }
-    const double sum = block_reduce<NT>(sumt, sh, false);
+    const double sum = block_reduce(sumt, sh, false);
     const float inv_sum = (float)(1.0 / sum); /* sum >= 1: the largest r weighs 1 */
-    lane_update<NT, 4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
+    lane_update<4>(lr, len, old, pool.score, [&](int32_t t, int64_t slot, float o) {
         float w = CACHED ? cache[t] : gumbel_w(gumbel_r(src[slot], a, l, t) / mxf, inv_t, t1);
         return fmaf(w, inv_sum, o);
     });
 }
 
-/* Lane @l of call @a, by a block of NT threads; @cache_cap: floats of the
- * dynamic shared memory. */
-template <int NT, int OP>
-static __device__ void stat_lane_rule(const sinkd_kv_pool &pool, const sinkd_stat_args &a, int32_t l,
-                                      int32_t cache_cap, float *cache, double *sh, int *hist)
+/* One block per lane; @cache_cap: floats of the dynamic shared memory. One
+ * kernel a rule: each gets the registers of its own math. */
+template <int OP>
+__global__ void __launch_bounds__(LANE_THREADS)
+    stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
 {
-    int32_t len = a.lanes.len[l];
+    extern __shared__ __align__(16) float cache[]; /* float4 stores */
+    __shared__ double sh[LANE_WARPS];
+    __shared__ int hist[256];
+    int32_t l = blockIdx.x, len = a.lanes.len[l];
     const float *src = pool.score, *old = a.prev;
 
     if (a.row_len) { /* a deferred row: its first tokens, p in prev */
@@ -511,30 +510,17 @@ static __device__ void stat_lane_rule(const sinkd_kv_pool &pool, const sinkd_sta
     const bool cached = lane_cache_need(len, pool.page_tokens) <= cache_cap;
     const bool vec = aligned16(src) && aligned16(old) && aligned16(pool.score);
     const lane_ref lr =
-        lane_ref_make<NT>(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL, vec);
+        lane_ref_make(pool, a.lanes, l, len, cached ? (int32_t *)(cache + len) : NULL, vec);
     if (OP == SINKD_STAT_OP_QUANTILE) {
         if (cached)
-            stat_quantile<NT, true>(pool, a, lr, len, src, old, cache, hist);
+            stat_quantile<true>(pool, a, lr, len, src, old, cache, hist);
         else
-            stat_quantile<NT, false>(pool, a, lr, len, src, old, cache, hist);
+            stat_quantile<false>(pool, a, lr, len, src, old, cache, hist);
     } else if (cached) {
-        stat_gumbel<NT, true>(pool, a, l, lr, len, src, old, cache, sh);
+        stat_gumbel<true>(pool, a, l, lr, len, src, old, cache, sh);
     } else {
-        stat_gumbel<NT, false>(pool, a, l, lr, len, src, old, cache, sh);
+        stat_gumbel<false>(pool, a, l, lr, len, src, old, cache, sh);
     }
-}
-
-/* One block per lane. One kernel a rule: each gets the registers of its own
- * math. */
-template <int OP>
-__global__ void __launch_bounds__(LANE_THREADS)
-    stat_lane_kernel(sinkd_kv_pool pool, sinkd_stat_args a, int32_t cache_cap)
-{
-    extern __shared__ __align__(16) float cache[]; /* float4 stores */
-    __shared__ double sh[LANE_WARPS];
-    __shared__ int hist[256];
-
-    stat_lane_rule<LANE_THREADS, OP>(pool, a, blockIdx.x, cache_cap, cache, sh, hist);
 }
 
 /* Floats of shared memory a whole-lane kernel caches a lane in: the device's
@@ -624,12 +610,12 @@ static __device__ void topk_tokens_lane(const sinkd_kv_pool &pool, const lane_re
     __shared__ int s_tot[2];
 
     if (CACHED)
-        lane_load_counted<LANE_THREADS>(cache, pool.score, lr, len, hist);
-    uint32_t thr = lane_select<LANE_THREADS, CACHED>(cache, pool.score, lr, len, len - k, hist, CACHED);
+        lane_load_counted(cache, pool.score, lr, len, hist);
+    uint32_t thr = lane_select<CACHED>(cache, pool.score, lr, len, len - k, hist, CACHED);
     double above = 0;
     for (int32_t t = threadIdx.x; t < len; t += LANE_THREADS)
         above += stat_key(lane_get<CACHED>(cache, pool.score, lr, t)) > thr;
-    int32_t ties_left = k - (int32_t)block_reduce<LANE_THREADS>(above, sh, false);
+    int32_t ties_left = k - (int32_t)block_reduce(above, sh, false);
     int32_t last_page = -1; /* of the last token taken, block-uniform */
     for (int32_t c0 = 0; c0 < len; c0 += LANE_THREADS) {
         int32_t t = c0 + threadIdx.x;
@@ -685,8 +671,7 @@ __global__ void __launch_bounds__(LANE_THREADS)
     }
     const bool cached = lane_cache_need(len, pt) <= cache_cap;
     const lane_ref lr =
-        lane_ref_make<LANE_THREADS>(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL,
-                                    aligned16(pool.score));
+        lane_ref_make(pool, ln, l, len, cached ? (int32_t *)(cache + len) : NULL, aligned16(pool.score));
     if (cached)
         topk_tokens_lane<true>(pool, lr, len, k, out, cache, hist, sh, scan, wsh);
     else
