@@ -267,15 +267,15 @@ void eng_beat(sinkd_engine *e, bool busy)
     atomic_store_explicit(&e->ctr.busy, busy, memory_order_relaxed);
 }
 
-/* Whether @j must run after the appends waiting in the batch: anything but
- * a job independent of their sessions (one naming another session, or one
- * that names none and reads no session's state). */
 /* A job about a connection, not a request: nobody waits for an answer. */
 static bool eng__unanswered(const sinkd_job *j)
 {
     return j->kind == SINKD_JOB_CONN_CLOSED || j->kind == SINKD_JOB_CONN_EOF;
 }
 
+/* Whether @j must run after the appends waiting in the batch: anything but
+ * a job independent of their sessions (one naming another session, or one
+ * that names none and reads no session's state). */
 static bool eng__after_batch(const sinkd_engine *e, const sinkd_job *j, int32_t nb)
 {
     switch (j->kind) {
@@ -413,44 +413,30 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
     }
 }
 
-/* Whether a job behind the running one satisfies @want: one this thread
- * took with it, or one still queued. */
-static bool eng__waiting(sinkd_engine *e, bool (*want)(const sinkd_job *, const void *),
-                         const void *arg)
+/* What waiting job @w means for a prefill of @s asked by @req: 0 nothing,
+ * or its error. A cancel or close from another uid is none (the test
+ * eng_session_lookup makes). */
+static int eng__stops_prefill(const sinkd_job *w, const eng_session *s, const sinkd_job *req)
 {
-    bool found = false;
+    if (w->kind == SINKD_JOB_CONN_CLOSED)
+        return req && w->conn_id == req->conn_id ? -ECONNABORTED : 0;
+    if (w->kind != SINKD_JOB_SESSION_CANCEL && w->kind != SINKD_JOB_SESSION_CLOSE)
+        return 0;
+    return w->session == s->id && (w->uid == s->uid || w->admin) ? -ECANCELED : 0;
+}
 
-    for (const sinkd_job *j = e->run_rest; j && !found; j = j->next)
-        found = want(j, arg);
+int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req)
+{
+    int rc = 0;
+
+    /* the jobs this thread took with the one it runs, then the queue */
+    for (const sinkd_job *w = e->run_rest; w && !rc; w = w->next)
+        rc = eng__stops_prefill(w, s, req);
     pthread_mutex_lock(&e->mu);
-    for (const sinkd_job *j = e->head; j && !found; j = j->next)
-        found = want(j, arg);
+    for (const sinkd_job *w = e->head; w && !rc; w = w->next)
+        rc = eng__stops_prefill(w, s, req);
     pthread_mutex_unlock(&e->mu);
-    return found;
-}
-
-static bool eng__closes_conn(const sinkd_job *j, const void *arg)
-{
-    return j->kind == SINKD_JOB_CONN_CLOSED && j->conn_id == *(const uint64_t *)arg;
-}
-
-bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id)
-{
-    return eng__waiting(e, eng__closes_conn, &conn_id);
-}
-
-/* The test eng_session_lookup makes: another uid's cancel is no cancel. */
-static bool eng__stops_session(const sinkd_job *j, const void *arg)
-{
-    const eng_session *s = arg;
-
-    return (j->kind == SINKD_JOB_SESSION_CANCEL || j->kind == SINKD_JOB_SESSION_CLOSE) &&
-           j->session == s->id && (j->uid == s->uid || j->admin);
-}
-
-bool eng_session_stopping(sinkd_engine *e, const eng_session *s)
-{
-    return eng__waiting(e, eng__stops_session, s);
+    return rc;
 }
 
 void sinkd_engine_stop(sinkd_engine *e)

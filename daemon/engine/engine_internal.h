@@ -222,14 +222,12 @@ void eng_session_destroy(sinkd_engine *e, eng_session *s);
  * was. */
 int eng_sess_room(sinkd_engine *e);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
-/* Whether connection @conn_id has closed and the engine not yet handled it
- * (a CONN_CLOSED job waits in the queue): a long request of that
- * connection can stop early. Engine thread. */
-bool eng_conn_closing(sinkd_engine *e, uint64_t conn_id);
-/* Whether a session.cancel or session.close of @s waits behind the running
- * job (from a caller who may touch @s): a prefill of @s can stop early.
- * Engine thread. */
-bool eng_session_stopping(sinkd_engine *e, const eng_session *s);
+/* Whether a prefill of @s asked by @req (may be NULL) should stop before
+ * its next chunk, for a job waiting behind the running one: -ECONNABORTED
+ * when @req's connection has closed (its CONN_CLOSED job waits),
+ * -ECANCELED for a session.cancel or session.close of @s from a caller
+ * who may touch it; 0 otherwise. Engine thread. */
+int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);

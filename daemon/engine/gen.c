@@ -102,14 +102,8 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
         /* nobody waits for this prompt any more, or its session is being
          * cancelled or closed: undone as a failed one (minutes of a long
          * one would hold every other request back) */
-        if (done > 0 && j && eng_conn_closing(e, j->conn_id)) {
-            rc = -ECONNABORTED;
+        if (done > 0 && (rc = eng_prefill_stop(e, s, j)) < 0)
             break;
-        }
-        if (done > 0 && eng_session_stopping(e, s)) {
-            rc = -ECANCELED;
-            break;
-        }
         for (int32_t i = 0; i < k; i++)
             pos[i] = (int32_t)s->tokens + i;
         o.rope_mode = s->rope_mode;
@@ -390,8 +384,9 @@ void eng_gen_finish(sinkd_engine *e, eng_session *s, const char *reason, bool si
      * the next one's, when the conversation goes on from its token; else
      * (an eos) it ends the text as U+FFFD. The text after a stop string is
      * dropped anyway. */
-    s->detok_carry = strcmp(reason, "stop") != 0 && s->pending >= 0 && s->detok.n_pend > 0;
-    if (!s->detok_carry && strcmp(reason, "stop") != 0) {
+    const bool stopped = strcmp(reason, "stop") == 0;
+    s->detok_carry = !stopped && s->pending >= 0 && s->detok.n_pend > 0;
+    if (!stopped && !s->detok_carry) {
         char tail[8];
         size_t n = 0;
         sinkd_detok_flush(&s->detok, tail, sizeof tail, &n);

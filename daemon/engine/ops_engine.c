@@ -67,7 +67,6 @@ static void ops__conn_closed(void *ud, uint64_t conn_id)
 static void ops__conn_eof(void *ud, uint64_t conn_id)
 {
     sinkd_job *j = sinkd_job_new(SINKD_JOB_CONN_EOF, conn_id, 0, 0, false);
-
     sinkd_conn *c;
 
     (void)ud;

@@ -248,8 +248,9 @@ int policy__lib_open(const char *path, policy__lib **out, char *err, size_t errl
 {
     if (path == NULL)
         return lib__fail(err, errlen, -EINVAL, "bad plugin path");
-    /* O_NOFOLLOW: the registry passes resolved paths, so a link here is one
-     * put there since, and it must not lead the load elsewhere */
+    /* O_NOFOLLOW: a caller passes a resolved path, so a link here is one
+     * put there since, and it must not lead the load elsewhere (the
+     * registry opens its files itself, registry__open, and loads by fd) */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
     if (fd < 0)
         return lib__fail(err, errlen, -errno, "%s: %s", path,
