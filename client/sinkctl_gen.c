@@ -29,7 +29,7 @@ typedef struct canceller {
     pthread_t thread;
     bool running;
     sinkd_client *c;                 /* the watcher's own connection */
-    int timeout_ms;
+    atomic_int wait_ms;              /* the cancel's wait for its reply */
     atomic_bool active;              /* a reply is being produced */
     _Atomic uint64_t session;
 } canceller;
@@ -64,7 +64,8 @@ static void *canceller_main(void *arg)
             return NULL;
         if (!atomic_load(&k->active))
             continue;
-        int rc = sinkd_client_session_cancel(k->c, atomic_load(&k->session), k->timeout_ms);
+        int rc = sinkd_client_session_cancel(k->c, atomic_load(&k->session),
+                                             atomic_load(&k->wait_ms));
         if (rc != 0)
             fprintf(stderr, "sinkctl: cancel: %s%s%s\n", sinkd_client_strerror(rc),
                     rc > 0 ? ": " : "", rc > 0 ? sinkd_client_errmsg(k->c) : "");
@@ -75,7 +76,7 @@ static void *canceller_main(void *arg)
  * Ctrl-C at chat's prompt interrupts the read). Returns an exit code. */
 static int canceller_start(canceller *k, const sinkctl_ctx *ctx)
 {
-    *k = (canceller){ .pipe = { -1, -1 }, .timeout_ms = ctx->timeout_ms };
+    *k = (canceller){ .pipe = { -1, -1 }, .wait_ms = ctx->timeout_ms };
     int code = sinkctl_connect(ctx, &k->c);
     if (code != SINKCTL_EXIT_OK)
         return code;
@@ -342,9 +343,12 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
 {
     sinkd_client_append_result ap;
     atomic_store(&k->session, session);
-    atomic_store(&k->active, true);
     /* No timeout: a big prompt's prefill takes what it takes. Ctrl-C's
-     * session.cancel stops it at the next chunk, undone: no reply. */
+     * session.cancel stops it at the next chunk, undone: no reply. The
+     * daemon answers the cancel when that chunk ends, so its wait is
+     * unbounded too (a chunk of a big model on a CPU outlasts --timeout). */
+    atomic_store(&k->wait_ms, -1);
+    atomic_store(&k->active, true);
     int rc = sinkd_client_session_append_text(c, session, text, len, bos, -1, &ap);
     if (rc != 0) {
         atomic_store(&k->active, false);
@@ -353,6 +357,7 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
         return sinkctl_fail(ctx, c, rc, NULL);
     }
     out->appended = true;
+    atomic_store(&k->wait_ms, ctx->timeout_ms);
     sinkd_client_gen_result res = SINKD_CLIENT_GEN_RESULT_INIT;
     if (gen_interrupted)
         rc = 0;   /* Ctrl-C during the prefill: no reply */
@@ -463,7 +468,9 @@ const sinkctl_cmd sinkctl_cmd_run = {
             GEN_OPTIONS_HELP
             "\n"
             "--timeout bounds each wait for the next token; the prompt's prefill\n"
-            "waits as long as it takes. Ctrl-C cancels the generation (exit 130).\n"
+            "waits as long as it takes, and so does a Ctrl-C's cancel of it (the\n"
+            "daemon stops a prompt between two chunks). Ctrl-C cancels the\n"
+            "generation (exit 130).\n"
             "With --json, prints one JSON object per token ({ev, token, text}),\n"
             "then the result {session, reason, n_tokens, prompt_tokens, text,\n"
             "timings}.\n"

@@ -204,15 +204,16 @@ static char *wait_output(int fd, size_t after, bool newline)
     return NULL;
 }
 
-/* sinkctl chat with the arguments @extra (up to 8, NULL-terminated) after
- * "chat", stdin a pipe (*@in: its write end), stdout and stderr memory
- * files (*@out, *@err). */
-static pid_t chat_start(const char *const *extra, int *in, int *out, int *err)
+/* sinkctl --socket S with the arguments @args (up to 12, NULL-terminated:
+ * global options, the command and its arguments), stdin a pipe (*@in: its
+ * write end), stdout and stderr memory files (*@out, *@err). */
+static pid_t sinkctl_start(const char *const *args, int *in, int *out, int *err)
 {
-    const char *argv[16] = {CHECK_SINKCTL, "--socket", check_daemon.socket_path, "chat"};
-    int fds[2], argc = 4;
-    while (*extra && argc < 12)
-        argv[argc++] = *extra++;
+    const char *argv[16] = {CHECK_SINKCTL, "--socket", check_daemon.socket_path};
+    int fds[2], argc = 3;
+    while (*args && argc < 15)
+        argv[argc++] = *args++;
+    cr_assert_null(*args, "too many arguments");
     cr_assert_eq(pipe(fds), 0);
     *out = memfd_create("stdout", MFD_CLOEXEC);
     *err = memfd_create("stderr", MFD_CLOEXEC);
@@ -233,24 +234,40 @@ static pid_t chat_start(const char *const *extra, int *in, int *out, int *err)
     return pid;
 }
 
+/* sinkctl chat with the arguments @extra (up to 11, NULL-terminated). */
+static pid_t chat_start(const char *const *extra, int *in, int *out, int *err)
+{
+    const char *args[13] = {"chat"};
+    for (int i = 0; extra[i]; i++) {
+        cr_assert_lt(i, 11, "too many arguments");
+        args[1 + i] = extra[i];
+    }
+    return sinkctl_start(args, in, out, err);
+}
+
 /* Ctrl-C in a long prompt's prefill stops it (the daemon undoes it at the
  * next chunk and answers cancelled): no error, the chat goes on, and the
  * next line starts the conversation afresh, BOS included, so its reply is
- * the golden one. */
+ * the golden one. The daemon's answer to the cancel waits for the chunk in
+ * progress, which may outlast --timeout: stopping the daemon for longer
+ * than that makes it do so. */
 Test(sinkctl, chat_ctrl_c_in_a_long_prompt_undoes_it)
 {
     check_golden_load(golden);
     int in, out, err;
-    static const char *const args[] = {"--policy", "window", "-n", "8", "--ignore-eos",
-                                        "window=64", NULL};
-    pid_t pid = chat_start(args, &in, &out, &err);
-    /* ~72K tokens: tens of seconds of prefill on the CPU */
+    static const char *const args[] = {"--timeout", "1000", "chat", "--policy", "window",
+                                        "-n", "8", "--ignore-eos", "window=64", NULL};
+    pid_t pid = sinkctl_start(args, &in, &out, &err);
+    /* 216K tokens (one a byte): minutes of prefill on the CPU */
     static const char piece[] = "Once upon a time. ";
     for (int i = 0; i < 12000; i++)
         cr_assert_eq(write(in, piece, sizeof piece - 1), (ssize_t)(sizeof piece - 1));
     cr_assert_eq(write(in, "\n", 1), 1);
     usleep(500000);
+    cr_assert_eq(kill(check_daemon.pid, SIGSTOP), 0);
     cr_assert_eq(kill(pid, SIGINT), 0);
+    usleep(2500000);
+    cr_assert_eq(kill(check_daemon.pid, SIGCONT), 0);
 
     char line[160];
     int n = snprintf(line, sizeof(line), "%s\n", golden[0].prompt);
