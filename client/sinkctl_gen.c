@@ -344,9 +344,10 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
     sinkd_client_append_result ap;
     atomic_store(&k->session, session);
     /* No timeout: a big prompt's prefill takes what it takes. Ctrl-C's
-     * session.cancel stops it at the next chunk, undone: no reply. The
-     * daemon answers the cancel when that chunk ends, so its wait is
-     * unbounded too (a chunk of a big model on a CPU outlasts --timeout). */
+     * session.cancel stops it between two layers, undone: no reply. The
+     * daemon answers the cancel once the layer in progress ends (on a GPU,
+     * the chunk), so its wait is unbounded too: that can outlast --timeout
+     * (a big model on a CPU, a loaded machine). */
     atomic_store(&k->wait_ms, -1);
     atomic_store(&k->active, true);
     int rc = sinkd_client_session_append_text(c, session, text, len, bos, -1, &ap);
@@ -469,7 +470,7 @@ const sinkctl_cmd sinkctl_cmd_run = {
             "\n"
             "--timeout bounds each wait for the next token; the prompt's prefill\n"
             "waits as long as it takes, and so does a Ctrl-C's cancel of it (the\n"
-            "daemon stops a prompt between two chunks). Ctrl-C cancels the\n"
+            "daemon stops a prompt between two layers). Ctrl-C cancels the\n"
             "generation (exit 130).\n"
             "With --json, prints one JSON object per token ({ev, token, text}),\n"
             "then the result {session, reason, n_tokens, prompt_tokens, text,\n"

@@ -414,27 +414,35 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
 }
 
 /* What waiting job @w means for a prefill of @s asked by @req: 0 nothing,
- * or its error. A cancel or close from another uid is none (the test
- * eng_session_lookup makes). */
-static int eng__stops_prefill(const sinkd_job *w, const eng_session *s, const sinkd_job *req)
+ * or its error. A job of @s from another uid is none (the test
+ * eng_session_lookup makes). A cancel behind a generate of @s is that
+ * generation's (*@gen_waits: one was seen, in queue order). */
+static int eng__stops_prefill(const sinkd_job *w, const eng_session *s, const sinkd_job *req,
+                              bool *gen_waits)
 {
     if (w->kind == SINKD_JOB_CONN_CLOSED)
         return req && w->conn_id == req->conn_id ? -ECONNABORTED : 0;
-    if (w->kind != SINKD_JOB_SESSION_CANCEL && w->kind != SINKD_JOB_SESSION_CLOSE)
+    if (w->session != s->id || (w->uid != s->uid && !w->admin))
         return 0;
-    return w->session == s->id && (w->uid == s->uid || w->admin) ? -ECANCELED : 0;
+    if (w->kind == SINKD_JOB_SESSION_GENERATE)
+        *gen_waits = true;
+    if (w->kind == SINKD_JOB_SESSION_CLOSE || (w->kind == SINKD_JOB_SESSION_CANCEL && !*gen_waits))
+        return -ECANCELED;
+    return 0;
 }
 
 int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req)
 {
+    bool gen_waits = false;
     int rc = 0;
 
-    /* the jobs this thread took with the one it runs, then the queue */
+    /* the jobs this thread took with the one it runs, then the queue: the
+     * order they came in */
     for (const sinkd_job *w = e->run_rest; w && !rc; w = w->next)
-        rc = eng__stops_prefill(w, s, req);
+        rc = eng__stops_prefill(w, s, req, &gen_waits);
     pthread_mutex_lock(&e->mu);
     for (const sinkd_job *w = e->head; w && !rc; w = w->next)
-        rc = eng__stops_prefill(w, s, req);
+        rc = eng__stops_prefill(w, s, req, &gen_waits);
     pthread_mutex_unlock(&e->mu);
     return rc;
 }

@@ -222,11 +222,12 @@ void eng_session_destroy(sinkd_engine *e, eng_session *s);
  * was. */
 int eng_sess_room(sinkd_engine *e);
 void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
-/* Whether a prefill of @s asked by @req (may be NULL) should stop before
- * its next chunk, for a job waiting behind the running one: -ECONNABORTED
- * when @req's connection has closed (its CONN_CLOSED job waits),
- * -ECANCELED for a session.cancel or session.close of @s from a caller
- * who may touch it; 0 otherwise. Engine thread. */
+/* Whether a prefill of @s asked by @req (may be NULL) should stop now,
+ * for a job waiting behind the running one: -ECONNABORTED when @req's
+ * connection has closed (its CONN_CLOSED job waits), -ECANCELED for a
+ * session.close of @s, or a session.cancel of @s that no session.generate
+ * of @s waits ahead of (that one is the generation's), from a caller who
+ * may touch it; 0 otherwise. Engine thread. */
 int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
@@ -362,6 +363,8 @@ typedef struct eng_fwd_ctx {
     size_t lanes_stride;
     bool fell_back;               /* a select callback failed: dense from here */
     const sinkd_job *req;         /* told of a fallback: the generation or the append */
+    const sinkd_job *stop_req;    /* prefill: the append, stopped between layers
+                                   * when eng_prefill_stop says so */
     uint64_t seed;                /* Gumbel noise of this forward's own rows
                                    * (a deferred row takes its step's) */
     bool defer;                   /* the step's scores are deferred (defer.c) */

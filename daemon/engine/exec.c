@@ -376,6 +376,10 @@ static int exec__prefill_hook(void *ctx, int32_t layer, sinkd_prefill_args *a)
     eng_fwd_ctx *c = ctx;
     int rc;
 
+    /* a chunk of a big model on a CPU takes seconds: a cancel or a closed
+     * connection need not wait for its end (the caller undoes the chunk) */
+    if (layer > 0 && c->stop_req && (rc = eng_prefill_stop(c->e, c->self, c->stop_req)) < 0)
+        return rc;
     if ((rc = exec__catch_up(c)) < 0)
         return rc;
     if (!c->x.post)

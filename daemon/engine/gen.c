@@ -82,8 +82,9 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
  * logits land in s->logits. On failure the lanes are cut back to where they
  * were and s->logits still holds the last position's before the append (the
  * last chunk writes e->logits; copied on success). What an earlier chunk's
- * eviction dropped stays dropped. (One token runs as a decode step:
- * gen__append_group.) */
+ * eviction dropped stays dropped. A cancel, close or closed connection
+ * (eng_prefill_stop) stops it between two layers, a failure like another.
+ * (One token runs as a decode step: gen__append_group.) */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
                         const sinkd_job *j)
 {
@@ -108,6 +109,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
             pos[i] = (int32_t)s->tokens + i;
         o.rope_mode = s->rope_mode;
         rc = eng_prefill_begin(&fc, &hook, e, s);
+        fc.stop_req = j;
         if (rc == 0)
             rc = eng_fwd_end(&fc, sinkd_model_prefill(s->m->model, e->kv, s->seq, ids + done,
                                                       pos, k, &o,

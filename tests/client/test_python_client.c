@@ -307,8 +307,8 @@ Test(python, main_reports_a_malformed_reply)
                   "3 True False\n");
 }
 
-/* A long prompt whose connection closes mid-prefill stops at the next
- * chunk instead of holding the engine (and every other client) for the
+/* A long prompt whose connection closes mid-prefill stops at its next
+ * layer instead of holding the engine (and every other client) for the
  * rest: it is undone like a failed append, so the session, opened by
  * another connection of the same uid, has consumed nothing. */
 Test(python, a_prefill_stops_when_its_connection_closes)
@@ -325,26 +325,61 @@ Test(python, a_prefill_stops_when_its_connection_closes)
                   "[0]\n");
 }
 
-/* A session.cancel or session.close of a session behind its long prompt
- * stops the prompt at the next chunk: the append answers cancelled first,
- * undone (no tokens consumed), then the cancel or close answers. One
- * connection, so that the engine queues the two in that order. */
+/* A session.cancel, then a session.close, of a session behind its prompt
+ * of @reps pieces of 18 bytes (a token each) stop the prompt: the append
+ * answers cancelled first, undone (no tokens consumed), then the cancel or
+ * close answers. One connection, so that the engine queues the two in that
+ * order. */
+static void expect_prompt_stops(int reps)
+{
+    char script[2048];
+    int n = snprintf(script, sizeof script,
+                     PY_PRELUDE
+                     "with Client(sys.argv[1]) as a:\n"
+                     "    for op in ('session.cancel', 'session.close'):\n"
+                     "        s = a.session_open(policy='window', params='window=64')\n"
+                     "        i = a._send('session.append', {'session': s,\n"
+                     "                                       'text': 'Once upon a time. ' * %d})\n"
+                     "        k = a._send(op, {'session': s})\n"
+                     "        r1, r2 = a._recv(), a._recv()\n"
+                     "        print(op, r1['id'] == i, r1.get('error', {}).get('code'),\n"
+                     "              r2['id'] == k, 'error' in r2)\n"
+                     "        print([x['tokens'] for x in a.request('session.list')['sessions']\n"
+                     "               if x['session'] == s])\n",
+                     reps);
+    cr_assert(n > 0 && (size_t)n < sizeof script);
+    expect_script(script, "session.cancel True cancelled True False\n[0]\n"
+                          "session.close True cancelled True False\n[]\n");
+}
+
+/* A long prompt (216K tokens, hundreds of chunks) stops at its next layer. */
 Test(python, a_prefill_stops_on_cancel_or_close)
+{
+    expect_prompt_stops(12000);
+}
+
+/* A session.cancel queued behind a session.generate of the same session is
+ * that generation's: the prompt ahead of both (three chunks) is not
+ * stopped, the generation is. */
+Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
 {
     expect_script(PY_PRELUDE
                   "with Client(sys.argv[1]) as a:\n"
-                  "    for op in ('session.cancel', 'session.close'):\n"
-                  "        s = a.session_open(policy='window', params='window=64')\n"
-                  "        i = a._send('session.append', {'session': s,\n"
-                  "                                       'text': 'Once upon a time. ' * 12000})\n"
-                  "        k = a._send(op, {'session': s})\n"
-                  "        r1, r2 = a._recv(), a._recv()\n"
-                  "        print(op, r1['id'] == i, r1.get('error', {}).get('code'),\n"
-                  "              r2['id'] == k, 'error' in r2)\n"
-                  "        print([x['tokens'] for x in a.request('session.list')['sessions']\n"
-                  "               if x['session'] == s])\n",
-                  "session.cancel True cancelled True False\n[0]\n"
-                  "session.close True cancelled True False\n[]\n");
+                  "    s = a.session_open(policy='window', params='window=64')\n"
+                  "    i = a._send('session.append', {'session': s,\n"
+                  "                                   'text': 'Once upon a time. ' * 80})\n"
+                  "    g = a._send('session.generate', {'session': s, 'max_tokens': 4000,\n"
+                  "                                     'ignore_eos': True})\n"
+                  "    k = a._send('session.cancel', {'session': s})\n"
+                  "    done = {}\n"
+                  "    while len(done) < 3:\n"
+                  "        m = a._recv()\n"
+                  "        if 'ev' not in m:\n"
+                  "            done[m['id']] = m\n"
+                  "    print('error' in done[i], done[i].get('n_tokens', 0) > 1024,\n"
+                  "          done[g].get('reason'), done[g].get('n_tokens', 4000) < 4000,\n"
+                  "          'error' in done[k])\n",
+                  "False True cancelled True False\n");
 }
 
 /* A client that shuts down only its sending side (`... | socat`) still gets
@@ -526,3 +561,25 @@ Test(python_cycle, a_failed_generation_still_finishes_a_half_closed_connection)
                   "internal\ninternal\nalive\n");
 }
 
+/* ---- one chunk: a prompt that runs through the model in one piece -------- */
+
+static void one_chunk_daemon_start(void)
+{
+    static const char *const args[] = { "--model", "tiny=" CHECK_MODEL, "--backend", "cpu",
+                                         NULL };
+    int rc = sinkd_testd_start(&check_daemon,
+                               "[engine]\nkv_pool_bytes = 64M\nprefill_chunk = 8192\n", args);
+    cr_assert_eq(rc, 0, "sinkd did not start (%d)", rc);
+}
+
+TestSuite(python_one_chunk, .init = one_chunk_daemon_start, .fini = check_daemon_stop,
+          .timeout = 120);
+
+/* A prompt of one chunk stops between two layers of its forward for a
+ * cancel or close behind it (a chunk of a big model on a CPU runs for
+ * seconds): answered cancelled, undone. 2K tokens: about a second of the
+ * tiny model's four layers in an optimised build, tens under a sanitizer. */
+Test(python_one_chunk, a_prompt_of_one_chunk_stops_between_layers)
+{
+    expect_prompt_stops(112);
+}

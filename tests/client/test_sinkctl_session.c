@@ -245,10 +245,10 @@ static pid_t chat_start(const char *const *extra, int *in, int *out, int *err)
     return sinkctl_start(args, in, out, err);
 }
 
-/* Ctrl-C in a long prompt's prefill stops it (the daemon undoes it at the
- * next chunk and answers cancelled): no error, the chat goes on, and the
+/* Ctrl-C in a long prompt's prefill stops it (the daemon undoes it at its
+ * next layer and answers cancelled): no error, the chat goes on, and the
  * next line starts the conversation afresh, BOS included, so its reply is
- * the golden one. The daemon's answer to the cancel waits for the chunk in
+ * the golden one. The daemon's answer to the cancel waits for the layer in
  * progress, which may outlast --timeout: stopping the daemon for longer
  * than that makes it do so. */
 Test(sinkctl, chat_ctrl_c_in_a_long_prompt_undoes_it)
