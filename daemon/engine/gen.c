@@ -84,9 +84,12 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
  * last chunk writes e->logits; copied on success). What an earlier chunk's
  * eviction dropped stays dropped. A cancel, close or closed connection
  * (eng_prefill_stop) stops it between two layers, a failure like another.
- * (One token runs as a decode step: gen__append_group.) */
+ * Between two chunks the other sessions' generations take a step, so that
+ * a long prompt does not stall every stream on the daemon; *@others_ns
+ * gets the time those steps took. (One token runs as a decode step:
+ * gen__append_group.) */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
-                        const sinkd_job *j)
+                        const sinkd_job *j, uint64_t *others_ns)
 {
     int32_t *pos = malloc((size_t)(n < e->prefill_chunk ? n : e->prefill_chunk) * sizeof *pos);
     int32_t p0 = (int32_t)s->tokens;
@@ -105,6 +108,13 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
          * one would hold every other request back) */
         if (done > 0 && (rc = eng_prefill_stop(e, s, j)) < 0)
             break;
+        if (done > 0) {
+            /* s generates nothing (an append is refused while it does), and
+             * e->logits is only this prompt's after its last chunk */
+            uint64_t t0 = eng_now_ns();
+            if (eng_step(e))
+                *others_ns += eng_now_ns() - t0;
+        }
         for (int32_t i = 0; i < k; i++)
             pos[i] = (int32_t)s->tokens + i;
         o.rope_mode = s->rope_mode;
@@ -237,14 +247,15 @@ void eng_job_append(sinkd_engine *e, sinkd_job *j)
         gen__append_group(e, &s, &j, 1);
         return;
     }
+    uint64_t others = 0;
     t0 = eng_now_ns();
-    rc = n ? gen__prefill(e, s, ids, (int32_t)n, j) : 0;
+    rc = n ? gen__prefill(e, s, ids, (int32_t)n, j, &others) : 0;
     free(ids);
     if (rc < 0) {
         eng_error_errno(e, j, rc, "session.append");
         return;
     }
-    gen__append_done(e, s, j, n, (double)(eng_now_ns() - t0) / 1e6);
+    gen__append_done(e, s, j, n, (double)(eng_now_ns() - t0 - others) / 1e6);
 }
 
 /* ---- single-token appends, batched ------------------------------------- */

@@ -382,6 +382,35 @@ Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
                   "False True cancelled True False\n");
 }
 
+/* A long prompt does not stall the other sessions' generations: they take
+ * a step between two of its chunks. One connection, so that the frames
+ * come out in the engine's order: the generation's tokens before the
+ * append's reply number at least the prompt's chunks less one (six chunks
+ * of the default 512 tokens here; without the steps at most the first
+ * token would come before it). */
+Test(python, a_long_prompt_lets_other_generations_step)
+{
+    expect_script(PY_PRELUDE
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    s1 = a.session_open()\n"
+                  "    a.session_append(s1, text='Once upon a time')\n"
+                  "    s2 = a.session_open(policy='window', params='window=64')\n"
+                  "    g = a._send('session.generate', {'session': s1, 'max_tokens': 40,\n"
+                  "                                     'ignore_eos': True})\n"
+                  "    i = a._send('session.append', {'session': s2,\n"
+                  "                                   'text': 'Once upon a time. ' * 150})\n"
+                  "    before, done = 0, {}\n"
+                  "    while len(done) < 2:\n"
+                  "        m = a._recv()\n"
+                  "        if 'ev' not in m:\n"
+                  "            done[m['id']] = m\n"
+                  "        elif m['id'] == g and m['ev'] == 'token' and i not in done:\n"
+                  "            before += 1\n"
+                  "    print(before >= 5, 'error' in done[i], done[i]['n_tokens'] > 5 * 512,\n"
+                  "          done[g].get('reason'), done[g].get('n_tokens'))\n",
+                  "True False True length 40\n");
+}
+
 /* A client that shuts down only its sending side (`... | socat`) still gets
  * every answer it is owed, a generation's events and reply included, and
  * then the end of the stream; the session it used (another connection's)
