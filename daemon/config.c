@@ -87,7 +87,7 @@ static const sinkd_cfg_key config__keys[] = {
       "widest head_dim the KV pool stores (a multiple of 16, at least every model's; raw "
       "sessions may use up to it); 0: the largest model's head_dim, or 128 without a model" },
     { "engine", "prefill_chunk", SINKD_CFG_UINT, OFF(prefill_chunk), "512", 1, 65536, NULL, 0,
-      "prompt tokens processed per forward step" },
+      "prompt tokens per forward step; generations step between two" },
     { "engine", "max_batch", SINKD_CFG_UINT, OFF(max_batch), "32", 1, 1024, NULL, 0,
       "sessions decoded together in one step" },
     { "engine", "cuda_graphs", SINKD_CFG_ENUM, OFF(cuda_graphs), "on", 0, 0, config__on_off, 0,
