@@ -32,9 +32,11 @@ typedef struct canceller {
     atomic_int wait_ms;              /* the cancel's wait for its reply */
     atomic_bool active;              /* a reply is being produced */
     _Atomic uint64_t session;
+    atomic_uint handled;             /* Ctrl-C's the watcher is done with */
 } canceller;
 
 static volatile sig_atomic_t gen_interrupted;
+static atomic_uint gen_sigs;         /* Ctrl-C's caught (lock-free: the handler's) */
 static int gen_sigfd = -1;
 
 static void gen_on_sigint(int sig)
@@ -45,6 +47,7 @@ static void gen_on_sigint(int sig)
         return;
     }
     gen_interrupted = 1;
+    atomic_fetch_add(&gen_sigs, 1);
     int saved = errno;
     if (gen_sigfd >= 0 && write(gen_sigfd, "c", 1) < 0) {
         /* Nothing to do in a handler: the flag is still set. */
@@ -62,14 +65,23 @@ static void *canceller_main(void *arg)
             continue;
         if (n <= 0 || ch == 'q')
             return NULL;
-        if (!atomic_load(&k->active))
-            continue;
-        int rc = sinkd_client_session_cancel(k->c, atomic_load(&k->session),
-                                             atomic_load(&k->wait_ms));
-        if (rc != 0)
-            fprintf(stderr, "sinkctl: cancel: %s%s%s\n", sinkd_client_strerror(rc),
-                    rc > 0 ? ": " : "", rc > 0 ? sinkd_client_errmsg(k->c) : "");
+        if (atomic_load(&k->active)) {
+            int rc = sinkd_client_session_cancel(k->c, atomic_load(&k->session),
+                                                 atomic_load(&k->wait_ms));
+            if (rc != 0)
+                fprintf(stderr, "sinkctl: cancel: %s%s%s\n", sinkd_client_strerror(rc),
+                        rc > 0 ? ": " : "", rc > 0 ? sinkd_client_errmsg(k->c) : "");
+        }
+        atomic_fetch_add(&k->handled, 1);
     }
+}
+
+/* Wait until the watcher is done with every Ctrl-C caught so far: a cancel
+ * it sends after the next prompt went out would stop that prompt. */
+static void canceller_settle(canceller *k)
+{
+    while (k->running && atomic_load(&k->handled) != atomic_load(&gen_sigs))
+        usleep(1000);
 }
 
 /* Connect the watcher and install the SIGINT handler (no SA_RESTART: a
@@ -342,6 +354,7 @@ static int gen_reply(const sinkctl_ctx *ctx, sinkd_client *c, canceller *k, uint
                      gen_out *out)
 {
     sinkd_client_append_result ap;
+    canceller_settle(k);
     atomic_store(&k->session, session);
     /* No timeout: a big prompt's prefill takes what it takes. Ctrl-C's
      * session.cancel stops it between two layers, undone: no reply. The

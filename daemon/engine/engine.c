@@ -416,8 +416,9 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
 /* What waiting job @w means for a prefill of @s asked by @req: 0 nothing,
  * or its error. A job of @s from another uid is none (the test
  * eng_session_lookup makes). A cancel behind a generate of @s is that
- * generation's (*@gen_waits: one was seen, in queue order). */
-static int eng__stops_prefill(const sinkd_job *w, const eng_session *s, const sinkd_job *req,
+ * generation's (*@gen_waits: one was seen, in queue order); a cancel stops
+ * one prompt, the one running when it came (it is spent). */
+static int eng__stops_prefill(sinkd_job *w, const eng_session *s, const sinkd_job *req,
                               bool *gen_waits)
 {
     if (w->kind == SINKD_JOB_CONN_CLOSED)
@@ -426,9 +427,12 @@ static int eng__stops_prefill(const sinkd_job *w, const eng_session *s, const si
         return 0;
     if (w->kind == SINKD_JOB_SESSION_GENERATE)
         *gen_waits = true;
-    if (w->kind == SINKD_JOB_SESSION_CLOSE || (w->kind == SINKD_JOB_SESSION_CANCEL && !*gen_waits))
+    if (w->kind == SINKD_JOB_SESSION_CLOSE)
         return -ECANCELED;
-    return 0;
+    if (w->kind != SINKD_JOB_SESSION_CANCEL || *gen_waits || w->spent)
+        return 0;
+    w->spent = true;
+    return -ECANCELED;
 }
 
 int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req)
@@ -438,13 +442,47 @@ int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req
 
     /* the jobs this thread took with the one it runs, then the queue: the
      * order they came in */
-    for (const sinkd_job *w = e->run_rest; w && !rc; w = w->next)
+    for (sinkd_job *w = e->run_rest; w && !rc; w = w->next)
         rc = eng__stops_prefill(w, s, req, &gen_waits);
     pthread_mutex_lock(&e->mu);
-    for (const sinkd_job *w = e->head; w && !rc; w = w->next)
+    for (sinkd_job *w = e->head; w && !rc; w = w->next)
         rc = eng__stops_prefill(w, s, req, &gen_waits);
     pthread_mutex_unlock(&e->mu);
     return rc;
+}
+
+/* What waiting job @w means for the generations in progress (see
+ * eng_gen_stops_waiting). */
+static void eng__stops_gens(sinkd_engine *e, sinkd_job *w)
+{
+    if (w->kind == SINKD_JOB_CONN_CLOSED) {
+        for (size_t i = 0; i < e->n_sess; i++)
+            if (e->sess[i]->gen && e->sess[i]->gen->conn_id == w->conn_id)
+                e->sess[i]->cancel = true;
+        return;
+    }
+    if (w->kind != SINKD_JOB_SESSION_CANCEL && w->kind != SINKD_JOB_SESSION_CLOSE)
+        return;
+    eng_session *s = eng_session_lookup(e, w);
+    if (!s || !s->gen || (w->kind == SINKD_JOB_SESSION_CANCEL && w->spent))
+        return;
+    s->cancel = true;
+    if (w->kind == SINKD_JOB_SESSION_CANCEL)
+        w->spent = true;
+}
+
+bool eng_gen_stops_waiting(sinkd_engine *e)
+{
+    bool stopping;
+
+    for (sinkd_job *w = e->run_rest; w; w = w->next)
+        eng__stops_gens(e, w);
+    pthread_mutex_lock(&e->mu);
+    for (sinkd_job *w = e->head; w; w = w->next)
+        eng__stops_gens(e, w);
+    stopping = e->stopping;
+    pthread_mutex_unlock(&e->mu);
+    return stopping;
 }
 
 void sinkd_engine_stop(sinkd_engine *e)

@@ -8,7 +8,8 @@
  * (session control, appends, raw attention), then ONE decode step for all
  * generating sessions at once (continuous batching: sessions join and leave
  * between steps, at most max_batch per step), streaming token events and
- * finishing generations. Every answer leaves through the emit callback
+ * finishing generations. A prompt of several chunks runs such a step
+ * between two of its chunks too, so that it does not stall the streams. Every answer leaves through the emit callback
  * (sinkd_server_post in the daemon), addressed by connection id: a frame for
  * a connection that is gone is dropped there.
  *
@@ -178,6 +179,8 @@ typedef struct sinkd_job {
     bool has_q_pos;
     int64_t q_pos;
     sinkd_job_shm k, v, pos, q, out, scores;   /* kv.append / attend / logits (out) */
+    bool spent;                   /* a session.cancel that already stopped what ran
+                                   * when it came (engine thread; it stops nothing else) */
 } sinkd_job;
 
 /* A zeroed job of @kind for request @id of @conn_id, or NULL (ENOMEM). */

@@ -226,9 +226,17 @@ void eng_job_session_open(sinkd_engine *e, sinkd_job *j);
  * for a job waiting behind the running one: -ECONNABORTED when @req's
  * connection has closed (its CONN_CLOSED job waits), -ECANCELED for a
  * session.close of @s, or a session.cancel of @s that no session.generate
- * of @s waits ahead of (that one is the generation's), from a caller who
- * may touch it; 0 otherwise. Engine thread. */
+ * of @s waits ahead of (that one is the generation's) and that stopped
+ * nothing yet (it is spent here), from a caller who may touch it; 0
+ * otherwise. Engine thread. */
 int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req);
+/* Before a step inside a long prompt (gen__prefill), which runs ahead of
+ * the jobs queued behind the prompt: mark cancelled every generation whose
+ * session.cancel (spent here) or session.close waits, or whose connection
+ * has closed, so that it ends as it would have. Returns whether the engine
+ * is stopping (then no step should run: the main loop runs none either).
+ * Engine thread. */
+bool eng_gen_stops_waiting(sinkd_engine *e);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);

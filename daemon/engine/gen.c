@@ -108,7 +108,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
          * one would hold every other request back) */
         if (done > 0 && (rc = eng_prefill_stop(e, s, j)) < 0)
             break;
-        if (done > 0) {
+        if (done > 0 && !eng_gen_stops_waiting(e)) {
             /* s generates nothing (an append is refused while it does), and
              * e->logits is only this prompt's after its last chunk */
             uint64_t t0 = eng_now_ns();
@@ -618,7 +618,7 @@ void eng_job_cancel(sinkd_engine *e, sinkd_job *j)
 
     if (!s)
         return;
-    if (s->gen)
+    if (s->gen && !j->spent)
         s->cancel = true;
     eng_reply_empty(e, j);
 }

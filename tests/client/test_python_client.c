@@ -411,6 +411,60 @@ Test(python, a_long_prompt_lets_other_generations_step)
                   "True False True length 40\n");
 }
 
+/* The steps a long prompt lets run come before the jobs queued behind it:
+ * a cancel of a generation waiting there still ends it at its next step,
+ * not after a step a chunk. And a cancel stops one thing: of two prompts
+ * ahead of it, the first; the second runs. Each batch of requests goes out
+ * in one write, so that the daemon queues them together; a tokenize marks
+ * where the long prompt starts in the connection's frames. */
+Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
+{
+    expect_script(PY_PRELUDE
+                  "import struct, msgpack\n"
+                  "def send_all(a, reqs):\n"
+                  "    out, ids = b'', []\n"
+                  "    for op, f in reqs:\n"
+                  "        m = dict(f, op=op, id=a.next_id)\n"
+                  "        ids.append(a.next_id)\n"
+                  "        a.next_id += 1\n"
+                  "        p = msgpack.packb(m, use_bin_type=True)\n"
+                  "        out += struct.pack('>I', len(p)) + p\n"
+                  "    a.sock.sendall(out)\n"
+                  "    return ids\n"
+                  "long = 'Once upon a time. ' * 150\n"
+                  "with Client(sys.argv[1]) as a:\n"
+                  "    s1 = a.session_open()\n"
+                  "    a.session_append(s1, text='Once upon a time')\n"
+                  "    s2 = a.session_open(policy='window', params='window=64')\n"
+                  "    g, t, i, k = send_all(a, [\n"
+                  "        ('session.generate', {'session': s1, 'max_tokens': 4000,\n"
+                  "                              'ignore_eos': True}),\n"
+                  "        ('tokenize', {'text': 'x'}),\n"
+                  "        ('session.append', {'session': s2, 'text': long}),\n"
+                  "        ('session.cancel', {'session': s1})])\n"
+                  "    done, during = {}, 0\n"
+                  "    while len(done) < 4:\n"
+                  "        m = a._recv()\n"
+                  "        if 'ev' not in m:\n"
+                  "            done[m['id']] = m\n"
+                  "        elif m['id'] == g and m['ev'] == 'token' and t in done and i not in done:\n"
+                  "            during += 1\n"
+                  "    print(done[g].get('reason'), during <= 1, 'error' in done[i],\n"
+                  "          'error' in done[k])\n"
+                  "    i1, i2, k = send_all(a, [\n"
+                  "        ('session.append', {'session': s2, 'text': long}),\n"
+                  "        ('session.append', {'session': s2, 'text': ' The end.'}),\n"
+                  "        ('session.cancel', {'session': s2})])\n"
+                  "    done = {}\n"
+                  "    while len(done) < 3:\n"
+                  "        m = a._recv()\n"
+                  "        if 'ev' not in m:\n"
+                  "            done[m['id']] = m\n"
+                  "    print(done[i1].get('error', {}).get('code'), 'error' in done[i2],\n"
+                  "          done[i2].get('n_tokens'), 'error' in done[k])\n",
+                  "cancelled True False False\ncancelled False 9 False\n");
+}
+
 /* A client that shuts down only its sending side (`... | socat`) still gets
  * every answer it is owed, a generation's events and reply included, and
  * then the end of the stream; the session it used (another connection's)

@@ -255,7 +255,7 @@ Test(sinkctl, chat_ctrl_c_in_a_long_prompt_undoes_it)
 {
     check_golden_load(golden);
     int in, out, err;
-    static const char *const args[] = {"--timeout", "1000", "chat", "--policy", "window",
+    static const char *const args[] = {"--timeout", "2000", "chat", "--policy", "window",
                                         "-n", "8", "--ignore-eos", "window=64", NULL};
     pid_t pid = sinkctl_start(args, &in, &out, &err);
     /* 216K tokens (one a byte): minutes of prefill on the CPU */
@@ -266,7 +266,7 @@ Test(sinkctl, chat_ctrl_c_in_a_long_prompt_undoes_it)
     usleep(500000);
     cr_assert_eq(kill(check_daemon.pid, SIGSTOP), 0);
     cr_assert_eq(kill(pid, SIGINT), 0);
-    usleep(2500000);
+    usleep(3500000);
     cr_assert_eq(kill(check_daemon.pid, SIGCONT), 0);
 
     char line[160];
