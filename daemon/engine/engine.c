@@ -316,11 +316,13 @@ static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
 {
     int32_t nb = 0;
 
-    while (list) {
-        sinkd_job *j = list;
-        list = j->next;
+    /* run_rest is the list itself: a long prompt takes jobs out of it
+     * (eng_run_waiting) */
+    e->run_rest = list;
+    while (e->run_rest) {
+        sinkd_job *j = e->run_rest;
+        e->run_rest = j->next;
         j->next = NULL;
-        e->run_rest = list;
         if (stop && !eng__unanswered(j)) {
             eng_error(e, j, SINKD_ERR_SHUTTING_DOWN, "sinkd is shutting down");
             sinkd_job_free(j);
@@ -483,6 +485,81 @@ bool eng_gen_stops_waiting(sinkd_engine *e)
     stopping = e->stopping;
     pthread_mutex_unlock(&e->mu);
     return stopping;
+}
+
+/* A job that may run inside a long prompt, ahead of the jobs before it: it
+ * reads or creates, and names no session that exists (so it cannot see an
+ * append still waiting, or disturb the prompt's session). */
+static bool eng__runs_early(const sinkd_job *j)
+{
+    switch (j->kind) {
+    case SINKD_JOB_TOKENIZE:
+    case SINKD_JOB_DETOKENIZE:
+    case SINKD_JOB_SESSION_LIST:
+    case SINKD_JOB_POLICY_LIST:
+    case SINKD_JOB_SESSION_OPEN:
+        return true;
+    default:
+        return false;
+    }
+}
+
+#define ENG_EARLY_CONNS 32
+
+/* Whether @w may run now; otherwise its connection joins @held (answers
+ * of one connection keep their order). False with @held full. */
+static bool eng__take_early(const sinkd_job *w, uint64_t *held, int *n_held)
+{
+    for (int i = 0; i < *n_held; i++)
+        if (held[i] == w->conn_id)
+            return false;
+    if (eng__runs_early(w))
+        return true;
+    if (*n_held < ENG_EARLY_CONNS)
+        held[(*n_held)++] = w->conn_id;
+    return false;
+}
+
+void eng_run_waiting(sinkd_engine *e, const sinkd_job *req)
+{
+    uint64_t held[ENG_EARLY_CONNS];
+    int n_held = 0;
+    sinkd_job *take = NULL, **tail = &take;
+
+    if (req)
+        held[n_held++] = req->conn_id;
+    for (sinkd_job **p = &e->run_rest; *p && n_held < ENG_EARLY_CONNS;) {
+        if (eng__take_early(*p, held, &n_held)) {
+            *tail = *p;
+            *p = (*p)->next;
+            tail = &(*tail)->next;
+        } else {
+            p = &(*p)->next;
+        }
+    }
+    pthread_mutex_lock(&e->mu);
+    bool took = false;
+    for (sinkd_job **p = &e->head; *p && n_held < ENG_EARLY_CONNS;) {
+        if (eng__take_early(*p, held, &n_held)) {
+            *tail = *p;
+            *p = (*p)->next;
+            tail = &(*tail)->next;
+            took = true;
+        } else {
+            p = &(*p)->next;
+        }
+    }
+    if (took) /* the queue's last job may have been taken */
+        for (e->tail = e->head; e->tail && e->tail->next;)
+            e->tail = e->tail->next;
+    pthread_mutex_unlock(&e->mu);
+    *tail = NULL;
+    while (take) {
+        sinkd_job *j = take;
+        take = j->next;
+        j->next = NULL;
+        eng__run_job(e, j);
+    }
 }
 
 void sinkd_engine_stop(sinkd_engine *e)

@@ -237,6 +237,13 @@ int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req
  * is stopping (then no step should run: the main loop runs none either).
  * Engine thread. */
 bool eng_gen_stops_waiting(sinkd_engine *e);
+/* Inside a long prompt asked by @req (may be NULL), between two chunks:
+ * run the waiting jobs that read or create and name no existing session
+ * (tokenize, detokenize, session.list, policy.list, session.open), so that
+ * they do not wait for the whole prompt. A connection's answers keep their
+ * order: none of @req's connection runs, nor any behind a job of its
+ * connection that must wait. Engine thread. */
+void eng_run_waiting(sinkd_engine *e, const sinkd_job *req);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_stats(sinkd_engine *e, sinkd_job *j);

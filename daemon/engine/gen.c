@@ -84,10 +84,10 @@ static void gen__append_group(sinkd_engine *e, eng_session **ss, sinkd_job **job
  * last chunk writes e->logits; copied on success). What an earlier chunk's
  * eviction dropped stays dropped. A cancel, close or closed connection
  * (eng_prefill_stop) stops it between two layers, a failure like another.
- * Between two chunks the other sessions' generations take a step, so that
- * a long prompt does not stall every stream on the daemon; *@others_ns
- * gets the time those steps took. (One token runs as a decode step:
- * gen__append_group.) */
+ * Between two chunks the other sessions' generations take a step and the
+ * waiting jobs that touch no session run (eng_run_waiting), so that a long
+ * prompt does not stall the daemon; *@others_ns gets the time they took.
+ * (One token runs as a decode step: gen__append_group.) */
 static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int32_t n,
                         const sinkd_job *j, uint64_t *others_ns)
 {
@@ -112,8 +112,9 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
             /* s generates nothing (an append is refused while it does), and
              * e->logits is only this prompt's after its last chunk */
             uint64_t t0 = eng_now_ns();
-            if (eng_step(e))
-                *others_ns += eng_now_ns() - t0;
+            eng_run_waiting(e, j);
+            eng_step(e);
+            *others_ns += eng_now_ns() - t0;
         }
         for (int32_t i = 0; i < k; i++)
             pos[i] = (int32_t)s->tokens + i;

@@ -465,6 +465,32 @@ Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
                   "cancelled True False False\ncancelled False 9 False\n");
 }
 
+/* Requests that touch no session (session.list, tokenize, session.open)
+ * from another connection do not wait for a long prompt: they are answered
+ * while it runs (its reply not there yet), and then a cancel stops it
+ * (again, should the first come before the prompt was queued: a cancel
+ * stops only what runs). */
+Test(python, requests_of_others_do_not_wait_for_a_long_prompt)
+{
+    expect_script(PY_PRELUDE
+                  "import select\n"
+                  "with Client(sys.argv[1]) as a, Client(sys.argv[1]) as b:\n"
+                  "    s = a.session_open(policy='window', params='window=64')\n"
+                  "    i = a._send('session.append', {'session': s,\n"
+                  "                                   'text': 'Once upon a time. ' * 12000})\n"
+                  "    n = len(b.request('session.list')['sessions'])\n"
+                  "    ids = b.tokenize('abc')\n"
+                  "    s2 = b.session_open()\n"
+                  "    running = not select.select([a.sock], [], [], 0)[0]\n"
+                  "    b.session_cancel(s)\n"
+                  "    while not select.select([a.sock], [], [], 2)[0]:\n"
+                  "        b.session_cancel(s)  # in case the prompt was not queued yet\n"
+                  "    r = a._recv()\n"
+                  "    print(n, len(ids) >= 3, s2 > s, running, r['id'] == i,\n"
+                  "          r.get('error', {}).get('code'))\n",
+                  "1 True True True True cancelled\n");
+}
+
 /* A client that shuts down only its sending side (`... | socat`) still gets
  * every answer it is owed, a generation's events and reply included, and
  * then the end of the stream; the session it used (another connection's)
