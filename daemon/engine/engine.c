@@ -336,9 +336,15 @@ static void eng__run_jobs(sinkd_engine *e, sinkd_job *list, bool stop)
         if (s) {
             e->ab_sess[nb] = s;
             e->ab_jobs[nb++] = j;
-        } else {
-            eng__run_job(e, j);
+            continue;
         }
+        /* a prompt runs for long and lets waiting jobs run between its
+         * chunks (eng_run_waiting): the appends that came before it first */
+        if (nb > 0 && j->kind == SINKD_JOB_SESSION_APPEND) {
+            eng__run_batch(e, nb);
+            nb = 0;
+        }
+        eng__run_job(e, j);
     }
     e->run_rest = NULL;
     if (nb > 0)
@@ -487,18 +493,32 @@ bool eng_gen_stops_waiting(sinkd_engine *e)
     return stopping;
 }
 
-/* A job that may run inside a long prompt, ahead of the jobs before it: it
- * reads or creates, and names no session that exists (so it cannot see an
- * append still waiting, or disturb the prompt's session). */
-static bool eng__runs_early(const sinkd_job *j)
+/* A job that may run inside a long prompt, ahead of the jobs before it:
+ * it reads, or creates a session, and names no existing session (so it
+ * cannot see an append still waiting, or disturb the prompt's session).
+ * After a waiting job that changes which sessions or policies exist
+ * (*@barrier), only the model's tokenizer is read. */
+static bool eng__runs_early(const sinkd_job *j, bool *barrier)
 {
     switch (j->kind) {
     case SINKD_JOB_TOKENIZE:
     case SINKD_JOB_DETOKENIZE:
+        return true;
     case SINKD_JOB_SESSION_LIST:
     case SINKD_JOB_POLICY_LIST:
     case SINKD_JOB_SESSION_OPEN:
-        return true;
+        return !*barrier;
+    case SINKD_JOB_CONN_CLOSED:
+    case SINKD_JOB_SESSION_CLOSE:
+    case SINKD_JOB_SESSION_POLICY:
+    case SINKD_JOB_SESSION_ATTACH:
+    case SINKD_JOB_SESSION_RESTORE:
+    case SINKD_JOB_SESSION_FORGET:
+    case SINKD_JOB_POLICY_LOAD:
+    case SINKD_JOB_POLICY_RELOAD:
+    case SINKD_JOB_POLICY_UNLOAD:
+        *barrier = true;
+        return false;
     default:
         return false;
     }
@@ -506,30 +526,35 @@ static bool eng__runs_early(const sinkd_job *j)
 
 #define ENG_EARLY_CONNS 32
 
-/* Whether @w may run now; otherwise its connection joins @held (answers
- * of one connection keep their order). False with @held full. */
-static bool eng__take_early(const sinkd_job *w, uint64_t *held, int *n_held)
+typedef struct eng_early {
+    uint64_t held[ENG_EARLY_CONNS]; /* connections whose answers must wait */
+    int n_held;
+    bool barrier;
+} eng_early;
+
+/* Whether @w may run now; otherwise its connection is held (answers of one
+ * connection keep their order). False once held is full. */
+static bool eng__take_early(const sinkd_job *w, eng_early *x)
 {
-    for (int i = 0; i < *n_held; i++)
-        if (held[i] == w->conn_id)
+    for (int i = 0; i < x->n_held; i++)
+        if (x->held[i] == w->conn_id)
             return false;
-    if (eng__runs_early(w))
+    if (eng__runs_early(w, &x->barrier))
         return true;
-    if (*n_held < ENG_EARLY_CONNS)
-        held[(*n_held)++] = w->conn_id;
+    if (x->n_held < ENG_EARLY_CONNS)
+        x->held[x->n_held++] = w->conn_id;
     return false;
 }
 
 void eng_run_waiting(sinkd_engine *e, const sinkd_job *req)
 {
-    uint64_t held[ENG_EARLY_CONNS];
-    int n_held = 0;
+    eng_early x = { .n_held = 0 };
     sinkd_job *take = NULL, **tail = &take;
 
     if (req)
-        held[n_held++] = req->conn_id;
-    for (sinkd_job **p = &e->run_rest; *p && n_held < ENG_EARLY_CONNS;) {
-        if (eng__take_early(*p, held, &n_held)) {
+        x.held[x.n_held++] = req->conn_id;
+    for (sinkd_job **p = &e->run_rest; *p && x.n_held < ENG_EARLY_CONNS;) {
+        if (eng__take_early(*p, &x)) {
             *tail = *p;
             *p = (*p)->next;
             tail = &(*tail)->next;
@@ -539,8 +564,9 @@ void eng_run_waiting(sinkd_engine *e, const sinkd_job *req)
     }
     pthread_mutex_lock(&e->mu);
     bool took = false;
-    for (sinkd_job **p = &e->head; *p && n_held < ENG_EARLY_CONNS;) {
-        if (eng__take_early(*p, held, &n_held)) {
+    /* once stopping, what waits in the queue is answered shutting_down */
+    for (sinkd_job **p = &e->head; *p && !e->stopping && x.n_held < ENG_EARLY_CONNS;) {
+        if (eng__take_early(*p, &x)) {
             *tail = *p;
             *p = (*p)->next;
             tail = &(*tail)->next;

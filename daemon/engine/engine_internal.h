@@ -78,6 +78,9 @@ typedef struct eng_session {
     char *text;                   /* generated text so far */
     size_t text_len, text_cap, text_sent;
     bool cancel;
+    bool prompting;               /* a prompt runs (gen__prefill): jobs that run
+                                   * between its chunks list prompt_p0 tokens */
+    int64_t prompt_p0;
     uint64_t gen_start_ns, decode_ns;
     uint64_t tok_first_ns, tok_last_ns; /* when the first and last token of
                                            the generation were sampled */
@@ -238,11 +241,13 @@ int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req
  * Engine thread. */
 bool eng_gen_stops_waiting(sinkd_engine *e);
 /* Inside a long prompt asked by @req (may be NULL), between two chunks:
- * run the waiting jobs that read or create and name no existing session
- * (tokenize, detokenize, session.list, policy.list, session.open), so that
- * they do not wait for the whole prompt. A connection's answers keep their
- * order: none of @req's connection runs, nor any behind a job of its
- * connection that must wait. Engine thread. */
+ * run the waiting jobs that read, or create a session, and name no
+ * existing session (tokenize, detokenize; session.list, policy.list and
+ * session.open unless a job that changes which sessions or policies exist
+ * waits ahead of them), so that they do not wait for the whole prompt. A
+ * connection's answers keep their order: none of @req's connection runs,
+ * nor any behind a job of its connection that must wait (the first 31
+ * such connections; the scan stops there). Engine thread. */
 void eng_run_waiting(sinkd_engine *e, const sinkd_job *req);
 void eng_job_session_close(sinkd_engine *e, sinkd_job *j);
 void eng_job_session_list(sinkd_engine *e, sinkd_job *j);

@@ -101,6 +101,8 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
     if (!pos)
         return -ENOMEM;
     o.hook = &hook;
+    s->prompting = true; /* what runs between chunks sees the session as before */
+    s->prompt_p0 = p0;
     for (int32_t done = 0; done < n && rc == 0;) {
         int32_t k = n - done < e->prefill_chunk ? n - done : e->prefill_chunk;
         /* nobody waits for this prompt any more, or its session is being
@@ -133,6 +135,7 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
         }
     }
     free(pos);
+    s->prompting = false;
     if (rc < 0) {
         if (gen__truncate_from(e, s, p0) < 0)
             sinkd_log(SINKD_LOG_ERR, "session %llu: could not undo a failed prefill",

@@ -371,7 +371,7 @@ void eng_job_session_list(sinkd_engine *e, sinkd_job *j)
         sinkd_pack_kv_u64(&w.pk, "uid", s->uid);
         sinkd_pack_kv_str(&w.pk, "model", eng__model_name(s));
         sinkd_pack_kv_str(&w.pk, "policy", sinkd_policy_inst_name(s->inst));
-        sinkd_pack_kv_u64(&w.pk, "tokens", (uint64_t)s->tokens);
+        sinkd_pack_kv_u64(&w.pk, "tokens", (uint64_t)(s->prompting ? s->prompt_p0 : s->tokens));
         sinkd_pack_kv_u64(&w.pk, "pages", (uint64_t)pages);
         sinkd_pack_kv_u64(&w.pk, "bytes", (uint64_t)pages * ks.page_cost);
         sinkd_pack_kv_str(&w.pk, "state", s->gen ? "generating" : "idle");

@@ -325,7 +325,10 @@ Test(python, a_prefill_stops_when_its_connection_closes)
                   "[0]\n");
 }
 
-/* A session.cancel, then a session.close, of a session behind its prompt
+/* The clients of the long prompts below wait up to 300 s for a frame: a
+ * sanitizer build on two loaded cores runs a 512-token chunk in seconds.
+ *
+ * A session.cancel, then a session.close, of a session behind its prompt
  * of @reps pieces of 18 bytes (a token each) stop the prompt: the append
  * answers cancelled first, undone (no tokens consumed), then the cancel or
  * close answers. One connection, so that the engine queues the two in that
@@ -335,7 +338,7 @@ static void expect_prompt_stops(int reps)
     char script[2048];
     int n = snprintf(script, sizeof script,
                      PY_PRELUDE
-                     "with Client(sys.argv[1]) as a:\n"
+                     "with Client(sys.argv[1], 300) as a:\n"
                      "    for op in ('session.cancel', 'session.close'):\n"
                      "        s = a.session_open(policy='window', params='window=64')\n"
                      "        i = a._send('session.append', {'session': s,\n"
@@ -364,7 +367,7 @@ Test(python, a_prefill_stops_on_cancel_or_close)
 Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
 {
     expect_script(PY_PRELUDE
-                  "with Client(sys.argv[1]) as a:\n"
+                  "with Client(sys.argv[1], 300) as a:\n"
                   "    s = a.session_open(policy='window', params='window=64')\n"
                   "    i = a._send('session.append', {'session': s,\n"
                   "                                   'text': 'Once upon a time. ' * 80})\n"
@@ -391,7 +394,7 @@ Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
 Test(python, a_long_prompt_lets_other_generations_step)
 {
     expect_script(PY_PRELUDE
-                  "with Client(sys.argv[1]) as a:\n"
+                  "with Client(sys.argv[1], 300) as a:\n"
                   "    s1 = a.session_open()\n"
                   "    a.session_append(s1, text='Once upon a time')\n"
                   "    s2 = a.session_open(policy='window', params='window=64')\n"
@@ -413,10 +416,11 @@ Test(python, a_long_prompt_lets_other_generations_step)
 
 /* The steps a long prompt lets run come before the jobs queued behind it:
  * a cancel of a generation waiting there still ends it at its next step,
- * not after a step a chunk. And a cancel stops one thing: of two prompts
- * ahead of it, the first; the second runs. Each batch of requests goes out
- * in one write, so that the daemon queues them together; a tokenize marks
- * where the long prompt starts in the connection's frames. */
+ * not after a step a chunk (four chunks: three steps without that). And a
+ * cancel stops one thing: of two prompts ahead of it, the first; the
+ * second runs. Each batch of requests goes out in one write, so that the
+ * daemon queues them together; a tokenize marks where the long prompt
+ * starts in the connection's frames. */
 Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
 {
     expect_script(PY_PRELUDE
@@ -431,8 +435,8 @@ Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
                   "        out += struct.pack('>I', len(p)) + p\n"
                   "    a.sock.sendall(out)\n"
                   "    return ids\n"
-                  "long = 'Once upon a time. ' * 150\n"
-                  "with Client(sys.argv[1]) as a:\n"
+                  "long = 'Once upon a time. ' * 100\n"
+                  "with Client(sys.argv[1], 300) as a:\n"
                   "    s1 = a.session_open()\n"
                   "    a.session_append(s1, text='Once upon a time')\n"
                   "    s2 = a.session_open(policy='window', params='window=64')\n"
@@ -467,18 +471,19 @@ Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
 
 /* Requests that touch no session (session.list, tokenize, session.open)
  * from another connection do not wait for a long prompt: they are answered
- * while it runs (its reply not there yet), and then a cancel stops it
- * (again, should the first come before the prompt was queued: a cancel
- * stops only what runs). */
+ * while it runs (its reply not there yet; the list counts the prompt's
+ * session as before it), and then a cancel stops it (again, should the
+ * first come before the prompt was queued: a cancel stops only what runs). */
 Test(python, requests_of_others_do_not_wait_for_a_long_prompt)
 {
     expect_script(PY_PRELUDE
                   "import select\n"
-                  "with Client(sys.argv[1]) as a, Client(sys.argv[1]) as b:\n"
+                  "with Client(sys.argv[1], 300) as a, Client(sys.argv[1], 300) as b:\n"
                   "    s = a.session_open(policy='window', params='window=64')\n"
                   "    i = a._send('session.append', {'session': s,\n"
                   "                                   'text': 'Once upon a time. ' * 12000})\n"
-                  "    n = len(b.request('session.list')['sessions'])\n"
+                  "    ls = b.request('session.list')['sessions']\n"
+                  "    n = (len(ls), [x['tokens'] for x in ls if x['session'] == s])\n"
                   "    ids = b.tokenize('abc')\n"
                   "    s2 = b.session_open()\n"
                   "    running = not select.select([a.sock], [], [], 0)[0]\n"
@@ -488,7 +493,41 @@ Test(python, requests_of_others_do_not_wait_for_a_long_prompt)
                   "    r = a._recv()\n"
                   "    print(n, len(ids) >= 3, s2 > s, running, r['id'] == i,\n"
                   "          r.get('error', {}).get('code'))\n",
-                  "1 True True True True cancelled\n");
+                  "(1, [0]) True True True True cancelled\n");
+}
+
+/* A request that runs between a long prompt's chunks comes after what its
+ * connection sent before: a one-token append (batched with others) taken
+ * with the prompt runs before the prompt, so the session.list sent after
+ * it, on the same connection, counts its token. A first prompt (three
+ * chunks: a tenth of a second here, seconds under a sanitizer) keeps the
+ * engine busy while the three requests queue up together, the list last. */
+Test(python, a_list_between_chunks_sees_its_connections_earlier_append)
+{
+    expect_script(PY_PRELUDE
+                  "import time\n"
+                  "def tokens(cl, sid):\n"
+                  "    return [x['tokens'] for x in cl.request('session.list')['sessions']\n"
+                  "            if x['session'] == sid][0]\n"
+                  "with Client(sys.argv[1], 300) as a, Client(sys.argv[1], 300) as c, \\\n"
+                  "        Client(sys.argv[1], 300) as d:\n"
+                  "    x = c.session_open()\n"
+                  "    c.session_append(x, text='Once upon a time')\n"
+                  "    before = tokens(c, x)\n"
+                  "    s0 = d.session_open(policy='window', params='window=64')\n"
+                  "    s2 = a.session_open(policy='window', params='window=64')\n"
+                  "    p0 = d._send('session.append', {'session': s0,\n"
+                  "                                    'text': 'Once upon a time. ' * 60})\n"
+                  "    k1 = c._send('session.append', {'session': x, 'ids': [5]})\n"
+                  "    p2 = a._send('session.append', {'session': s2,\n"
+                  "                                    'text': 'Once upon a time. ' * 60})\n"
+                  "    time.sleep(0.05)  # read after a's append: queued behind it\n"
+                  "    k2 = c._send('session.list', {})\n"
+                  "    r1, r2 = c._recv(), c._recv()\n"
+                  "    listed = [y['tokens'] for y in r2.get('sessions', []) if y['session'] == x]\n"
+                  "    print(r1['id'] == k1, 'error' in r1, r2['id'] == k2, listed == [before + 1],\n"
+                  "          'error' in a._recv(), 'error' in d._recv())\n",
+                  "True False True True False False\n");
 }
 
 /* A client that shuts down only its sending side (`... | socat`) still gets
