@@ -513,7 +513,6 @@ static bool eng__runs_early(const sinkd_job *j, bool *barrier)
     case SINKD_JOB_SESSION_POLICY:
     case SINKD_JOB_SESSION_ATTACH:
     case SINKD_JOB_SESSION_RESTORE:
-    case SINKD_JOB_SESSION_FORGET:
     case SINKD_JOB_POLICY_LOAD:
     case SINKD_JOB_POLICY_RELOAD:
     case SINKD_JOB_POLICY_UNLOAD:
@@ -533,13 +532,20 @@ typedef struct eng_early {
 } eng_early;
 
 /* Whether @w may run now; otherwise its connection is held (answers of one
- * connection keep their order). False once held is full. */
+ * connection keep their order). A job that waits still counts as a
+ * barrier, and a session.open that waits is one for later opens (they
+ * could take the last of its uid's sessions). */
 static bool eng__take_early(const sinkd_job *w, eng_early *x)
 {
-    for (int i = 0; i < x->n_held; i++)
-        if (x->held[i] == w->conn_id)
+    bool early = eng__runs_early(w, &x->barrier);
+
+    for (int i = 0; i < x->n_held; i++) {
+        if (x->held[i] == w->conn_id) {
+            x->barrier |= w->kind == SINKD_JOB_SESSION_OPEN;
             return false;
-    if (eng__runs_early(w, &x->barrier))
+        }
+    }
+    if (early)
         return true;
     if (x->n_held < ENG_EARLY_CONNS)
         x->held[x->n_held++] = w->conn_id;

@@ -519,6 +519,7 @@ Test(python, a_list_between_chunks_sees_its_connections_earlier_append)
                   "    p0 = d._send('session.append', {'session': s0,\n"
                   "                                    'text': 'Once upon a time. ' * 60})\n"
                   "    k1 = c._send('session.append', {'session': x, 'ids': [5]})\n"
+                  "    time.sleep(0.05)  # k1 read first\n"
                   "    p2 = a._send('session.append', {'session': s2,\n"
                   "                                    'text': 'Once upon a time. ' * 60})\n"
                   "    time.sleep(0.05)  # read after a's append: queued behind it\n"
