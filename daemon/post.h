@@ -35,8 +35,9 @@ int sinkd_post_init(sinkd_post *p, uv_loop_t *loop, sinkd_post_deliver_fn delive
 
 /* Thread-safe. Queue @frame (@len bytes, malloc'ed) for connection @conn_id,
  * or (@frame NULL, @len 0) a marker that reaches the deliver callback as
- * such, in its place in the order. On success the queue owns @frame. Returns 0, -EINVAL, -ENOMEM or -ESHUTDOWN
- * after sinkd_post_close; on failure the caller still owns @frame. */
+ * such, in its place in the order. On success the queue owns @frame.
+ * Returns 0, -EINVAL, -ENOMEM or -ESHUTDOWN after sinkd_post_close; on
+ * failure the caller still owns @frame. */
 int sinkd_post_frame(sinkd_post *p, uint64_t conn_id, uint8_t *frame, size_t len);
 
 /* Loop thread. Deliver everything queued so far without waiting for the

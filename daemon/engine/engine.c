@@ -421,23 +421,46 @@ void sinkd_engine_submit(sinkd_engine *e, sinkd_job *j)
     }
 }
 
-/* What waiting job @w means for a prefill of @s asked by @req: 0 nothing,
- * or its error. A job of @s from another uid is none (the test
- * eng_session_lookup makes). A cancel behind a generate of @s is that
- * generation's (*@gen_waits: one was seen, in queue order); a cancel stops
- * one prompt, the one running when it came (it is spent). */
-static int eng__stops_prefill(sinkd_job *w, const eng_session *s, const sinkd_job *req,
-                              bool *gen_waits)
+/* Call @fn on every waiting job in the order they came: those this thread
+ * took with the one it runs (run_rest), then the queue (under mu). Stops at
+ * the first nonzero @fn returns, and returns it. */
+static int eng__each_waiting(sinkd_engine *e, int (*fn)(sinkd_engine *, sinkd_job *, void *),
+                             void *ctx)
 {
+    int rc = 0;
+
+    for (sinkd_job *w = e->run_rest; w && !rc; w = w->next)
+        rc = fn(e, w, ctx);
+    pthread_mutex_lock(&e->mu);
+    for (sinkd_job *w = e->head; w && !rc; w = w->next)
+        rc = fn(e, w, ctx);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+typedef struct eng_prefill_scan {
+    const eng_session *s;
+    const sinkd_job *req;
+    bool gen_waits;               /* a generate of s came before: a cancel is its */
+} eng_prefill_scan;
+
+/* What waiting job @w means for a prefill (eng_prefill_stop): 0 nothing, or
+ * its error. A job of the session from another uid is none (the test
+ * eng_session_lookup makes); a cancel stops one prompt (it is spent). */
+static int eng__stops_prefill(sinkd_engine *e, sinkd_job *w, void *ctx)
+{
+    eng_prefill_scan *x = ctx;
+
+    (void)e;
     if (w->kind == SINKD_JOB_CONN_CLOSED)
-        return req && w->conn_id == req->conn_id ? -ECONNABORTED : 0;
-    if (w->session != s->id || (w->uid != s->uid && !w->admin))
+        return x->req && w->conn_id == x->req->conn_id ? -ECONNABORTED : 0;
+    if (w->session != x->s->id || (w->uid != x->s->uid && !w->admin))
         return 0;
     if (w->kind == SINKD_JOB_SESSION_GENERATE)
-        *gen_waits = true;
+        x->gen_waits = true;
     if (w->kind == SINKD_JOB_SESSION_CLOSE)
         return -ECANCELED;
-    if (w->kind != SINKD_JOB_SESSION_CANCEL || *gen_waits || w->spent)
+    if (w->kind != SINKD_JOB_SESSION_CANCEL || x->gen_waits || w->spent)
         return 0;
     w->spent = true;
     return -ECANCELED;
@@ -445,50 +468,42 @@ static int eng__stops_prefill(sinkd_job *w, const eng_session *s, const sinkd_jo
 
 int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req)
 {
-    bool gen_waits = false;
-    int rc = 0;
+    eng_prefill_scan x = { s, req, false };
 
-    /* the jobs this thread took with the one it runs, then the queue: the
-     * order they came in */
-    for (sinkd_job *w = e->run_rest; w && !rc; w = w->next)
-        rc = eng__stops_prefill(w, s, req, &gen_waits);
-    pthread_mutex_lock(&e->mu);
-    for (sinkd_job *w = e->head; w && !rc; w = w->next)
-        rc = eng__stops_prefill(w, s, req, &gen_waits);
-    pthread_mutex_unlock(&e->mu);
-    return rc;
+    return eng__each_waiting(e, eng__stops_prefill, &x);
 }
 
 /* What waiting job @w means for the generations in progress (see
  * eng_gen_stops_waiting). */
-static void eng__stops_gens(sinkd_engine *e, sinkd_job *w)
+static int eng__stops_gens(sinkd_engine *e, sinkd_job *w, void *ctx)
 {
+    (void)ctx;
     if (w->kind == SINKD_JOB_CONN_CLOSED) {
         for (size_t i = 0; i < e->n_sess; i++)
             if (e->sess[i]->gen && e->sess[i]->gen->conn_id == w->conn_id)
                 e->sess[i]->cancel = true;
-        return;
+        return 0;
     }
     if (w->kind != SINKD_JOB_SESSION_CANCEL && w->kind != SINKD_JOB_SESSION_CLOSE)
-        return;
+        return 0;
     eng_session *s = eng_session_lookup(e, w);
     if (!s || !s->gen || (w->kind == SINKD_JOB_SESSION_CANCEL && w->spent))
-        return;
+        return 0;
     s->cancel = true;
     if (w->kind == SINKD_JOB_SESSION_CANCEL)
         w->spent = true;
+    return 0;
 }
 
-bool eng_gen_stops_waiting(sinkd_engine *e)
+void eng_gen_stops_waiting(sinkd_engine *e)
 {
-    bool stopping;
+    eng__each_waiting(e, eng__stops_gens, NULL);
+}
 
-    for (sinkd_job *w = e->run_rest; w; w = w->next)
-        eng__stops_gens(e, w);
+bool eng_stopping(sinkd_engine *e)
+{
     pthread_mutex_lock(&e->mu);
-    for (sinkd_job *w = e->head; w; w = w->next)
-        eng__stops_gens(e, w);
-    stopping = e->stopping;
+    bool stopping = e->stopping;
     pthread_mutex_unlock(&e->mu);
     return stopping;
 }
@@ -552,6 +567,25 @@ static bool eng__take_early(const sinkd_job *w, eng_early *x)
     return false;
 }
 
+/* Move the jobs of the list at *@head that may run now to the list whose
+ * end is *@tail (advanced). Returns whether any moved. */
+static bool eng__take_from(sinkd_job **head, eng_early *x, sinkd_job ***tail)
+{
+    bool took = false;
+
+    for (sinkd_job **p = head; *p && x->n_held < ENG_EARLY_CONNS;) {
+        if (eng__take_early(*p, x)) {
+            **tail = *p;
+            *p = (*p)->next;
+            *tail = &(**tail)->next;
+            took = true;
+        } else {
+            p = &(*p)->next;
+        }
+    }
+    return took;
+}
+
 void eng_run_waiting(sinkd_engine *e, const sinkd_job *req)
 {
     eng_early x = { .n_held = 0 };
@@ -559,29 +593,11 @@ void eng_run_waiting(sinkd_engine *e, const sinkd_job *req)
 
     if (req)
         x.held[x.n_held++] = req->conn_id;
-    for (sinkd_job **p = &e->run_rest; *p && x.n_held < ENG_EARLY_CONNS;) {
-        if (eng__take_early(*p, &x)) {
-            *tail = *p;
-            *p = (*p)->next;
-            tail = &(*tail)->next;
-        } else {
-            p = &(*p)->next;
-        }
-    }
+    eng__take_from(&e->run_rest, &x, &tail);
     pthread_mutex_lock(&e->mu);
-    bool took = false;
-    /* once stopping, what waits in the queue is answered shutting_down */
-    for (sinkd_job **p = &e->head; *p && !e->stopping && x.n_held < ENG_EARLY_CONNS;) {
-        if (eng__take_early(*p, &x)) {
-            *tail = *p;
-            *p = (*p)->next;
-            tail = &(*tail)->next;
-            took = true;
-        } else {
-            p = &(*p)->next;
-        }
-    }
-    if (took) /* the queue's last job may have been taken */
+    /* once stopping, what waits in the queue is answered shutting_down;
+     * the queue's last job may be taken */
+    if (!e->stopping && eng__take_from(&e->head, &x, &tail))
         for (e->tail = e->head; e->tail && e->tail->next;)
             e->tail = e->tail->next;
     pthread_mutex_unlock(&e->mu);

@@ -10,9 +10,10 @@
  * between steps, at most max_batch per step), streaming token events and
  * finishing generations. A prompt of several chunks runs such a step
  * between two of its chunks too, and the waiting jobs that only read, or
- * open a session, naming none (eng_run_waiting), so that it stalls neither. Every answer leaves through the emit callback
- * (sinkd_server_post in the daemon), addressed by connection id: a frame for
- * a connection that is gone is dropped there.
+ * open a session, naming none (eng_run_waiting), so that it stalls neither.
+ * Every answer leaves through the emit callback (sinkd_server_post in the
+ * daemon), addressed by connection id: a frame for a connection that is
+ * gone is dropped there.
  *
  * Sessions belong to the uid of the connection that opened them (other uids
  * get not_found; admins see all) and close with that connection unless they

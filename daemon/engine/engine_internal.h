@@ -236,10 +236,11 @@ int eng_prefill_stop(sinkd_engine *e, const eng_session *s, const sinkd_job *req
 /* Before a step inside a long prompt (gen__prefill), which runs ahead of
  * the jobs queued behind the prompt: mark cancelled every generation whose
  * session.cancel (spent here) or session.close waits, or whose connection
- * has closed, so that it ends as it would have. Returns whether the engine
- * is stopping (then no step should run: the main loop runs none either).
- * Engine thread. */
-bool eng_gen_stops_waiting(sinkd_engine *e);
+ * has closed, so that it ends as it would have. Engine thread. */
+void eng_gen_stops_waiting(sinkd_engine *e);
+/* Whether sinkd_engine_stop was called (then no step runs: the main loop
+ * runs none either). Any thread. */
+bool eng_stopping(sinkd_engine *e);
 /* Inside a long prompt asked by @req (may be NULL), between two chunks:
  * run the waiting jobs that read, or create a session, and name no
  * existing session (tokenize, detokenize; session.list, policy.list and

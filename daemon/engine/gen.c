@@ -110,10 +110,11 @@ static int gen__prefill(sinkd_engine *e, eng_session *s, const int32_t *ids, int
          * one would hold every other request back) */
         if (done > 0 && (rc = eng_prefill_stop(e, s, j)) < 0)
             break;
-        if (done > 0 && !eng_gen_stops_waiting(e)) {
+        if (done > 0 && !eng_stopping(e)) {
             /* s generates nothing (an append is refused while it does), and
              * e->logits is only this prompt's after its last chunk */
             uint64_t t0 = eng_now_ns();
+            eng_gen_stops_waiting(e);
             eng_run_waiting(e, j);
             eng_step(e);
             *others_ns += eng_now_ns() - t0;

@@ -117,6 +117,20 @@ static void expect_script(const char *script, const char *want)
     "        data = data[4 + n:]\n" \
     "    return out\n"
 
+/* Then, for scripts that pipeline: the replies (not events) of the next @n
+ * requests of client @a by id, each event handed to @on_event with the
+ * replies so far. */
+#define PY_REPLIES \
+    "def replies(a, n, on_event=lambda m, done: None):\n" \
+    "    done = {}\n" \
+    "    while len(done) < n:\n" \
+    "        m = a._recv()\n" \
+    "        if 'ev' in m:\n" \
+    "            on_event(m, done)\n" \
+    "        else:\n" \
+    "            done[m['id']] = m\n" \
+    "    return done\n"
+
 /* Leaving a generation's loop early cancels it: the session takes the next
  * prompt at once instead of answering busy while the abandoned generation
  * runs on (a million tokens: it would still be running). */
@@ -366,7 +380,7 @@ Test(python, a_prefill_stops_on_cancel_or_close)
  * stopped, the generation is. */
 Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
 {
-    expect_script(PY_PRELUDE
+    expect_script(PY_PRELUDE PY_REPLIES
                   "with Client(sys.argv[1], 300) as a:\n"
                   "    s = a.session_open(policy='window', params='window=64')\n"
                   "    i = a._send('session.append', {'session': s,\n"
@@ -374,11 +388,7 @@ Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
                   "    g = a._send('session.generate', {'session': s, 'max_tokens': 4000,\n"
                   "                                     'ignore_eos': True})\n"
                   "    k = a._send('session.cancel', {'session': s})\n"
-                  "    done = {}\n"
-                  "    while len(done) < 3:\n"
-                  "        m = a._recv()\n"
-                  "        if 'ev' not in m:\n"
-                  "            done[m['id']] = m\n"
+                  "    done = replies(a, 3)\n"
                   "    print('error' in done[i], done[i].get('n_tokens', 0) > 1024,\n"
                   "          done[g].get('reason'), done[g].get('n_tokens', 4000) < 4000,\n"
                   "          'error' in done[k])\n",
@@ -393,7 +403,7 @@ Test(python, a_cancel_behind_a_generate_stops_the_generation_not_the_prompt)
  * token would come before it). */
 Test(python, a_long_prompt_lets_other_generations_step)
 {
-    expect_script(PY_PRELUDE
+    expect_script(PY_PRELUDE PY_REPLIES
                   "with Client(sys.argv[1], 300) as a:\n"
                   "    s1 = a.session_open()\n"
                   "    a.session_append(s1, text='Once upon a time')\n"
@@ -402,14 +412,12 @@ Test(python, a_long_prompt_lets_other_generations_step)
                   "                                     'ignore_eos': True})\n"
                   "    i = a._send('session.append', {'session': s2,\n"
                   "                                   'text': 'Once upon a time. ' * 150})\n"
-                  "    before, done = 0, {}\n"
-                  "    while len(done) < 2:\n"
-                  "        m = a._recv()\n"
-                  "        if 'ev' not in m:\n"
-                  "            done[m['id']] = m\n"
-                  "        elif m['id'] == g and m['ev'] == 'token' and i not in done:\n"
-                  "            before += 1\n"
-                  "    print(before >= 5, 'error' in done[i], done[i]['n_tokens'] > 5 * 512,\n"
+                  "    before = []\n"
+                  "    def count(m, done):\n"
+                  "        if m['id'] == g and m['ev'] == 'token' and i not in done:\n"
+                  "            before.append(m)\n"
+                  "    done = replies(a, 2, count)\n"
+                  "    print(len(before) >= 5, 'error' in done[i], done[i]['n_tokens'] > 5 * 512,\n"
                   "          done[g].get('reason'), done[g].get('n_tokens'))\n",
                   "True False True length 40\n");
 }
@@ -423,7 +431,7 @@ Test(python, a_long_prompt_lets_other_generations_step)
  * starts in the connection's frames. */
 Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
 {
-    expect_script(PY_PRELUDE
+    expect_script(PY_PRELUDE PY_REPLIES
                   "import struct, msgpack\n"
                   "def send_all(a, reqs):\n"
                   "    out, ids = b'', []\n"
@@ -446,24 +454,18 @@ Test(python, a_cancel_behind_a_long_prompt_is_not_late_and_stops_one_thing)
                   "        ('tokenize', {'text': 'x'}),\n"
                   "        ('session.append', {'session': s2, 'text': long}),\n"
                   "        ('session.cancel', {'session': s1})])\n"
-                  "    done, during = {}, 0\n"
-                  "    while len(done) < 4:\n"
-                  "        m = a._recv()\n"
-                  "        if 'ev' not in m:\n"
-                  "            done[m['id']] = m\n"
-                  "        elif m['id'] == g and m['ev'] == 'token' and t in done and i not in done:\n"
-                  "            during += 1\n"
-                  "    print(done[g].get('reason'), during <= 1, 'error' in done[i],\n"
+                  "    during = []\n"
+                  "    def count(m, done):\n"
+                  "        if m['id'] == g and m['ev'] == 'token' and t in done and i not in done:\n"
+                  "            during.append(m)\n"
+                  "    done = replies(a, 4, count)\n"
+                  "    print(done[g].get('reason'), len(during) <= 1, 'error' in done[i],\n"
                   "          'error' in done[k])\n"
                   "    i1, i2, k = send_all(a, [\n"
                   "        ('session.append', {'session': s2, 'text': long}),\n"
                   "        ('session.append', {'session': s2, 'text': ' The end.'}),\n"
                   "        ('session.cancel', {'session': s2})])\n"
-                  "    done = {}\n"
-                  "    while len(done) < 3:\n"
-                  "        m = a._recv()\n"
-                  "        if 'ev' not in m:\n"
-                  "            done[m['id']] = m\n"
+                  "    done = replies(a, 3)\n"
                   "    print(done[i1].get('error', {}).get('code'), 'error' in done[i2],\n"
                   "          done[i2].get('n_tokens'), 'error' in done[k])\n",
                   "cancelled True False False\ncancelled False 9 False\n");
